@@ -1,0 +1,98 @@
+//! `llmproxyd`: parse arguments, load the configuration, serve until SIGTERM/SIGINT, drain.
+
+use llmproxy::cli::{self, Command};
+use llmproxy::config::{self, ProcessEnv};
+use llmproxy::server::Server;
+use llmproxy::{error, info, warn};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("llmproxyd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("llmproxyd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.debug {
+        llmproxy::log::set_level(llmproxy::log::Level::Debug);
+    }
+    let config = match config::load(&args.config, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.test_only {
+        // Compile everything the server would (routes, TLS-free client setup) without binding.
+        if let Err(e) = llmproxy::runtime::Runtime::build(config.clone()) {
+            error!("{}: {e}", args.config.display());
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "{}: configuration ok: {} forward(s), {} upstream(s), {} group(s), {} route(s)",
+            args.config.display(),
+            config.http_server.forwards.len(),
+            config.upstreams.len(),
+            config.upstream_groups.len(),
+            config.http_server.forwards.iter().map(|f| f.routing.len()).sum::<usize>()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!("llmproxyd {} ready ({})", env!("CARGO_PKG_VERSION"), args.config.display());
+        let signal = wait_for_signal().await;
+        info!("{signal}: draining for up to {}s", args.shutdown_timeout.as_secs());
+        if server.shutdown(args.shutdown_timeout).await {
+            info!("drained; bye");
+        } else {
+            warn!("shutdown timeout reached with requests still in flight; exiting");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    }
+}

@@ -1,0 +1,211 @@
+//! The segment-trie path router.
+//!
+//! At each node children are tried static → regex (declaration order) → `:param` → `*` (one
+//! segment) → trailing `*` (the rest), and a dead branch backtracks to the next kind, so
+//! `/v1/models/special` can fall back to `/v1/:kind/special` when `/v1/models/list` is the only
+//! static route below `models`. Priority therefore depends on the shape of the pattern, never on
+//! declaration order (except among regexes at the same position). Lookup borrows the path and
+//! allocates nothing; patterns and regexes are compiled once, at load.
+
+pub mod pattern;
+
+pub use pattern::PatternError;
+use pattern::Segment;
+use regex_lite::Regex;
+
+pub struct Router<T> {
+    root: Node<T>,
+}
+
+struct Node<T> {
+    /// Sorted by segment text for binary search.
+    statics: Vec<(Box<str>, Node<T>)>,
+    regexes: Vec<(Box<str>, Regex, Node<T>)>,
+    param: Option<Box<Node<T>>>,
+    wildcard: Option<Box<Node<T>>>,
+    rest: Option<T>,
+    value: Option<T>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node { statics: Vec::new(), regexes: Vec::new(), param: None, wildcard: None, rest: None, value: None }
+    }
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Router { root: Node::default() }
+    }
+}
+
+impl<T> Router<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a route. Two patterns of the same shape (`/a/:x` and `/a/:y`) are the same route and
+    /// the second is rejected as a duplicate, since it could never match.
+    pub fn insert(&mut self, pattern: &str, value: T) -> Result<(), PatternError> {
+        let segments = pattern::parse(pattern)?;
+        let mut node = &mut self.root;
+        for seg in segments {
+            node = match seg {
+                Segment::Static(s) => {
+                    let i = match node.statics.binary_search_by(|(k, _)| k.as_ref().cmp(s.as_str())) {
+                        Ok(i) => i,
+                        Err(i) => {
+                            node.statics.insert(i, (s.into_boxed_str(), Node::default()));
+                            i
+                        }
+                    };
+                    &mut node.statics[i].1
+                }
+                Segment::Regex { source, regex } => {
+                    let i = match node.regexes.iter().position(|(k, _, _)| **k == *source) {
+                        Some(i) => i,
+                        None => {
+                            node.regexes.push((source.into_boxed_str(), regex, Node::default()));
+                            node.regexes.len() - 1
+                        }
+                    };
+                    &mut node.regexes[i].2
+                }
+                Segment::Param => node.param.get_or_insert_with(Box::default),
+                Segment::Wildcard => node.wildcard.get_or_insert_with(Box::default),
+                Segment::Rest => {
+                    if node.rest.is_some() {
+                        return Err(PatternError(format!("route {pattern:?} duplicates an earlier route")));
+                    }
+                    node.rest = Some(value);
+                    return Ok(());
+                }
+            };
+        }
+        if node.value.is_some() {
+            return Err(PatternError(format!("route {pattern:?} duplicates an earlier route")));
+        }
+        node.value = Some(value);
+        Ok(())
+    }
+
+    /// The value of the highest-priority route matching `path` (without its query string).
+    pub fn lookup(&self, path: &str) -> Option<&T> {
+        self.root.find(path)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.root.value.is_none()
+            && self.root.rest.is_none()
+            && self.root.statics.is_empty()
+            && self.root.regexes.is_empty()
+            && self.root.param.is_none()
+            && self.root.wildcard.is_none()
+    }
+}
+
+impl<T> Node<T> {
+    fn find(&self, path: &str) -> Option<&T> {
+        let path = path.trim_start_matches('/');
+        if path.is_empty() {
+            return self.value.as_ref();
+        }
+        let (seg, rest) = path.split_once('/').unwrap_or((path, ""));
+        if let Ok(i) = self.statics.binary_search_by(|(k, _)| k.as_ref().cmp(seg)) {
+            if let Some(v) = self.statics[i].1.find(rest) {
+                return Some(v);
+            }
+        }
+        for (_, re, child) in &self.regexes {
+            if re.is_match(seg) {
+                if let Some(v) = child.find(rest) {
+                    return Some(v);
+                }
+            }
+        }
+        for child in [&self.param, &self.wildcard].into_iter().flatten() {
+            if let Some(v) = child.find(rest) {
+                return Some(v);
+            }
+        }
+        self.rest.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(patterns: &[&str]) -> Router<String> {
+        let mut r = Router::new();
+        for p in patterns {
+            r.insert(p, p.to_string()).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn table() {
+        let r = router(&[
+            "/v1/chat/completions",
+            "/v1/models/list",
+            "/v1/:kind/special",
+            "/v1/{model:gpt-[0-9]+}/info",
+            "/v1/{model:gpt-.*}/info",
+            "/v1/:x/info",
+            "/v1/*/deep/end",
+            "/files/*",
+            "/gemini/models/gemini:generate",
+            "/",
+        ]);
+        let cases: &[(&str, Option<&str>)] = &[
+            // static beats everything, query strings are the caller's to strip
+            ("/v1/chat/completions", Some("/v1/chat/completions")),
+            ("/v1/chat/completions/", Some("/v1/chat/completions")),
+            ("//v1//chat/completions", Some("/v1/chat/completions")),
+            // backtracking: static "models" leads nowhere for "special", param does
+            ("/v1/models/special", Some("/v1/:kind/special")),
+            ("/v1/models/list", Some("/v1/models/list")),
+            // regex beats param; among regexes the first declared wins
+            ("/v1/gpt-4/info", Some("/v1/{model:gpt-[0-9]+}/info")),
+            ("/v1/gpt-4o/info", Some("/v1/{model:gpt-.*}/info")),
+            ("/v1/claude/info", Some("/v1/:x/info")),
+            // regex is anchored to the whole segment
+            ("/v1/xgpt-4/info", Some("/v1/:x/info")),
+            // one-segment wildcard in the middle
+            ("/v1/anything/deep/end", Some("/v1/*/deep/end")),
+            ("/v1/a/b/deep/end", None),
+            // trailing wildcard takes the rest, but needs at least one segment
+            ("/files/a/b/c", Some("/files/*")),
+            ("/files", None),
+            ("/gemini/models/gemini:generate", Some("/gemini/models/gemini:generate")),
+            ("/", Some("/")),
+            ("/nope", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(r.lookup(path).map(String::as_str), *want, "path {path}");
+        }
+    }
+
+    #[test]
+    fn priority_is_independent_of_declaration_order() {
+        let a = router(&["/v1/*", "/v1/:p", "/v1/{p:m.*}", "/v1/models"]);
+        let b = router(&["/v1/models", "/v1/{p:m.*}", "/v1/:p", "/v1/*"]);
+        for (path, want) in [("/v1/models", "/v1/models"), ("/v1/mx", "/v1/{p:m.*}"), ("/v1/x", "/v1/:p"), ("/v1/x/y", "/v1/*")] {
+            assert_eq!(a.lookup(path).unwrap(), want);
+            assert_eq!(b.lookup(path).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_patterns() {
+        let mut r: Router<()> = Router::new();
+        for bad in ["v1", "/v1/{x:[}", "/v1/{x", "/v1/a*b", "/v1/:", "/v1/{:x}", "/v1/:na-me"] {
+            assert!(r.insert(bad, ()).is_err(), "{bad} should be rejected");
+        }
+        r.insert("/v1/:a", ()).unwrap();
+        assert!(r.insert("/v1/:b", ()).unwrap_err().0.contains("duplicates"));
+        r.insert("/x/*", ()).unwrap();
+        assert!(r.insert("/x/*", ()).is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! The compiled, immutable snapshot of everything the request path reads.
+//!
+//! Built from a validated [`Config`]; a request loads the current `Arc<Runtime>` once and reads
+//! only that, so a configuration change (later: admin API, SIGHUP) can swap in a new snapshot
+//! while requests in flight finish on the old one.
+
+use crate::config::{self, Config, Strategy};
+use crate::router::Router;
+use crate::upstream::client::HttpClient;
+use crate::upstream::Upstream;
+use hyper::header::HeaderValue;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub forwards: Vec<Forward>,
+    pub groups: Vec<Group>,
+}
+
+pub struct Forward {
+    pub name: String,
+    /// Values are indexes into [`Runtime::groups`].
+    pub router: Router<usize>,
+    pub default_group: usize,
+    pub max_body_size: u64,
+}
+
+pub struct Group {
+    pub name: String,
+    pub members: Vec<Member>,
+    pub strategy: Strategy,
+    pub client: HttpClient,
+    pub agent: HeaderValue,
+    pub stream: bool,
+    pub request_timeout: Duration,
+    cursor: AtomicUsize,
+}
+
+pub struct Member {
+    pub upstream: Arc<Upstream>,
+    pub weight: u32,
+}
+
+impl Runtime {
+    pub fn build(config: Config) -> Result<Self, String> {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::compile(u).map(Arc::new).map_err(|e| format!("upstream {}: {e}", u.name)))
+            .collect::<Result<_, _>>()?;
+        let groups = config
+            .upstream_groups
+            .iter()
+            .map(|g| build_group(g, &config, &upstreams))
+            .collect::<Result<Vec<_>, _>>()?;
+        let group_index = |name: &str| {
+            config.upstream_groups.iter().position(|g| g.name == name).ok_or_else(|| format!("unknown group {name}"))
+        };
+        let mut forwards = Vec::new();
+        for f in &config.http_server.forwards {
+            let mut router = Router::new();
+            for r in &f.routing {
+                router.insert(&r.path, group_index(&r.target_group)?).map_err(|e| e.to_string())?;
+            }
+            forwards.push(Forward {
+                name: f.name.clone(),
+                router,
+                default_group: group_index(&f.default_group)?,
+                max_body_size: f.max_body_size,
+            });
+        }
+        Ok(Runtime { config: Arc::new(config), forwards, groups })
+    }
+
+    pub fn forward(&self, name: &str) -> Option<&Forward> {
+        self.forwards.iter().find(|f| f.name == name)
+    }
+}
+
+fn build_group(g: &config::UpstreamGroup, config: &Config, upstreams: &[Arc<Upstream>]) -> Result<Group, String> {
+    let members = g
+        .upstreams
+        .iter()
+        .map(|m| {
+            let i = config.upstreams.iter().position(|u| u.name == m.name).ok_or_else(|| format!("unknown upstream {}", m.name))?;
+            Ok(Member { upstream: upstreams[i].clone(), weight: m.weight })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let agent = HeaderValue::from_str(&g.http_client.agent).map_err(|_| format!("group {}: invalid agent", g.name))?;
+    Ok(Group {
+        name: g.name.clone(),
+        members,
+        strategy: g.balance.strategy,
+        client: HttpClient::new(&g.http_client).map_err(|e| format!("group {}: {e}", g.name))?,
+        agent,
+        stream: g.http_client.stream,
+        request_timeout: Duration::from_secs(g.http_client.timeout.request),
+        cursor: AtomicUsize::new(0),
+    })
+}
+
+impl Group {
+    /// The next upstream in rotation. The five strategies, breakers and retries arrive with the
+    /// resilience layer; until then every strategy rotates.
+    pub fn pick(&self) -> Option<&Member> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        self.members.get(i)
+    }
+}
+
+/// The live runtime, shared by every listener. A read lock is held only long enough to clone
+/// the `Arc` (nanoseconds), never across a request.
+pub struct Shared {
+    current: RwLock<Arc<Runtime>>,
+    draining: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime) -> Self {
+        Shared { current: RwLock::new(Arc::new(runtime)), draining: false.into() }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, runtime: Runtime) {
+        let new = Arc::new(runtime);
+        match self.current.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,92 @@
+//! The pooled HTTP client of an upstream group: HTTP/1.1 and HTTP/2 (by ALPN), TLS with the
+//! webpki roots compiled in (a static binary on a bare host trusts public CAs), connect timeout,
+//! TCP keepalive, pool idle timeout, and an optional outbound proxy (HTTP CONNECT or SOCKS5).
+
+use crate::config;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, Error};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Pool<C> = Client<HttpsConnector<C>, Full<Bytes>>;
+
+/// One concrete client type per way of reaching the network; a trait object would cost a box per
+/// connection attempt and hide the types hyper needs to see.
+pub enum HttpClient {
+    Direct(Pool<HttpConnector>),
+    Tunnel(Pool<Tunnel<HttpConnector>>),
+    Socks(Pool<SocksV5<HttpConnector>>),
+}
+
+impl HttpClient {
+    pub fn new(cfg: &config::HttpClient) -> Result<Self, String> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_secs(cfg.timeout.connect)));
+        tcp.set_keepalive((cfg.keepalive > 0).then(|| Duration::from_secs(cfg.keepalive)));
+        let tls = tls_config()?;
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(cfg.timeout.idle)).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+        let wrap = |tls: rustls::ClientConfig| {
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().enable_http2()
+        };
+        let Some(proxy) = &cfg.proxy else {
+            return Ok(HttpClient::Direct(builder.build(wrap(tls).wrap_connector(tcp))));
+        };
+        let uri: Uri = proxy.url.parse().map_err(|e| format!("proxy url: {e}"))?;
+        let (userinfo, host_port) = match uri.authority().map(|a| a.as_str()) {
+            Some(a) => match a.rsplit_once('@') {
+                Some((u, h)) => (Some(u.to_string()), h.to_string()),
+                None => (None, a.to_string()),
+            },
+            None => return Err("proxy url has no host".into()),
+        };
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let dst: Uri = format!("{}://{host_port}", if scheme.starts_with("socks") { "http" } else { scheme })
+            .parse()
+            .map_err(|e| format!("proxy url: {e}"))?;
+        if scheme.starts_with("socks5") {
+            let mut socks = SocksV5::new(dst, tcp).local_dns(scheme == "socks5");
+            if let Some((user, pass)) = userinfo.as_deref().and_then(|u| u.split_once(':')) {
+                socks = socks.with_auth(user.to_string(), pass.to_string());
+            }
+            Ok(HttpClient::Socks(builder.build(wrap(tls).wrap_connector(socks))))
+        } else {
+            let mut tunnel = Tunnel::new(dst, tcp);
+            if let Some(u) = userinfo {
+                let value = format!("Basic {}", super::base64(u.as_bytes()));
+                let header = hyper::header::HeaderValue::from_str(&value).map_err(|_| "proxy credentials are not valid".to_string())?;
+                tunnel = tunnel.with_auth(header);
+            }
+            Ok(HttpClient::Tunnel(builder.build(wrap(tls).wrap_connector(tunnel))))
+        }
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
+        match self {
+            HttpClient::Direct(c) => c.request(req).await,
+            HttpClient::Tunnel(c) => c.request(req).await,
+            HttpClient::Socks(c) => c.request(req).await,
+        }
+    }
+}
+
+/// Client TLS with the `ring` provider (builds for musl without cmake) and the webpki roots.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    // ALPN (h2, http/1.1) is set by hyper-rustls from enable_http1/enable_http2.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tls)
+}
