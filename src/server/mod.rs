@@ -33,8 +33,10 @@ pub struct Server {
     /// (forward name, bound address), in configuration order.
     pub forwards: Vec<(String, SocketAddr)>,
     pub admin: SocketAddr,
-    stop: watch::Sender<Option<Duration>>,
-    loops: Vec<JoinHandle<bool>>,
+    stop_forwards: watch::Sender<Option<Duration>>,
+    stop_admin: watch::Sender<Option<Duration>>,
+    forward_loops: Vec<JoinHandle<bool>>,
+    admin_loop: JoinHandle<bool>,
 }
 
 #[derive(Clone)]
@@ -70,26 +72,32 @@ impl Server {
             header_timeout: Duration::from_secs(admin.timeout.connect),
         });
         let shared = Arc::new(Shared::new(Runtime::build(config)?));
-        let (stop, _) = watch::channel(None);
+        let (stop_forwards, _) = watch::channel(None);
+        let (stop_admin, _) = watch::channel(None);
         let mut forwards = Vec::new();
-        let mut admin_addr = None;
-        let mut loops = Vec::new();
+        let mut forward_loops = Vec::new();
+        let mut admin_loop = None;
+        let mut admin = None;
         for l in listeners {
             let addr = l.socket.local_addr().map_err(|e| format!("listener address: {e}"))?;
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
             match &l.role {
                 Role::Forward(name) => {
-                    crate::info!("forward {name} listening on {}://{addr}", if l.tls.is_some() { "https" } else { "http" });
+                    crate::info!("forward {name} listening on {scheme}://{addr}");
                     forwards.push((name.to_string(), addr));
+                    forward_loops.push(tokio::spawn(accept_loop(l, shared.clone(), stop_forwards.subscribe())));
                 }
                 Role::Admin => {
-                    crate::info!("admin listening on {}://{addr}", if l.tls.is_some() { "https" } else { "http" });
-                    admin_addr = Some(addr);
+                    crate::info!("admin listening on {scheme}://{addr}");
+                    admin = Some(addr);
+                    admin_loop = Some(tokio::spawn(accept_loop(l, shared.clone(), stop_admin.subscribe())));
                 }
             }
-            loops.push(tokio::spawn(accept_loop(l, shared.clone(), stop.subscribe())));
         }
-        let admin = admin_addr.ok_or("admin listener missing")?;
-        Ok(Server { shared, forwards, admin, stop, loops })
+        let (Some(admin), Some(admin_loop)) = (admin, admin_loop) else {
+            return Err("admin listener missing".into());
+        };
+        Ok(Server { shared, forwards, admin, stop_forwards, stop_admin, forward_loops, admin_loop })
     }
 
     /// The bound address of a forward, by name.
@@ -98,14 +106,17 @@ impl Server {
     }
 
     /// Stops accepting, waits up to `grace` for requests and streams in flight, and returns
-    /// whether everything finished in time.
+    /// whether everything finished in time. The admin port keeps answering (health: 503
+    /// "draining") until the forwards are done, so a load balancer sees the drain.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shared.set_draining();
-        let _ = self.stop.send(Some(grace));
+        let _ = self.stop_forwards.send(Some(grace));
         let mut drained = true;
-        for l in self.loops {
+        for l in self.forward_loops {
             drained &= l.await.unwrap_or(false);
         }
+        let _ = self.stop_admin.send(Some(Duration::from_secs(1)));
+        let _ = self.admin_loop.await;
         drained
     }
 }

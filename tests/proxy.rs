@@ -1,0 +1,447 @@
+//! The data plane end to end: the real server on port 0 in front of a scripted upstream.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn proxy_for(up: &TestUpstream, url_path: &str, upstream_extra: &str, http_client: &str) -> llmproxy::server::Server {
+    start(&single_upstream_config(&up.url(url_path), upstream_extra, http_client)).await
+}
+
+#[tokio::test]
+async fn non_streaming_json_is_relayed_with_status_and_headers() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let (status, headers, body) = post(addr, "/v1/echo", r#"{"model":"x"}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let v = json_of(&body);
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["body_len"], 13);
+    // Upstream statuses pass through untouched, body included.
+    let (status, _, body) = get(addr, "/v1/status?code=418").await;
+    assert_eq!(status.as_u16(), 418);
+    assert_eq!(json_of(&body)["error"]["message"], "scripted");
+}
+
+#[tokio::test]
+async fn sse_frames_arrive_as_the_upstream_sends_them() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let started = Instant::now();
+    let resp = client().request(Request::get(format!("http://{addr}/v1/stream?n=6&gap_ms=150")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            arrivals.push(started.elapsed());
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    let expected: String = (1..=6).map(|n| format!("data: {{\"n\":{n}}}\n\n")).collect();
+    assert_eq!(text, expected, "byte-for-byte relay");
+    // The upstream needs 750 ms to finish; the first event must not wait for that.
+    assert!(arrivals[0] < Duration::from_millis(500), "first chunk at {:?}", arrivals[0]);
+    assert!(*arrivals.last().unwrap() >= Duration::from_millis(700));
+    assert!(arrivals.len() >= 4, "events were coalesced into {} frames", arrivals.len());
+}
+
+#[tokio::test]
+async fn paths_join_for_base_and_full_endpoint_urls_with_query() {
+    let up = TestUpstream::start().await;
+    for (url_path, client_path, want) in [
+        ("/v1", "/v1/echo?a=1&b=2", "/v1/echo?a=1&b=2"),
+        ("/v1/echo", "/v1/echo?a=1", "/v1/echo?a=1"),
+        ("/v1/echo", "/echo", "/v1/echo"),
+        ("/prefix/v1", "/v1/echo", "/prefix/v1/echo"),
+        ("", "/v1/echo", "/v1/echo"),
+        ("/v1?api-version=7", "/v1/echo?x=y", "/v1/echo?api-version=7&x=y"),
+    ] {
+        let server = proxy_for(&up, url_path, "", "").await;
+        let (status, _, body) = get(server.forward_addr("main").unwrap(), client_path).await;
+        assert_eq!(status, 200, "{url_path} + {client_path}");
+        assert_eq!(json_of(&body)["path"], want, "{url_path} + {client_path}");
+    }
+}
+
+fn header<'a>(v: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    v["headers"][name].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn header_rules_and_bearer_injection() {
+    let up = TestUpstream::start().await;
+    let extra = r#"    auth: {type: bearer, token: sk-upstream}
+    headers:
+      - {op: insert, key: x-insert, value: proxy}
+      - {op: insert, key: x-present, value: proxy}
+      - {op: replace, key: x-replace, value: proxy}
+      - {op: remove, key: x-remove}"#;
+    let server = proxy_for(&up, "/v1", extra, "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let req = Request::post(format!("http://{addr}/v1/echo"))
+        .header("authorization", "Bearer client-key")
+        .header("connection", "x-hop")
+        .header("x-hop", "must-not-pass")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic eA==")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("user-agent", "client-agent")
+        .header("x-present", "client")
+        .header("x-replace", "client")
+        .header("x-remove", "client")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let (status, _, body) = send(addr, req).await;
+    assert_eq!(status, 200);
+    let v = json_of(&body);
+    assert_eq!(header(&v, "authorization"), vec!["Bearer sk-upstream"], "exactly one Authorization, the upstream's");
+    assert_eq!(header(&v, "host"), vec![up.addr.to_string()]);
+    assert_eq!(header(&v, "x-forwarded-for"), vec!["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(header(&v, "x-forwarded-proto"), vec!["http"]);
+    assert_eq!(header(&v, "user-agent"), vec!["test-agent/1"]);
+    for gone in ["x-hop", "keep-alive", "te", "proxy-authorization", "x-remove"] {
+        assert!(header(&v, gone).is_empty(), "{gone} reached the upstream");
+    }
+    assert_eq!(header(&v, "x-insert"), vec!["proxy"]);
+    assert_eq!(header(&v, "x-present"), vec!["client"], "insert never overwrites");
+    assert_eq!(header(&v, "x-replace"), vec!["proxy"]);
+    assert_eq!(header(&v, "x-custom"), vec!["kept"]);
+}
+
+#[tokio::test]
+async fn basic_auth_replaces_client_authorization() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "    auth: {type: basic, username: alice, password: s3cret}", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let req = Request::get(format!("http://{addr}/v1/echo")).header("authorization", "Bearer client").body(Full::default()).unwrap();
+    let (_, _, body) = send(addr, req).await;
+    assert_eq!(header(&json_of(&body), "authorization"), vec!["Basic YWxpY2U6czNjcmV0"]);
+}
+
+#[tokio::test]
+async fn three_mib_body_arrives_byte_exact() {
+    let up = TestUpstream::start().await;
+    let yaml = single_upstream_config(&up.url("/v1"), "", "").replace("max_body_size: 1MiB", "max_body_size: 4MiB");
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    let mut x: u32 = 12345;
+    let payload: Vec<u8> = (0..3 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let (status, _, body) = post(addr, "/v1/echo-body", payload.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), payload.len());
+    assert!(body[..] == payload[..], "body changed in transit");
+}
+
+#[tokio::test]
+async fn oversized_body_gets_413_without_touching_the_upstream() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let (status, _, body) = post(addr, "/v1/echo", vec![b'x'; 2 * 1024 * 1024]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error_message(&body).contains("1048576"));
+    // Without a Content-Length (chunked upload) the limit holds while reading.
+    let chunked = Chunks((0..20).map(|_| Bytes::from(vec![b'y'; 100 * 1024])).collect());
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let resp = c.request(Request::post(format!("http://{addr}/v1/echo")).body(chunked).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(up.log.requests.load(Ordering::SeqCst), 0, "the upstream must not be contacted");
+}
+
+/// A request body of several frames and no declared length (sent chunked).
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn slowloris_head_is_cut_after_timeout_connect() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // a 408 before closing is fine too
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client that never finishes its head must be disconnected");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut too early: {:?}", started.elapsed());
+    // Other clients are unaffected.
+    let (status, _, _) = get(addr, "/v1/echo").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn slow_model_is_not_cut_by_the_header_timeout() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let (status, _, _) = get(server.forward_addr("main").unwrap(), "/v1/slow-head?ms=1600").await;
+    assert_eq!(status, 200, "timeout.connect (1 s) must only guard the request head");
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_json() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let server = start(&single_upstream_config(&format!("http://127.0.0.1:{port}/v1"), "", "")).await;
+    let (status, headers, body) = get(server.forward_addr("main").unwrap(), "/v1/models").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["content-type"], "application/json");
+    let msg = error_message(&body);
+    assert!(msg.contains("cannot connect to upstream up"), "{msg}");
+    assert!(!msg.contains(&port.to_string()) || msg.contains("up"), "names the upstream");
+}
+
+#[tokio::test]
+async fn slow_head_past_timeout_request_is_504_json() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "      timeout: {request: 1}").await;
+    let started = Instant::now();
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/slow-head?ms=3000").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(error_message(&body).contains("did not answer within 1s"));
+    assert!(started.elapsed() < Duration::from_millis(2500));
+}
+
+async fn read_stream(addr: std::net::SocketAddr, path: &str) -> (String, Result<(), String>) {
+    let resp = client().request(Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    loop {
+        match body.frame().await {
+            None => return (text, Ok(())),
+            Some(Err(e)) => return (text, Err(e.to_string())),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    text.push_str(std::str::from_utf8(&d).unwrap());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn long_stream_survives_a_short_timeout_request() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "      timeout: {request: 1}").await;
+    // 25 events 100 ms apart: 2.5 s in all, more than twice timeout.request.
+    let (text, end) = read_stream(server.forward_addr("main").unwrap(), "/v1/stream?n=25&gap_ms=100").await;
+    assert_eq!(end, Ok(()));
+    assert_eq!(text.matches("data: ").count(), 25);
+}
+
+#[tokio::test]
+async fn stall_mid_stream_is_cut_not_completed() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "      timeout: {request: 1}").await;
+    let started = Instant::now();
+    let (text, end) = read_stream(server.forward_addr("main").unwrap(), "/v1/stall?after=3").await;
+    assert_eq!(text.matches("data: ").count(), 3);
+    assert!(end.is_err(), "a cut stream must not look complete");
+    assert!(started.elapsed() >= Duration::from_millis(900) && started.elapsed() < Duration::from_secs(4));
+    assert!(eventually(Duration::from_secs(2), || up.log.stream_dropped.load(Ordering::SeqCst)).await, "upstream request must be dropped");
+}
+
+#[tokio::test]
+async fn non_streaming_group_bounds_the_whole_response() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "      stream: false\n      timeout: {request: 1}").await;
+    let (text, end) = read_stream(server.forward_addr("main").unwrap(), "/v1/stream?n=30&gap_ms=100").await;
+    assert!(end.is_err(), "the total deadline cuts the body");
+    let n = text.matches("data: ").count();
+    assert!((5..30).contains(&n), "{n} events before the deadline");
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_stream_aborts_the_client_response() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let (text, end) = tokio::time::timeout(Duration::from_secs(5), read_stream(server.forward_addr("main").unwrap(), "/v1/reset?after=2"))
+        .await
+        .expect("a reset must not hang the client");
+    assert_eq!(text.matches("data: ").count(), 2);
+    assert!(end.is_err());
+}
+
+#[tokio::test]
+async fn client_disconnect_drops_the_upstream_request() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    {
+        let c = client();
+        let resp = c.request(Request::get(format!("http://{addr}/v1/stream?n=1000&gap_ms=20")).body(Full::default()).unwrap()).await.unwrap();
+        let mut body = resp.into_body();
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        assert!(!up.log.stream_dropped.load(Ordering::SeqCst));
+        // Dropping the body and the client closes the connection mid-stream.
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || up.log.stream_dropped.load(Ordering::SeqCst)).await,
+        "the upstream stream must be dropped when the client goes away"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_a_stream_and_health_reports_draining() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let admin = server.admin;
+    let (status, _, body) = get(admin, "/health").await;
+    assert_eq!((status, json_of(&body)["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let stream = tokio::spawn(read_stream(addr, "/v1/stream?n=15&gap_ms=100"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Keep an admin connection open so we can watch health during the drain.
+    let admin_client = client();
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resp = admin_client.request(Request::get(format!("http://{admin}/health")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "health must say draining");
+    // New connections to the forward are refused while the stream finishes.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    let (text, end) = stream.await.unwrap();
+    assert_eq!(end, Ok(()));
+    assert_eq!(text.matches("data: ").count(), 15, "the stream in flight finished");
+    assert!(shutdown.await.unwrap(), "drained within the grace period");
+}
+
+#[tokio::test]
+async fn routes_pick_groups_by_priority_and_default() {
+    let yaml = r#"
+http_server:
+  forwards:
+    - name: main
+      port: 0
+      address: 127.0.0.1
+      default_group: fallback
+      routing:
+        - {path: "/v1/models", target_group: static}
+        - {path: "/v1/:any", target_group: param}
+        - {path: "/x/{id:[0-9]+}/models", target_group: regex}
+        - {path: "/w/*", target_group: wildcard}
+  admin: {port: 0, address: 127.0.0.1}
+upstreams:
+  - {name: s, url: "mock://", mock: {model: from-static, ttft_ms: 0}}
+  - {name: p, url: "mock://", mock: {model: from-param, ttft_ms: 0}}
+  - {name: r, url: "mock://", mock: {model: from-regex, ttft_ms: 0}}
+  - {name: w, url: "mock://", mock: {model: from-wildcard, ttft_ms: 0}}
+  - {name: f, url: "mock://", mock: {model: from-fallback, ttft_ms: 0}}
+upstream_groups:
+  - {name: static, upstreams: [{name: s}]}
+  - {name: param, upstreams: [{name: p}]}
+  - {name: regex, upstreams: [{name: r}]}
+  - {name: wildcard, upstreams: [{name: w}]}
+  - {name: fallback, upstreams: [{name: f}]}
+"#;
+    let server = start(yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    for (path, want) in [
+        ("/v1/models", "from-static"),
+        ("/v1/models?limit=1", "from-static"),
+        ("/v1/other/models", "from-fallback"),
+        ("/x/42/models", "from-regex"),
+        ("/x/abc/models", "from-fallback"),
+        ("/w/a/b/models", "from-wildcard"),
+        ("/models", "from-fallback"),
+    ] {
+        let (status, _, body) = get(addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(json_of(&body)["data"][0]["id"], want, "{path}");
+    }
+    // /v1/:any matches one segment: the mock answers 404 for an unknown endpoint, from the param group.
+    let (status, _, _) = get(addr, "/v1/whatever").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_is_served() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let resp = h2.request(Request::get(format!("http://{addr}/v1/stream?n=3&gap_ms=10")).body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body).matches("data: ").count(), 3);
+}
+
+#[tokio::test]
+async fn garbage_gets_400_and_does_not_disturb_others() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"\x16\x03\x01 this is not http\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), raw.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 400"), "{text}");
+    // Too many headers → 431.
+    let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = String::from("GET /v1/echo HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        head.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    big.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), big.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 431") || text.starts_with("HTTP/1.1 400") || text.is_empty(), "{text}");
+    let (status, _, _) = get(addr, "/v1/echo").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn builtin_mock_serves_sse_through_the_proxy() {
+    let server = start(&single_upstream_config("mock://", "    mock: {ttft_ms: 50, token_delay_ms: 5, tokens: 4}", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    let (status, headers, body) = post(addr, "/v1/chat/completions", r#"{"stream":true,"model":"m"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(text.matches("data: ").count(), 1 + 4 + 1 + 1 + 1);
+}
