@@ -1,17 +1,19 @@
 //! llmproxy: an LLM API gateway. The binary `llmproxyd` is a thin shell around this library;
 //! tests, benchmarks and fuzz targets reach the same modules.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 #[macro_use]
 pub mod log;
+pub mod admin;
+pub mod body;
 pub mod cli;
 pub mod config;
-pub mod router;
-pub mod body;
 pub mod error;
 pub mod mock;
-pub mod rand;
-pub mod upstream;
-pub mod runtime;
 pub mod proxy;
-pub mod admin;
+pub mod rand;
+pub mod router;
+pub mod runtime;
 pub mod server;
+pub mod upstream;

@@ -1,5 +1,7 @@
 //! `llmproxyd`: parse arguments, load the configuration, serve until SIGTERM/SIGINT, drain.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use llmproxy::cli::{self, Command};
 use llmproxy::config::{self, ProcessEnv};
 use llmproxy::server::Server;

@@ -24,8 +24,29 @@ use tokio::time::{Instant, Sleep};
 
 /// Words the mock "generates", one per token, cycling.
 const WORDS: &[&str] = &[
-    "Hello", "from", "the", "llmproxy", "mock", "upstream.", "Every", "token", "you", "see", "was", "streamed",
-    "through", "the", "gateway", "exactly", "as", "a", "real", "provider", "would", "send", "it.",
+    "Hello",
+    "from",
+    "the",
+    "llmproxy",
+    "mock",
+    "upstream.",
+    "Every",
+    "token",
+    "you",
+    "see",
+    "was",
+    "streamed",
+    "through",
+    "the",
+    "gateway",
+    "exactly",
+    "as",
+    "a",
+    "real",
+    "provider",
+    "would",
+    "send",
+    "it.",
 ];
 
 /// Dimensions of mock embeddings: small, since only the shape matters.
@@ -202,7 +223,9 @@ async fn messages(cfg: &Mock, request: &Value, body_len: usize) -> Response<Prox
 fn embeddings(cfg: &Mock, request: &Value) -> Response<ProxyBody> {
     let inputs: Vec<String> = match request.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect(),
+        Some(Value::Array(items)) => {
+            items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect()
+        }
         _ => {
             return json_response(
                 StatusCode::BAD_REQUEST,
@@ -357,11 +380,14 @@ mod tests {
 
     #[tokio::test]
     async fn anthropic_json_models_and_embeddings() {
-        let m: Value = serde_json::from_str(&body_of(respond(&quick(), &Method::POST, "/v1/messages", b"{}").await).await).unwrap();
+        let m: Value =
+            serde_json::from_str(&body_of(respond(&quick(), &Method::POST, "/v1/messages", b"{}").await).await)
+                .unwrap();
         assert_eq!(m["type"], "message");
         assert_eq!(m["content"][0]["type"], "text");
         assert_eq!(m["usage"]["output_tokens"], 5);
-        let l: Value = serde_json::from_str(&body_of(respond(&quick(), &Method::GET, "/v1/models", b"").await).await).unwrap();
+        let l: Value =
+            serde_json::from_str(&body_of(respond(&quick(), &Method::GET, "/v1/models", b"").await).await).unwrap();
         assert_eq!(l["object"], "list");
         assert_eq!(l["data"][0]["id"], "mock-gpt");
         let e = respond(&quick(), &Method::POST, "/v1/embeddings", br#"{"input":["a","b"]}"#).await;

@@ -84,7 +84,11 @@ fn build_group(g: &config::UpstreamGroup, config: &Config, upstreams: &[Arc<Upst
         .upstreams
         .iter()
         .map(|m| {
-            let i = config.upstreams.iter().position(|u| u.name == m.name).ok_or_else(|| format!("unknown upstream {}", m.name))?;
+            let i = config
+                .upstreams
+                .iter()
+                .position(|u| u.name == m.name)
+                .ok_or_else(|| format!("unknown upstream {}", m.name))?;
             Ok(Member { upstream: upstreams[i].clone(), weight: m.weight })
         })
         .collect::<Result<Vec<_>, String>>()?;

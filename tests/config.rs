@@ -184,9 +184,16 @@ fn cross_reference_errors_name_path_and_known_names() {
     let err = with("http_server.forwards.0.default_group", Value::from("nope")).unwrap_err();
     assert_eq!(err, "http_server.forwards[0].default_group: unknown upstream group \"nope\" (known: g)");
     let mut root: Value = serde_yaml::from_str(MINIMAL).unwrap();
-    set(&mut root, "http_server.forwards.0.routing", serde_yaml::from_str("[{path: /v1/x, target_group: ghost}]").unwrap());
+    set(
+        &mut root,
+        "http_server.forwards.0.routing",
+        serde_yaml::from_str("[{path: /v1/x, target_group: ghost}]").unwrap(),
+    );
     let err = parse(&serde_yaml::to_string(&root).unwrap()).unwrap_err();
-    assert!(err.starts_with("http_server.forwards[0].routing[0].target_group: unknown upstream group \"ghost\""), "{err}");
+    assert!(
+        err.starts_with("http_server.forwards[0].routing[0].target_group: unknown upstream group \"ghost\""),
+        "{err}"
+    );
     let err = with("upstream_groups.0.upstreams.0.name", Value::from("ghost")).unwrap_err();
     assert_eq!(err, "upstream_groups[0].upstreams[0].name: unknown upstream \"ghost\" (known: a)");
     let err = with("upstream_groups.0.upstreams", serde_yaml::from_str("[{name: a}, {name: a}]").unwrap()).unwrap_err();
@@ -195,16 +202,19 @@ fn cross_reference_errors_name_path_and_known_names() {
     assert!(err.contains("upstream_groups[0].upstreams: needs at least one upstream"), "{err}");
     let err = with("upstreams.1", serde_yaml::from_str("{name: a, url: 'http://x'}").unwrap()).unwrap_err();
     assert!(err.contains("upstreams[1].name: duplicate name \"a\""), "{err}");
-    let err = with("upstream_groups.1", serde_yaml::from_str("{name: g, upstreams: [{name: a}]}").unwrap()).unwrap_err();
+    let err =
+        with("upstream_groups.1", serde_yaml::from_str("{name: g, upstreams: [{name: a}]}").unwrap()).unwrap_err();
     assert!(err.contains("upstream_groups[1].name: duplicate name"), "{err}");
-    let err = with("http_server.forwards.1", serde_yaml::from_str("{name: f, port: 3001, default_group: g}").unwrap()).unwrap_err();
+    let err = with("http_server.forwards.1", serde_yaml::from_str("{name: f, port: 3001, default_group: g}").unwrap())
+        .unwrap_err();
     assert!(err.contains("http_server.forwards[1].name: duplicate name"), "{err}");
 }
 
 #[test]
 fn route_patterns_must_compile() {
     for (pattern, why) in [("/v1/{m:[}", "invalid regex"), ("v1/x", "must start with"), ("/v1/a*", "whole segment")] {
-        let routes = Value::Sequence(vec![serde_yaml::from_str(&format!("{{path: '{pattern}', target_group: g}}")).unwrap()]);
+        let routes =
+            Value::Sequence(vec![serde_yaml::from_str(&format!("{{path: '{pattern}', target_group: g}}")).unwrap()]);
         let err = with("http_server.forwards.0.routing", routes).unwrap_err();
         assert!(err.starts_with("http_server.forwards[0].routing[0].path:") && err.contains(why), "{pattern}: {err}");
     }
@@ -215,11 +225,17 @@ fn route_patterns_must_compile() {
 #[test]
 fn unknown_keys_are_errors_with_path_and_suggestion() {
     let err = with("upstream_groups.0.http_client.stream_mod", Value::from(true)).unwrap_err();
-    assert_eq!(err, "upstream_groups[0].http_client.stream_mod: unknown key \"stream_mod\"; did you mean \"stream_mode\"?");
+    assert_eq!(
+        err,
+        "upstream_groups[0].http_client.stream_mod: unknown key \"stream_mod\"; did you mean \"stream_mode\"?"
+    );
     let err = with("upstreams.0.brekaer", Value::Mapping(Default::default())).unwrap_err();
     assert!(err.contains("upstreams[0].brekaer") && err.contains("did you mean \"breaker\""), "{err}");
     let err = with("colour", Value::from(1)).unwrap_err();
-    assert!(err.starts_with("colour: unknown key \"colour\" (known keys: http_server, upstreams, upstream_groups)"), "{err}");
+    assert!(
+        err.starts_with("colour: unknown key \"colour\" (known keys: http_server, upstreams, upstream_groups)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,21 +244,73 @@ fn value_errors_name_the_path() {
         ("upstreams.0.url", Value::from("ftp://x"), "upstreams[0].url: \"ftp://x\": scheme \"ftp\" is not supported"),
         ("upstreams.0.url", Value::from("not a url"), "upstreams[0].url"),
         ("upstreams.0.auth", serde_yaml::from_str("{type: bearer}").unwrap(), "upstreams[0].auth.token: is required"),
-        ("upstreams.0.auth", serde_yaml::from_str("{type: basic, password: p}").unwrap(), "upstreams[0].auth.username: is required"),
-        ("upstreams.0.auth", serde_yaml::from_str("{type: basic, username: u}").unwrap(), "upstreams[0].auth.password: is required"),
-        ("upstreams.0.auth", serde_yaml::from_str("{type: token}").unwrap(), "upstreams[0].auth.type: unknown value \"token\""),
-        ("upstreams.0.auth", serde_yaml::from_str("{type: none, token: x}").unwrap(), "upstreams[0].auth.token: is not used"),
-        ("upstreams.0.headers", serde_yaml::from_str("[{op: insert, key: 'bad key', value: v}]").unwrap(), "upstreams[0].headers[0].key"),
-        ("upstreams.0.headers", serde_yaml::from_str("[{op: insert, key: x-a}]").unwrap(), "upstreams[0].headers[0].value: is required"),
-        ("upstreams.0.headers", serde_yaml::from_str("[{op: remove, key: x-a, value: v}]").unwrap(), "upstreams[0].headers[0].value: is not used"),
-        ("upstreams.0.headers", serde_yaml::from_str("[{op: upsert, key: x-a, value: v}]").unwrap(), "upstreams[0].headers[0].op: unknown value"),
-        ("upstreams.0.mock", Value::Mapping(Default::default()), "upstreams[0].mock: a mock block needs url: \"mock://\""),
-        ("upstream_groups.0.balance.strategy", Value::from("fastest"), "upstream_groups[0].balance.strategy: unknown value"),
-        ("upstream_groups.0.http_client.proxy.url", Value::from("ftp://p:1"), "upstream_groups[0].http_client.proxy.url"),
-        ("http_server.forwards.0.address", Value::from("localhost"), "http_server.forwards[0].address: \"localhost\" is not an IP address"),
+        (
+            "upstreams.0.auth",
+            serde_yaml::from_str("{type: basic, password: p}").unwrap(),
+            "upstreams[0].auth.username: is required",
+        ),
+        (
+            "upstreams.0.auth",
+            serde_yaml::from_str("{type: basic, username: u}").unwrap(),
+            "upstreams[0].auth.password: is required",
+        ),
+        (
+            "upstreams.0.auth",
+            serde_yaml::from_str("{type: token}").unwrap(),
+            "upstreams[0].auth.type: unknown value \"token\"",
+        ),
+        (
+            "upstreams.0.auth",
+            serde_yaml::from_str("{type: none, token: x}").unwrap(),
+            "upstreams[0].auth.token: is not used",
+        ),
+        (
+            "upstreams.0.headers",
+            serde_yaml::from_str("[{op: insert, key: 'bad key', value: v}]").unwrap(),
+            "upstreams[0].headers[0].key",
+        ),
+        (
+            "upstreams.0.headers",
+            serde_yaml::from_str("[{op: insert, key: x-a}]").unwrap(),
+            "upstreams[0].headers[0].value: is required",
+        ),
+        (
+            "upstreams.0.headers",
+            serde_yaml::from_str("[{op: remove, key: x-a, value: v}]").unwrap(),
+            "upstreams[0].headers[0].value: is not used",
+        ),
+        (
+            "upstreams.0.headers",
+            serde_yaml::from_str("[{op: upsert, key: x-a, value: v}]").unwrap(),
+            "upstreams[0].headers[0].op: unknown value",
+        ),
+        (
+            "upstreams.0.mock",
+            Value::Mapping(Default::default()),
+            "upstreams[0].mock: a mock block needs url: \"mock://\"",
+        ),
+        (
+            "upstream_groups.0.balance.strategy",
+            Value::from("fastest"),
+            "upstream_groups[0].balance.strategy: unknown value",
+        ),
+        (
+            "upstream_groups.0.http_client.proxy.url",
+            Value::from("ftp://p:1"),
+            "upstream_groups[0].http_client.proxy.url",
+        ),
+        (
+            "http_server.forwards.0.address",
+            Value::from("localhost"),
+            "http_server.forwards[0].address: \"localhost\" is not an IP address",
+        ),
         ("http_server.forwards.0.name", Value::from(""), "http_server.forwards[0].name: must not be empty"),
         ("http_server.forwards", Value::Sequence(vec![]), "http_server.forwards: needs at least one forward"),
-        ("upstream_groups.0.http_client.stream", Value::from("maybe"), "upstream_groups[0].http_client.stream: expected true or false"),
+        (
+            "upstream_groups.0.http_client.stream",
+            Value::from("maybe"),
+            "upstream_groups[0].http_client.stream: expected true or false",
+        ),
     ];
     for (path, value, want) in cases {
         let err = with(path, value.clone()).unwrap_err();
@@ -255,12 +323,16 @@ fn value_errors_name_the_path() {
 #[test]
 fn duplicate_listen_addresses_are_rejected() {
     let err = with("http_server.admin.port", Value::from(3000)).unwrap_err();
-    assert!(err.contains("http_server.admin.port: 0.0.0.0:3000 is already used by http_server.forwards[0].port"), "{err}");
+    assert!(
+        err.contains("http_server.admin.port: 0.0.0.0:3000 is already used by http_server.forwards[0].port"),
+        "{err}"
+    );
     let second = serde_yaml::from_str("{name: f2, port: 3000, address: 127.0.0.1, default_group: g}").unwrap();
     let err = with("http_server.forwards.1", second).unwrap_err();
     assert!(err.contains("http_server.forwards[1].port: 127.0.0.1:3000 is already used"), "{err}");
     // Different ports, or two port-0 listeners, are fine.
-    assert!(with("http_server.forwards.1", serde_yaml::from_str("{name: f2, port: 3001, default_group: g}").unwrap()).is_ok());
+    assert!(with("http_server.forwards.1", serde_yaml::from_str("{name: f2, port: 3001, default_group: g}").unwrap())
+        .is_ok());
     let mut root: Value = serde_yaml::from_str(MINIMAL).unwrap();
     set(&mut root, "http_server.forwards.0.port", Value::from(0));
     set(&mut root, "http_server.admin.port", Value::from(0));
@@ -269,7 +341,10 @@ fn duplicate_listen_addresses_are_rejected() {
 
 #[test]
 fn environment_expansion_and_overrides() {
-    let text = MINIMAL.replace("url: \"http://127.0.0.1:8000/v1\"", "url: \"${BASE:-http://127.0.0.1:9}/v1\"\n    auth: {type: bearer, token: \"${KEY}\"}");
+    let text = MINIMAL.replace(
+        "url: \"http://127.0.0.1:8000/v1\"",
+        "url: \"${BASE:-http://127.0.0.1:9}/v1\"\n    auth: {type: bearer, token: \"${KEY}\"}",
+    );
     let c = config::from_str(&text, &env(&[("KEY", "sk-123")])).unwrap();
     assert_eq!(c.upstreams[0].url, "http://127.0.0.1:9/v1");
     assert_eq!(c.upstreams[0].auth, Auth::Bearer { token: "sk-123".into() });
@@ -278,7 +353,10 @@ fn environment_expansion_and_overrides() {
 
     let err = config::from_str(&text, &no_env()).unwrap_err().to_string();
     assert_eq!(err, "upstreams[0].auth.token: is empty: environment variable KEY is unset or empty");
-    let basic = MINIMAL.replace("url: \"http://127.0.0.1:8000/v1\"", "url: http://x\n    auth: {type: basic, username: u, password: \"${PW}\"}");
+    let basic = MINIMAL.replace(
+        "url: \"http://127.0.0.1:8000/v1\"",
+        "url: http://x\n    auth: {type: basic, username: u, password: \"${PW}\"}",
+    );
     let err = config::from_str(&basic, &env(&[("PW", "")])).unwrap_err().to_string();
     assert!(err.contains("upstreams[0].auth.password: is empty: environment variable PW"), "{err}");
 

@@ -10,7 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn proxy_for(up: &TestUpstream, url_path: &str, upstream_extra: &str, http_client: &str) -> llmproxy::server::Server {
+async fn proxy_for(
+    up: &TestUpstream,
+    url_path: &str,
+    upstream_extra: &str,
+    http_client: &str,
+) -> llmproxy::server::Server {
     start(&single_upstream_config(&up.url(url_path), upstream_extra, http_client)).await
 }
 
@@ -37,7 +42,10 @@ async fn sse_frames_arrive_as_the_upstream_sends_them() {
     let server = proxy_for(&up, "/v1", "", "").await;
     let addr = server.forward_addr("main").unwrap();
     let started = Instant::now();
-    let resp = client().request(Request::get(format!("http://{addr}/v1/stream?n=6&gap_ms=150")).body(Full::default()).unwrap()).await.unwrap();
+    let resp = client()
+        .request(Request::get(format!("http://{addr}/v1/stream?n=6&gap_ms=150")).body(Full::default()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
     let mut arrivals = Vec::new();
@@ -126,7 +134,10 @@ async fn basic_auth_replaces_client_authorization() {
     let up = TestUpstream::start().await;
     let server = proxy_for(&up, "/v1", "    auth: {type: basic, username: alice, password: s3cret}", "").await;
     let addr = server.forward_addr("main").unwrap();
-    let req = Request::get(format!("http://{addr}/v1/echo")).header("authorization", "Bearer client").body(Full::default()).unwrap();
+    let req = Request::get(format!("http://{addr}/v1/echo"))
+        .header("authorization", "Bearer client")
+        .body(Full::default())
+        .unwrap();
     let (_, _, body) = send(addr, req).await;
     assert_eq!(header(&json_of(&body), "authorization"), vec!["Basic YWxpY2U6czNjcmV0"]);
 }
@@ -241,7 +252,8 @@ async fn slow_head_past_timeout_request_is_504_json() {
 }
 
 async fn read_stream(addr: std::net::SocketAddr, path: &str) -> (String, Result<(), String>) {
-    let resp = client().request(Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap()).await.unwrap();
+    let resp =
+        client().request(Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut text = String::new();
@@ -277,7 +289,10 @@ async fn stall_mid_stream_is_cut_not_completed() {
     assert_eq!(text.matches("data: ").count(), 3);
     assert!(end.is_err(), "a cut stream must not look complete");
     assert!(started.elapsed() >= Duration::from_millis(900) && started.elapsed() < Duration::from_secs(4));
-    assert!(eventually(Duration::from_secs(2), || up.log.stream_dropped.load(Ordering::SeqCst)).await, "upstream request must be dropped");
+    assert!(
+        eventually(Duration::from_secs(2), || up.log.stream_dropped.load(Ordering::SeqCst)).await,
+        "upstream request must be dropped"
+    );
 }
 
 #[tokio::test]
@@ -294,9 +309,12 @@ async fn non_streaming_group_bounds_the_whole_response() {
 async fn upstream_reset_mid_stream_aborts_the_client_response() {
     let up = TestUpstream::start().await;
     let server = proxy_for(&up, "/v1", "", "").await;
-    let (text, end) = tokio::time::timeout(Duration::from_secs(5), read_stream(server.forward_addr("main").unwrap(), "/v1/reset?after=2"))
-        .await
-        .expect("a reset must not hang the client");
+    let (text, end) = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_stream(server.forward_addr("main").unwrap(), "/v1/reset?after=2"),
+    )
+    .await
+    .expect("a reset must not hang the client");
     assert_eq!(text.matches("data: ").count(), 2);
     assert!(end.is_err());
 }
@@ -308,7 +326,10 @@ async fn client_disconnect_drops_the_upstream_request() {
     let addr = server.forward_addr("main").unwrap();
     {
         let c = client();
-        let resp = c.request(Request::get(format!("http://{addr}/v1/stream?n=1000&gap_ms=20")).body(Full::default()).unwrap()).await.unwrap();
+        let resp = c
+            .request(Request::get(format!("http://{addr}/v1/stream?n=1000&gap_ms=20")).body(Full::default()).unwrap())
+            .await
+            .unwrap();
         let mut body = resp.into_body();
         for _ in 0..3 {
             body.frame().await.unwrap().unwrap();
@@ -336,7 +357,10 @@ async fn graceful_shutdown_drains_a_stream_and_health_reports_draining() {
     let admin_client = client();
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(10)));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let resp = admin_client.request(Request::get(format!("http://{admin}/health")).body(Full::default()).unwrap()).await.unwrap();
+    let resp = admin_client
+        .request(Request::get(format!("http://{admin}/health")).body(Full::default()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "health must say draining");
     // New connections to the forward are refused while the stream finishes.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
@@ -401,7 +425,10 @@ async fn http2_prior_knowledge_is_served() {
     let addr = server.forward_addr("main").unwrap();
     let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
-    let resp = h2.request(Request::get(format!("http://{addr}/v1/stream?n=3&gap_ms=10")).body(Full::default()).unwrap()).await.unwrap();
+    let resp = h2
+        .request(Request::get(format!("http://{addr}/v1/stream?n=3&gap_ms=10")).body(Full::default()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.version(), hyper::Version::HTTP_2);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&body).matches("data: ").count(), 3);
@@ -436,7 +463,8 @@ async fn garbage_gets_400_and_does_not_disturb_others() {
 
 #[tokio::test]
 async fn builtin_mock_serves_sse_through_the_proxy() {
-    let server = start(&single_upstream_config("mock://", "    mock: {ttft_ms: 50, token_delay_ms: 5, tokens: 4}", "")).await;
+    let server =
+        start(&single_upstream_config("mock://", "    mock: {ttft_ms: 50, token_delay_ms: 5, tokens: 4}", "")).await;
     let addr = server.forward_addr("main").unwrap();
     let (status, headers, body) = post(addr, "/v1/chat/completions", r#"{"stream":true,"model":"m"}"#).await;
     assert_eq!(status, 200);

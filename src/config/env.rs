@@ -90,17 +90,13 @@ const OVERRIDE_PREFIX: &str = "LLMPROXY_";
 /// strings; the typed reader parses numbers and booleans from strings, so `…__PORT=8080` works.
 /// Returns the overrides applied (name only, never the value, which may be a secret).
 pub fn apply_overrides(root: &mut Value, env: &dyn Env) -> Result<Vec<String>, String> {
-    let mut vars: Vec<(String, String)> = env
-        .vars()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(OVERRIDE_PREFIX) && k.contains("__"))
-        .collect();
+    let mut vars: Vec<(String, String)> =
+        env.vars().into_iter().filter(|(k, _)| k.starts_with(OVERRIDE_PREFIX) && k.contains("__")).collect();
     // Deterministic order so that the same environment always yields the same config.
     vars.sort();
     let mut applied = Vec::new();
     for (name, value) in vars {
-        let path: Vec<String> =
-            name[OVERRIDE_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let path: Vec<String> = name[OVERRIDE_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.iter().any(|s| s.is_empty()) {
             return Err(format!("environment override {name}: empty path segment"));
         }
@@ -165,7 +161,8 @@ mod tests {
 
     #[test]
     fn overrides_set_nested_paths_and_indexes() {
-        let mut root: Value = serde_yaml::from_str("upstreams:\n  - name: a\n    auth: {type: bearer, token: x}\n").unwrap();
+        let mut root: Value =
+            serde_yaml::from_str("upstreams:\n  - name: a\n    auth: {type: bearer, token: x}\n").unwrap();
         let e = env(&[
             ("LLMPROXY_UPSTREAMS__0__AUTH__TOKEN", "sk-new"),
             ("LLMPROXY_HTTP_SERVER__ADMIN__PORT", "9100"),

@@ -18,12 +18,8 @@ pub fn config(root: &Node) -> Result<Config, ConfigError> {
     let f = root.fields(&["http_server", "upstreams", "upstream_groups"])?;
     let http_server = http_server(&f.require("http_server")?)?;
     let upstreams = f.require("upstreams")?.items()?.iter().map(upstream).collect::<Result<Vec<_>, _>>()?;
-    let upstream_groups = f
-        .require("upstream_groups")?
-        .items()?
-        .iter()
-        .map(|n| group(n, &upstreams))
-        .collect::<Result<Vec<_>, _>>()?;
+    let upstream_groups =
+        f.require("upstream_groups")?.items()?.iter().map(|n| group(n, &upstreams)).collect::<Result<Vec<_>, _>>()?;
     Ok(Config { http_server, upstreams, upstream_groups })
 }
 
@@ -50,7 +46,9 @@ fn address(f: &Fields) -> Result<IpAddr, ConfigError> {
         None => Ok(IpAddr::from([0, 0, 0, 0])),
         Some(n) => {
             let s = n.string()?;
-            s.trim().parse().map_err(|_| n.error(format!("{s:?} is not an IP address (use e.g. 0.0.0.0, 127.0.0.1 or ::1)")))
+            s.trim()
+                .parse()
+                .map_err(|_| n.error(format!("{s:?} is not an IP address (use e.g. 0.0.0.0, 127.0.0.1 or ::1)")))
         }
     }
 }
@@ -144,7 +142,8 @@ fn byte_size(node: &Node, range: std::ops::RangeInclusive<u64>) -> Result<u64, C
         "gib" => 1024 * 1024 * 1024,
         _ => return Err(node.error(format!("{s:?} is not a size (examples: 1048576, 512KiB, 32MiB)"))),
     };
-    let n: u64 = digits.parse().map_err(|_| node.error(format!("{s:?} is not a size (examples: 1048576, 512KiB, 32MiB)")))?;
+    let n: u64 =
+        digits.parse().map_err(|_| node.error(format!("{s:?} is not a size (examples: 1048576, 512KiB, 32MiB)")))?;
     let bytes = n.saturating_mul(unit_bytes);
     if !range.contains(&bytes) {
         return Err(node.error(format!("{bytes} bytes is out of range {}–{}", range.start(), range.end())));
@@ -190,7 +189,10 @@ fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
         None => None,
         Some(n) => {
             let b = n.fields(&["threshold", "cooldown"])?;
-            Some(Breaker { threshold: b.f64_or("threshold", 0.5, 0.01..=1.0)?, cooldown: b.u64_or("cooldown", 30, 1..=3600)? })
+            Some(Breaker {
+                threshold: b.f64_or("threshold", 0.5, 0.01..=1.0)?,
+                cooldown: b.u64_or("cooldown", 30, 1..=3600)?,
+            })
         }
     };
     let ratelimit = match f.get("ratelimit") {
@@ -206,7 +208,9 @@ fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
     let mock = match (f.get("mock"), is_mock) {
         (Some(n), false) => return Err(n.error(format!("a mock block needs url: \"{MOCK_SCHEME}\""))),
         (Some(n), true) => Some(mock(&n)?),
-        (None, true) => Some(mock(&Node { path: f.child_path("mock"), value: &serde_yaml::Value::Null, env: node.env })?),
+        (None, true) => {
+            Some(mock(&Node { path: f.child_path("mock"), value: &serde_yaml::Value::Null, env: node.env })?)
+        }
         (None, false) => None,
     };
     Ok(Upstream {
@@ -357,7 +361,9 @@ fn group(node: &Node, upstreams: &[Upstream]) -> Result<UpstreamGroup, ConfigErr
         }
     };
     let http_client = match f.get("http_client") {
-        None => http_client(&Node { path: f.child_path("http_client"), value: &serde_yaml::Value::Null, env: node.env })?,
+        None => {
+            http_client(&Node { path: f.child_path("http_client"), value: &serde_yaml::Value::Null, env: node.env })?
+        }
         Some(n) => http_client(&n)?,
     };
     Ok(UpstreamGroup { name, upstreams: members, balance: Balance { strategy }, http_client })

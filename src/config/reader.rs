@@ -167,10 +167,11 @@ impl<'a> Fields<'a> {
 
     /// The child under `key`, or `None` when absent or explicitly `null`.
     pub fn get(&self, key: &str) -> Option<Node<'a>> {
-        self.map?
-            .get(key)
-            .filter(|v| !v.is_null())
-            .map(|value| Node { path: self.node.child(key), value, env: self.node.env })
+        self.map?.get(key).filter(|v| !v.is_null()).map(|value| Node {
+            path: self.node.child(key),
+            value,
+            env: self.node.env,
+        })
     }
 
     /// Path a child would have, for errors about missing keys.

@@ -14,7 +14,10 @@ pub fn config(c: &Config) -> Result<(), ConfigError> {
         if group_names.contains(&name) {
             Ok(())
         } else {
-            Err(ConfigError::at(&path, format!("unknown upstream group \"{name}\" (known: {})", group_names.join(", "))))
+            Err(ConfigError::at(
+                &path,
+                format!("unknown upstream group \"{name}\" (known: {})", group_names.join(", ")),
+            ))
         }
     };
     for (i, f) in c.http_server.forwards.iter().enumerate() {

@@ -107,7 +107,16 @@ mod tests {
 
     fn rewrite(h: &mut HeaderMap, u: &Upstream) {
         let agent = HeaderValue::from_static("LLMProxy/1.0");
-        to_upstream(h, u, &ForwardedFor { client_ip: "10.0.0.7".parse().unwrap(), proto: "http", host: "api.example.com", agent: &agent });
+        to_upstream(
+            h,
+            u,
+            &ForwardedFor {
+                client_ip: "10.0.0.7".parse().unwrap(),
+                proto: "http",
+                host: "api.example.com",
+                agent: &agent,
+            },
+        );
     }
 
     #[test]

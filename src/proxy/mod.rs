@@ -40,12 +40,18 @@ where
     }
 }
 
-async fn proxy<B>(rt: &Runtime, forward: &str, conn: ClientConn, req: Request<B>) -> Result<Response<ProxyBody>, ApiError>
+async fn proxy<B>(
+    rt: &Runtime,
+    forward: &str,
+    conn: ClientConn,
+    req: Request<B>,
+) -> Result<Response<ProxyBody>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let fwd = rt.forward(forward).ok_or_else(|| ApiError::no_upstream(format!("forward {forward} is not configured")))?;
+    let fwd =
+        rt.forward(forward).ok_or_else(|| ApiError::no_upstream(format!("forward {forward} is not configured")))?;
     let (parts, body) = req.into_parts();
     let limit = fwd.max_body_size;
     // A declared length over the limit is refused before reading a byte of it.
@@ -60,7 +66,8 @@ where
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::body_too_large(limit)),
         Err(e) => return Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
     };
-    let member = group.pick().ok_or_else(|| ApiError::no_upstream(format!("group {} has no usable upstream", group.name)))?;
+    let member =
+        group.pick().ok_or_else(|| ApiError::no_upstream(format!("group {} has no usable upstream", group.name)))?;
     send(group, &member.upstream, parts, body, conn).await
 }
 
@@ -69,14 +76,27 @@ fn content_length(parts: &Parts) -> Option<u64> {
 }
 
 /// One attempt against one upstream: build the request, wait for the head, wrap the body.
-async fn send(group: &Group, upstream: &Upstream, parts: Parts, body: Bytes, conn: ClientConn) -> Result<Response<ProxyBody>, ApiError> {
+async fn send(
+    group: &Group,
+    upstream: &Upstream,
+    parts: Parts,
+    body: Bytes,
+    conn: ClientConn,
+) -> Result<Response<ProxyBody>, ApiError> {
     let started = Instant::now();
-    let timer = if group.stream { Timer::Idle(group.request_timeout) } else { Timer::Deadline(started + group.request_timeout) };
+    let timer = if group.stream {
+        Timer::Idle(group.request_timeout)
+    } else {
+        Timer::Deadline(started + group.request_timeout)
+    };
     let target = match &upstream.target {
         Target::Mock(mock) => {
-            let resp = tokio::time::timeout(group.request_timeout, crate::mock::respond(mock, &parts.method, parts.uri.path(), &body))
-                .await
-                .map_err(|_| timeout_error(upstream, group.request_timeout))?;
+            let resp = tokio::time::timeout(
+                group.request_timeout,
+                crate::mock::respond(mock, &parts.method, parts.uri.path(), &body),
+            )
+            .await
+            .map_err(|_| timeout_error(upstream, group.request_timeout))?;
             let (head, body) = resp.into_parts();
             return Ok(Response::from_parts(head, RelayBody::new(body, timer, &upstream.name).boxed_unsync()));
         }
@@ -117,7 +137,11 @@ async fn send(group: &Group, upstream: &Upstream, parts: Parts, body: Bytes, con
 }
 
 fn timeout_error(upstream: &Upstream, limit: Duration) -> ApiError {
-    ApiError::gateway_timeout(format!("upstream {} did not answer within {}s (timeout.request)", upstream.name, limit.as_secs()))
+    ApiError::gateway_timeout(format!(
+        "upstream {} did not answer within {}s (timeout.request)",
+        upstream.name,
+        limit.as_secs()
+    ))
 }
 
 fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> ApiError {

@@ -116,14 +116,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_timer_allows_long_streams_that_keep_talking() {
         // 20 frames 100 ms apart: 2 s in total, far beyond the 300 ms silence limit.
-        let body = RelayBody::new(ScheduledBody::new(frames(20), Duration::from_millis(100)), Timer::Idle(Duration::from_millis(300)), "u");
+        let body = RelayBody::new(
+            ScheduledBody::new(frames(20), Duration::from_millis(100)),
+            Timer::Idle(Duration::from_millis(300)),
+            "u",
+        );
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), frames(20).iter().map(Bytes::len).sum::<usize>());
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_timer_cuts_a_stalled_stream() {
-        let body = RelayBody::new(ScheduledBody::new(frames(3), Duration::from_secs(10)), Timer::Idle(Duration::from_secs(1)), "u");
+        let body = RelayBody::new(
+            ScheduledBody::new(frames(3), Duration::from_secs(10)),
+            Timer::Idle(Duration::from_secs(1)),
+            "u",
+        );
         let mut body = std::pin::pin!(body);
         assert!(body.frame().await.unwrap().is_ok());
         let err = body.frame().await.unwrap().unwrap_err();
@@ -133,7 +141,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deadline_bounds_the_whole_body() {
         let deadline = Instant::now() + Duration::from_millis(250);
-        let body = RelayBody::new(ScheduledBody::new(frames(5), Duration::from_millis(100)), Timer::Deadline(deadline), "u");
+        let body =
+            RelayBody::new(ScheduledBody::new(frames(5), Duration::from_millis(100)), Timer::Deadline(deadline), "u");
         let mut body = std::pin::pin!(body);
         let mut ok = 0;
         while let Some(f) = body.frame().await {

@@ -191,7 +191,9 @@ mod tests {
     fn priority_is_independent_of_declaration_order() {
         let a = router(&["/v1/*", "/v1/:p", "/v1/{p:m.*}", "/v1/models"]);
         let b = router(&["/v1/models", "/v1/{p:m.*}", "/v1/:p", "/v1/*"]);
-        for (path, want) in [("/v1/models", "/v1/models"), ("/v1/mx", "/v1/{p:m.*}"), ("/v1/x", "/v1/:p"), ("/v1/x/y", "/v1/*")] {
+        for (path, want) in
+            [("/v1/models", "/v1/models"), ("/v1/mx", "/v1/{p:m.*}"), ("/v1/x", "/v1/:p"), ("/v1/x/y", "/v1/*")]
+        {
             assert_eq!(a.lookup(path).unwrap(), want);
             assert_eq!(b.lookup(path).unwrap(), want);
         }

@@ -8,7 +8,10 @@ use std::fmt;
 pub enum Segment {
     Static(String),
     /// `{name:regex}`: the regex must match the whole segment.
-    Regex { source: String, regex: Regex },
+    Regex {
+        source: String,
+        regex: Regex,
+    },
     /// `:name` or `{name}`: any one segment.
     Param,
     /// `*` before the last segment: any one segment.
@@ -45,7 +48,7 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
         return Ok(if is_last { Segment::Rest } else { Segment::Wildcard });
     }
     if let Some(name) = s.strip_prefix(':') {
-        check_name(name).map_err(|why| bad(why))?;
+        check_name(name).map_err(&bad)?;
         return Ok(Segment::Param);
     }
     if let Some(inner) = s.strip_prefix('{') {
@@ -54,12 +57,13 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
             Some(i) => (&inner[..i], Some(&inner[i + 1..])),
             None => (inner, None),
         };
-        check_name(name).map_err(|why| bad(why))?;
+        check_name(name).map_err(&bad)?;
         return match re {
             None => Ok(Segment::Param),
             Some("") => Err(bad("has an empty regex")),
             Some(re) => {
-                let regex = Regex::new(&format!("^(?:{re})$")).map_err(|e| bad(&format!("has an invalid regex: {e}")))?;
+                let regex =
+                    Regex::new(&format!("^(?:{re})$")).map_err(|e| bad(&format!("has an invalid regex: {e}")))?;
                 Ok(Segment::Regex { source: re.to_string(), regex })
             }
         };

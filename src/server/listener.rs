@@ -13,7 +13,8 @@ const BACKLOG: i32 = 4096;
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let fail = |what: &str, e: std::io::Error| format!("cannot listen on {addr}: {what}: {e}");
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| fail("socket", e))?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| fail("socket", e))?;
     socket.set_reuse_address(true).map_err(|e| fail("SO_REUSEADDR", e))?;
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "macos"))]
     socket.set_reuse_port(true).map_err(|e| fail("SO_REUSEPORT", e))?;

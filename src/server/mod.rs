@@ -186,8 +186,14 @@ fn serve(
     }
 }
 
-async fn serve_io<I>(io: I, role: Role, builder: Arc<auto::Builder<TokioExecutor>>, shared: Arc<Shared>, conn: ClientConn, watcher: Watcher)
-where
+async fn serve_io<I>(
+    io: I,
+    role: Role,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    conn: ClientConn,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {

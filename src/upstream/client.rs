@@ -34,9 +34,16 @@ impl HttpClient {
         tcp.set_keepalive((cfg.keepalive > 0).then(|| Duration::from_secs(cfg.keepalive)));
         let tls = tls_config()?;
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(cfg.timeout.idle)).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(cfg.timeout.idle))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
         let wrap = |tls: rustls::ClientConfig| {
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().enable_http2()
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
         };
         let Some(proxy) = &cfg.proxy else {
             return Ok(HttpClient::Direct(builder.build(wrap(tls).wrap_connector(tcp))));
@@ -63,7 +70,8 @@ impl HttpClient {
             let mut tunnel = Tunnel::new(dst, tcp);
             if let Some(u) = userinfo {
                 let value = format!("Basic {}", super::base64(u.as_bytes()));
-                let header = hyper::header::HeaderValue::from_str(&value).map_err(|_| "proxy credentials are not valid".to_string())?;
+                let header = hyper::header::HeaderValue::from_str(&value)
+                    .map_err(|_| "proxy credentials are not valid".to_string())?;
                 tunnel = tunnel.with_auth(header);
             }
             Ok(HttpClient::Tunnel(builder.build(wrap(tls).wrap_connector(tunnel))))

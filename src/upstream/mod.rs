@@ -44,8 +44,14 @@ impl Upstream {
             .headers
             .iter()
             .map(|op| {
-                let name = HeaderName::from_bytes(op.key.as_bytes()).map_err(|e| format!("header {:?}: {e}", op.key))?;
-                let value = op.value.as_deref().map(HeaderValue::from_str).transpose().map_err(|e| format!("header {:?}: {e}", op.key))?;
+                let name =
+                    HeaderName::from_bytes(op.key.as_bytes()).map_err(|e| format!("header {:?}: {e}", op.key))?;
+                let value = op
+                    .value
+                    .as_deref()
+                    .map(HeaderValue::from_str)
+                    .transpose()
+                    .map_err(|e| format!("header {:?}: {e}", op.key))?;
                 Ok(HeaderOp { kind: op.op, name, value })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -54,7 +60,8 @@ impl Upstream {
 }
 
 fn sensitive(s: &str) -> Result<HeaderValue, String> {
-    let mut v = HeaderValue::from_str(s).map_err(|_| "credentials contain characters not allowed in a header".to_string())?;
+    let mut v =
+        HeaderValue::from_str(s).map_err(|_| "credentials contain characters not allowed in a header".to_string())?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -83,7 +90,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(input.as_bytes()), want);
         }
     }

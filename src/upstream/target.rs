@@ -131,7 +131,11 @@ mod tests {
     fn merges_queries() {
         assert_eq!(join("https://a.example/v1", "/v1/models", Some("limit=2")), "/v1/models?limit=2");
         assert_eq!(
-            join("https://x.openai.azure.com/openai/deployments/d?api-version=2024-06-01", "/chat/completions", Some("a=1")),
+            join(
+                "https://x.openai.azure.com/openai/deployments/d?api-version=2024-06-01",
+                "/chat/completions",
+                Some("a=1")
+            ),
             "/openai/deployments/d/chat/completions?api-version=2024-06-01&a=1"
         );
         assert_eq!(join("https://a.example/v1?k=v", "/v1/x", None), "/v1/x?k=v");

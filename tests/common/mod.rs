@@ -128,13 +128,18 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
             let method = req.method().to_string();
             let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
             let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-            json(StatusCode::OK, serde_json::json!({"method": method, "path": path, "headers": headers, "body_len": body}))
+            json(
+                StatusCode::OK,
+                serde_json::json!({"method": method, "path": path, "headers": headers, "body_len": body}),
+            )
         }
         "echo-body" => {
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             Response::new(llmproxy::body::full(body))
         }
-        "stream" => sse(Script { remaining: num("n", 5), gap: Duration::from_millis(num("gap_ms", 50)), end: End::Clean }, log),
+        "stream" => {
+            sse(Script { remaining: num("n", 5), gap: Duration::from_millis(num("gap_ms", 50)), end: End::Clean }, log)
+        }
         "stall" => sse(Script { remaining: num("after", 2), gap: Duration::from_millis(10), end: End::Stall }, log),
         "reset" => sse(Script { remaining: num("after", 2), gap: Duration::from_millis(10), end: End::Reset }, log),
         "status" => {
@@ -228,7 +233,14 @@ pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, hyper::HeaderMap,
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> (StatusCode, hyper::HeaderMap, Bytes) {
-    send(addr, Request::post(format!("http://{addr}{path}")).header("content-type", "application/json").body(Full::new(body.into())).unwrap()).await
+    send(
+        addr,
+        Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .unwrap(),
+    )
+    .await
 }
 
 pub async fn send(_addr: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, hyper::HeaderMap, Bytes) {

@@ -1,0 +1,37 @@
+# llmproxy — build, run and check. `make help` lists the targets.
+
+CARGO  ?= cargo
+CONFIG ?= config.default.yaml
+BIN     = target/release/llmproxyd
+
+.PHONY: help build release run test lint ci clean
+
+help:
+	@echo "make build    debug build"
+	@echo "make release  optimised build ($(BIN))"
+	@echo "make run      build and run the proxy on $(CONFIG) (mock upstream, no keys needed)"
+	@echo "make test     all unit and integration tests"
+	@echo "make lint     rustfmt --check and clippy -D warnings"
+	@echo "make ci       lint + test + release build + config check (what CI runs)"
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --release --locked
+
+run: release
+	$(BIN) -c $(CONFIG)
+
+test:
+	$(CARGO) test --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+ci: lint test release
+	$(BIN) -t -c $(CONFIG)
+
+clean:
+	$(CARGO) clean

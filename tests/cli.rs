@@ -1,0 +1,225 @@
+//! The `llmproxyd` binary: flags, exit codes, messages, signals and restarts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_llmproxyd"))
+}
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir =
+        std::env::temp_dir().join(format!("llmproxy-cli-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn mock_config(port: u16, admin_port: u16, mock: &str) -> String {
+    format!(
+        r#"
+http_server:
+  forwards:
+    - {{name: main, port: {port}, address: 127.0.0.1, default_group: g}}
+  admin: {{port: {admin_port}, address: 127.0.0.1}}
+upstreams:
+  - {{name: m, url: "mock://", mock: {mock}}}
+upstream_groups:
+  - {{name: g, upstreams: [{{name: m}}]}}
+"#
+    )
+}
+
+#[test]
+fn test_flag_accepts_the_default_config() {
+    let out = bin().args(["-t", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/config.default.yaml")]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("configuration ok: 1 forward(s)"), "{stdout}");
+}
+
+#[test]
+fn test_flag_rejects_a_broken_config_with_file_and_path() {
+    let path =
+        temp_config("broken.yaml", &mock_config(3000, 9000, "{}").replace("default_group: g", "default_group: ghost"));
+    let out = bin().args(["--test", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: http_server.forwards[0].default_group: unknown upstream group \"ghost\"",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ERROR"), "logged with a level: {stderr}");
+}
+
+#[test]
+fn missing_config_names_the_path() {
+    let out = bin().args(["-t", "-c", "/nonexistent/dir/cfg.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/nonexistent/dir/cfg.yaml: cannot read configuration: no such file"));
+}
+
+#[test]
+fn version_help_and_bad_flags() {
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("llmproxyd {}", env!("CARGO_PKG_VERSION")));
+    let out = bin().arg("-h").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--shutdown-timeout"));
+    let out = bin().arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = bin().args(["--shutdown-timeout", "500"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A running `llmproxyd` whose stderr is followed line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &PathBuf, extra: &[&str]) -> Running {
+        let mut child =
+            bin().arg("-c").arg(config).args(extra).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!("no log line containing {needle:?}");
+    }
+
+    fn forward_addr(&self) -> SocketAddr {
+        let line = self.wait_for("forward main listening on http://");
+        line.rsplit("http://").next().unwrap().parse().unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the whole response text.
+fn http(addr: SocketAddr, body: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn port_held_by_another_program_is_a_clear_startup_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let path = temp_config("busy.yaml", &mock_config(port, 0, "{}"));
+    let out = bin().arg("-c").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")) && stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
+fn sigterm_lets_a_stream_finish_then_exits_zero() {
+    let path = temp_config("drain.yaml", &mock_config(0, 0, "{ttft_ms: 0, token_delay_ms: 50, tokens: 30}"));
+    let mut proxy = Running::start(&path, &["--shutdown-timeout", "20"]);
+    let addr = proxy.forward_addr();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(http(addr, r#"{"stream":true}"#));
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    proxy.signal("-TERM");
+    proxy.wait_for("SIGTERM: draining");
+    let response = rx.recv_timeout(Duration::from_secs(15)).unwrap().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("data: [DONE]"), "the stream must complete during the drain");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn restart_on_shared_ports_loses_no_requests() {
+    let path = temp_config("old.yaml", &mock_config(0, 0, "{ttft_ms: 5, token_delay_ms: 0, tokens: 2}"));
+    let mut old = Running::start(&path, &[]);
+    let addr = old.forward_addr();
+    // The new instance binds the same forward port (SO_REUSEPORT) before the old one stops.
+    let new_path = temp_config("new.yaml", &mock_config(addr.port(), 0, "{ttft_ms: 5, token_delay_ms: 0, tokens: 2}"));
+    let new = Running::start(&new_path, &[]);
+    assert_eq!(new.forward_addr(), addr);
+
+    let failures = std::sync::Arc::new(AtomicUsize::new(0));
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let stop_at = Instant::now() + Duration::from_millis(2500);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (failures, done) = (failures.clone(), done.clone());
+            std::thread::spawn(move || {
+                while Instant::now() < stop_at {
+                    match http(addr, r#"{"model":"m"}"#) {
+                        Ok(r) if r.starts_with("HTTP/1.1 200") => done.fetch_add(1, Ordering::SeqCst),
+                        _ => failures.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    old.signal("-TERM");
+    assert_eq!(old.wait_exit(Duration::from_secs(10)), Some(0));
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(done.load(Ordering::SeqCst) > 50, "load ran: {} requests", done.load(Ordering::SeqCst));
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "requests lost during the restart");
+    drop(new);
+}
