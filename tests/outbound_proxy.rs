@@ -1,0 +1,152 @@
+//! A group's `proxy.url`: upstream traffic goes through an HTTP CONNECT or SOCKS5 proxy.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct ProxyLog {
+    tunnels: AtomicUsize,
+    /// The CONNECT request head, or the SOCKS5 credentials, last seen.
+    last_auth: Mutex<String>,
+}
+
+/// A minimal HTTP CONNECT proxy: reads the head, dials the target, answers 200, splices.
+async fn connect_proxy() -> (String, Arc<ProxyLog>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(ProxyLog::default());
+    let l = log.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let log = l.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                *log.last_auth.lock().unwrap() = head.clone();
+                let Ok(mut upstream) = TcpStream::connect(&target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                log.tunnels.fetch_add(1, Ordering::SeqCst);
+                client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (format!("http://user:pa55@{addr}"), log)
+}
+
+/// A minimal SOCKS5 proxy (RFC 1928/1929): username/password auth, CONNECT to IPv4 or a name.
+async fn socks5_proxy() -> (String, Arc<ProxyLog>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(ProxyLog::default());
+    let l = log.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let log = l.clone();
+            tokio::spawn(async move {
+                let mut hdr = [0u8; 2];
+                c.read_exact(&mut hdr).await.unwrap();
+                let mut methods = vec![0u8; hdr[1] as usize];
+                c.read_exact(&mut methods).await.unwrap();
+                assert!(methods.contains(&2), "client must offer username/password");
+                c.write_all(&[5, 2]).await.unwrap();
+                let mut ver_len = [0u8; 2];
+                c.read_exact(&mut ver_len).await.unwrap();
+                let mut user = vec![0u8; ver_len[1] as usize];
+                c.read_exact(&mut user).await.unwrap();
+                let mut plen = [0u8; 1];
+                c.read_exact(&mut plen).await.unwrap();
+                let mut pass = vec![0u8; plen[0] as usize];
+                c.read_exact(&mut pass).await.unwrap();
+                *log.last_auth.lock().unwrap() =
+                    format!("{}:{}", String::from_utf8_lossy(&user), String::from_utf8_lossy(&pass));
+                c.write_all(&[1, 0]).await.unwrap();
+                let mut req = [0u8; 4];
+                c.read_exact(&mut req).await.unwrap();
+                let host = match req[3] {
+                    1 => {
+                        let mut ip = [0u8; 4];
+                        c.read_exact(&mut ip).await.unwrap();
+                        std::net::Ipv4Addr::from(ip).to_string()
+                    }
+                    3 => {
+                        let mut len = [0u8; 1];
+                        c.read_exact(&mut len).await.unwrap();
+                        let mut name = vec![0u8; len[0] as usize];
+                        c.read_exact(&mut name).await.unwrap();
+                        String::from_utf8_lossy(&name).to_string()
+                    }
+                    other => panic!("address type {other} not supported by the test proxy"),
+                };
+                let mut port = [0u8; 2];
+                c.read_exact(&mut port).await.unwrap();
+                let mut upstream = TcpStream::connect((host.as_str(), u16::from_be_bytes(port))).await.unwrap();
+                log.tunnels.fetch_add(1, Ordering::SeqCst);
+                c.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut upstream).await;
+            });
+        }
+    });
+    (format!("socks5://alice:s3cret@{addr}"), log)
+}
+
+#[tokio::test]
+async fn http_connect_proxy_carries_upstream_traffic_with_credentials() {
+    let up = TestUpstream::start().await;
+    let (proxy_url, log) = connect_proxy().await;
+    let server =
+        start(&single_upstream_config(&up.url("/v1"), "", &format!("      proxy: {{url: \"{proxy_url}\"}}"))).await;
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json_of(&body)["path"], "/v1/echo");
+    assert_eq!(log.tunnels.load(Ordering::SeqCst), 1);
+    let head = log.last_auth.lock().unwrap().clone();
+    assert!(head.starts_with(&format!("CONNECT {} HTTP/1.1", up.addr)), "{head}");
+    // base64("user:pa55")
+    assert!(head.contains("Basic dXNlcjpwYTU1"), "{head}");
+}
+
+#[tokio::test]
+async fn socks5_proxy_carries_upstream_traffic_with_credentials() {
+    let up = TestUpstream::start().await;
+    let (proxy_url, log) = socks5_proxy().await;
+    let server =
+        start(&single_upstream_config(&up.url("/v1"), "", &format!("      proxy: {{url: \"{proxy_url}\"}}"))).await;
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(log.tunnels.load(Ordering::SeqCst), 1);
+    assert_eq!(log.last_auth.lock().unwrap().as_str(), "alice:s3cret");
+}
+
+#[tokio::test]
+async fn unreachable_proxy_is_a_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(
+        &up.url("/v1"),
+        "",
+        &format!("      proxy: {{url: \"http://127.0.0.1:{port}\"}}"),
+    ))
+    .await;
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, 502);
+    error_message(&body);
+    assert_eq!(up.log.requests.load(Ordering::SeqCst), 0);
+}
