@@ -473,3 +473,31 @@ async fn builtin_mock_serves_sse_through_the_proxy() {
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert_eq!(text.matches("data: ").count(), 1 + 4 + 1 + 1 + 1);
 }
+
+#[tokio::test]
+async fn client_disconnect_before_the_head_drops_the_upstream_request() {
+    // A raw upstream that reads the request, never answers, and reports when the proxy hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await.unwrap();
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    let server = start(&single_upstream_config(&format!("http://{up_addr}/v1"), "", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+    let hung_up = tokio::time::timeout(Duration::from_secs(3), closed_rx).await;
+    assert!(hung_up.is_ok(), "the proxy must abandon the upstream request when its client leaves");
+}
