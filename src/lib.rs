@@ -6,13 +6,16 @@
 #[macro_use]
 pub mod log;
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod mock;
 pub mod proxy;
 pub mod rand;
+pub mod ratelimit;
 pub mod router;
 pub mod runtime;
 pub mod server;

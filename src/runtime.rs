@@ -4,12 +4,15 @@
 //! only that, so a configuration change (later: admin API, SIGHUP) can swap in a new snapshot
 //! while requests in flight finish on the old one.
 
+use crate::balance::Balancer;
 use crate::config::{self, Config, Strategy};
+use crate::ratelimit::{Gcra, KeyedLimiter};
 use crate::router::Router;
 use crate::upstream::client::HttpClient;
 use crate::upstream::Upstream;
 use hyper::header::HeaderValue;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,7 +20,12 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub forwards: Vec<Forward>,
     pub groups: Vec<Group>,
+    pub upstreams: Vec<Arc<Upstream>>,
 }
+
+/// Client IPs tracked per forward limiter; a spray of source addresses cannot grow memory past
+/// this (about 4 MiB at the cap).
+const CLIENT_LIMITER_CAPACITY: usize = 65_536;
 
 pub struct Forward {
     pub name: String,
@@ -25,17 +33,46 @@ pub struct Forward {
     pub router: Router<usize>,
     pub default_group: usize,
     pub max_body_size: u64,
+    /// Per-client-IP limiter, when the forward's `ratelimit` is enabled.
+    pub client_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// Requests refused by `client_limiter`.
+    pub rate_limited: AtomicU64,
 }
 
 pub struct Group {
     pub name: String,
     pub members: Vec<Member>,
-    pub strategy: Strategy,
+    pub balancer: Balancer,
     pub client: HttpClient,
     pub agent: HeaderValue,
     pub stream: bool,
     pub request_timeout: Duration,
-    cursor: AtomicUsize,
+    pub retry: RetryPolicy,
+}
+
+/// How many attempts a request may make in a group, and whether it may go back to an upstream
+/// it already tried (with backoff).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub may_reuse: bool,
+    pub initial: Duration,
+}
+
+impl RetryPolicy {
+    /// A `retry` block allows `attempts` extra attempts. Without one, `failover` still moves a
+    /// failed request along the list (each upstream once); other strategies make one attempt.
+    pub fn of(group: &config::UpstreamGroup) -> Self {
+        match &group.http_client.retry {
+            Some(r) => {
+                RetryPolicy { max_attempts: 1 + r.attempts, may_reuse: true, initial: Duration::from_millis(r.initial) }
+            }
+            None if group.balance.strategy == Strategy::Failover => {
+                RetryPolicy { max_attempts: group.upstreams.len() as u32, may_reuse: false, initial: Duration::ZERO }
+            }
+            None => RetryPolicy { max_attempts: 1, may_reuse: false, initial: Duration::ZERO },
+        }
+    }
 }
 
 pub struct Member {
@@ -64,14 +101,21 @@ impl Runtime {
             for r in &f.routing {
                 router.insert(&r.path, group_index(&r.target_group)?).map_err(|e| e.to_string())?;
             }
+            let client_limiter = f
+                .ratelimit
+                .as_ref()
+                .filter(|r| r.enabled)
+                .map(|r| KeyedLimiter::new(Gcra::new(r.per_second, r.burst), CLIENT_LIMITER_CAPACITY));
             forwards.push(Forward {
                 name: f.name.clone(),
                 router,
                 default_group: group_index(&f.default_group)?,
                 max_body_size: f.max_body_size,
+                client_limiter,
+                rate_limited: AtomicU64::new(0),
             });
         }
-        Ok(Runtime { config: Arc::new(config), forwards, groups })
+        Ok(Runtime { config: Arc::new(config), forwards, groups, upstreams })
     }
 
     pub fn forward(&self, name: &str) -> Option<&Forward> {
@@ -93,27 +137,26 @@ fn build_group(g: &config::UpstreamGroup, config: &Config, upstreams: &[Arc<Upst
         })
         .collect::<Result<Vec<_>, String>>()?;
     let agent = HeaderValue::from_str(&g.http_client.agent).map_err(|_| format!("group {}: invalid agent", g.name))?;
+    let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
     Ok(Group {
         name: g.name.clone(),
         members,
-        strategy: g.balance.strategy,
+        balancer: Balancer::new(g.balance.strategy, &weights),
         client: HttpClient::new(&g.http_client).map_err(|e| format!("group {}: {e}", g.name))?,
         agent,
         stream: g.http_client.stream,
         request_timeout: Duration::from_secs(g.http_client.timeout.request),
-        cursor: AtomicUsize::new(0),
+        retry: RetryPolicy::of(g),
     })
 }
 
-impl Group {
-    /// The next upstream in rotation. The five strategies, breakers and retries arrive with the
-    /// resilience layer; until then every strategy rotates.
-    pub fn pick(&self) -> Option<&Member> {
-        if self.members.is_empty() {
-            return None;
+impl Runtime {
+    /// Starts background work that belongs to this snapshot (active health checks). Separate
+    /// from `build` so that `llmproxyd -t` can compile a runtime without a reactor.
+    pub fn start_background(&self) {
+        for u in &self.upstreams {
+            crate::upstream::health_check::spawn(u);
         }
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.members.len();
-        self.members.get(i)
     }
 }
 

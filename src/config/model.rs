@@ -88,8 +88,24 @@ pub struct Upstream {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratelimit: Option<UpstreamRateLimit>,
     pub weight: u32,
+    /// Cap on requests in flight to this upstream (a self-hosted box has a fixed capacity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mock: Option<Mock>,
+}
+
+/// Active health check: a background `GET` of `path` every `interval`; an upstream failing it is
+/// not picked until a check passes again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheck {
+    pub path: String,
+    /// Seconds between checks.
+    pub interval: u64,
+    /// Seconds a check may take.
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,6 +10,9 @@ use super::reader::{Fields, Node};
 use super::ConfigError;
 use std::net::IpAddr;
 
+/// A request tracks the upstreams it tried in a `u64` bitmask (no allocation per request).
+pub const MAX_GROUP_MEMBERS: usize = 64;
+
 pub const DEFAULT_AGENT: &str = "LLMProxy/1.0";
 /// Request bodies are buffered (to retry them); 32 MiB holds any chat request with images.
 pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
@@ -169,7 +172,18 @@ fn admin(node: &Node) -> Result<Admin, ConfigError> {
 pub const MOCK_SCHEME: &str = "mock://";
 
 fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
-    let f = node.fields(&["name", "url", "auth", "headers", "breaker", "ratelimit", "weight", "mock"])?;
+    let f = node.fields(&[
+        "name",
+        "url",
+        "auth",
+        "headers",
+        "breaker",
+        "ratelimit",
+        "weight",
+        "max_concurrency",
+        "health_check",
+        "mock",
+    ])?;
     let name = f.required_string("name")?;
     let url_node = f.require("url")?;
     let url = url_node.string()?;
@@ -221,8 +235,19 @@ fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
         breaker,
         ratelimit,
         weight: f.u64_or("weight", 1, 1..=65_535)? as u32,
+        max_concurrency: f.get("max_concurrency").map(|n| n.u64_in(1..=100_000).map(|v| v as u32)).transpose()?,
+        health_check: f.get("health_check").map(|n| health_check(&n)).transpose()?,
         mock,
     })
+}
+
+fn health_check(node: &Node) -> Result<HealthCheck, ConfigError> {
+    let f = node.fields(&["path", "interval", "timeout"])?;
+    let path = f.string_or("path", "/v1/models")?;
+    if !path.starts_with('/') {
+        return Err(ConfigError::at(&f.child_path("path"), format!("{path:?} must start with \"/\"")));
+    }
+    Ok(HealthCheck { path, interval: f.u64_or("interval", 10, 1..=3600)?, timeout: f.u64_or("timeout", 5, 1..=300)? })
 }
 
 /// Checks that `url` parses and has one of `schemes` and a host.
@@ -332,6 +357,11 @@ fn group(node: &Node, upstreams: &[Upstream]) -> Result<UpstreamGroup, ConfigErr
     }
     if members.is_empty() {
         return Err(members_node.error("needs at least one upstream"));
+    }
+    if members.len() > MAX_GROUP_MEMBERS {
+        return Err(
+            members_node.error(format!("has {} upstreams; a group holds at most {MAX_GROUP_MEMBERS}", members.len()))
+        );
     }
     let strategy = match f.get("balance") {
         None => Strategy::Roundrobin,

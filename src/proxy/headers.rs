@@ -53,6 +53,11 @@ pub fn to_upstream(headers: &mut HeaderMap, upstream: &Upstream, fwd: &Forwarded
     append_forwarded_for(headers, fwd.client_ip);
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(fwd.proto));
     headers.insert(header::USER_AGENT, fwd.agent.clone());
+    apply_upstream_headers(headers, upstream);
+}
+
+/// The upstream's own credentials, then its header ops (also used by active health checks).
+pub fn apply_upstream_headers(headers: &mut HeaderMap, upstream: &Upstream) {
     if let Some(auth) = &upstream.authorization {
         // `insert` replaces every existing value: exactly one Authorization reaches the upstream.
         headers.insert(header::AUTHORIZATION, auth.clone());
@@ -100,6 +105,8 @@ mod tests {
             breaker: None,
             ratelimit: None,
             weight: 1,
+            max_concurrency: None,
+            health_check: None,
             mock: None,
         })
         .unwrap()

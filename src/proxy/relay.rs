@@ -12,6 +12,7 @@
 //! the upstream body and with it the upstream request: no tokens are burnt on abandoned streams.
 
 use crate::body::BoxError;
+use crate::upstream::load::InflightGuard;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
@@ -33,15 +34,23 @@ pub struct RelayBody<B> {
     timer: Timer,
     sleep: Pin<Box<Sleep>>,
     upstream: String,
+    /// The upstream's in-flight slot, released when the body ends or is dropped.
+    _inflight: InflightGuard,
 }
 
 impl<B> RelayBody<B> {
-    pub fn new(inner: B, timer: Timer, upstream: &str) -> Self {
+    pub fn new(inner: B, timer: Timer, upstream: &str, inflight: InflightGuard) -> Self {
         let at = match timer {
             Timer::Idle(d) => Instant::now() + d,
             Timer::Deadline(at) => at,
         };
-        RelayBody { inner, timer, sleep: Box::pin(tokio::time::sleep_until(at)), upstream: upstream.to_string() }
+        RelayBody {
+            inner,
+            timer,
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            upstream: upstream.to_string(),
+            _inflight: inflight,
+        }
     }
 }
 
@@ -109,6 +118,11 @@ mod tests {
     use http_body_util::BodyExt;
     use std::collections::VecDeque;
 
+    fn relay(frames: VecDeque<Bytes>, gap: Duration, timer: Timer) -> RelayBody<ScheduledBody> {
+        let load = std::sync::Arc::new(crate::upstream::load::Load::default());
+        RelayBody::new(ScheduledBody::new(frames, gap), timer, "u", load.try_begin(None).unwrap())
+    }
+
     fn frames(n: usize) -> VecDeque<Bytes> {
         (0..n).map(|i| Bytes::from(format!("data: {i}\n\n"))).collect()
     }
@@ -116,22 +130,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_timer_allows_long_streams_that_keep_talking() {
         // 20 frames 100 ms apart: 2 s in total, far beyond the 300 ms silence limit.
-        let body = RelayBody::new(
-            ScheduledBody::new(frames(20), Duration::from_millis(100)),
-            Timer::Idle(Duration::from_millis(300)),
-            "u",
-        );
+        let body = relay(frames(20), Duration::from_millis(100), Timer::Idle(Duration::from_millis(300)));
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), frames(20).iter().map(Bytes::len).sum::<usize>());
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_timer_cuts_a_stalled_stream() {
-        let body = RelayBody::new(
-            ScheduledBody::new(frames(3), Duration::from_secs(10)),
-            Timer::Idle(Duration::from_secs(1)),
-            "u",
-        );
+        let body = relay(frames(3), Duration::from_secs(10), Timer::Idle(Duration::from_secs(1)));
         let mut body = std::pin::pin!(body);
         assert!(body.frame().await.unwrap().is_ok());
         let err = body.frame().await.unwrap().unwrap_err();
@@ -141,8 +147,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deadline_bounds_the_whole_body() {
         let deadline = Instant::now() + Duration::from_millis(250);
-        let body =
-            RelayBody::new(ScheduledBody::new(frames(5), Duration::from_millis(100)), Timer::Deadline(deadline), "u");
+        let body = relay(frames(5), Duration::from_millis(100), Timer::Deadline(deadline));
         let mut body = std::pin::pin!(body);
         let mut ok = 0;
         while let Some(f) = body.frame().await {

@@ -71,7 +71,9 @@ impl Server {
             tls: admin.tls.as_ref().map(tls::acceptor).transpose()?,
             header_timeout: Duration::from_secs(admin.timeout.connect),
         });
-        let shared = Arc::new(Shared::new(Runtime::build(config)?));
+        let runtime = Runtime::build(config)?;
+        runtime.start_background();
+        let shared = Arc::new(Shared::new(runtime));
         let (stop_forwards, _) = watch::channel(None);
         let (stop_admin, _) = watch::channel(None);
         let mut forwards = Vec::new();

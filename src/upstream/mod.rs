@@ -1,10 +1,18 @@
 //! An upstream as the hot path sees it: where to send, and the header work precomputed at load.
 
+pub mod breaker;
 pub mod client;
+pub mod health_check;
+pub mod load;
 pub mod target;
 
 use crate::config::{self, Auth, HeaderOpKind};
+use crate::ratelimit::Gcra;
+use breaker::Breaker;
 use hyper::header::{HeaderName, HeaderValue};
+use load::Load;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
 pub use target::HttpTarget;
 
 pub enum Target {
@@ -25,6 +33,14 @@ pub struct Upstream {
     /// so hyper keeps it out of HPACK tables and debug output.
     pub authorization: Option<HeaderValue>,
     pub header_ops: Vec<HeaderOp>,
+    pub breaker: Option<Breaker>,
+    pub load: Arc<Load>,
+    /// Request-rate cap towards this upstream: the limiter and its one word of state.
+    pub rate: Option<(Gcra, AtomicU64)>,
+    pub max_concurrency: Option<u32>,
+    /// Cleared by a failing active health check, set again by a passing one.
+    pub healthy: AtomicBool,
+    pub health_check: Option<config::HealthCheck>,
 }
 
 impl Upstream {
@@ -55,7 +71,25 @@ impl Upstream {
                 Ok(HeaderOp { kind: op.op, name, value })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Upstream { name: cfg.name.clone(), target, authorization, header_ops })
+        Ok(Upstream {
+            name: cfg.name.clone(),
+            target,
+            authorization,
+            header_ops,
+            breaker: cfg.breaker.as_ref().map(|b| Breaker::new(b.threshold, b.cooldown)),
+            load: Arc::new(Load::default()),
+            rate: cfg.ratelimit.as_ref().map(|r| (Gcra::new(r.per_second, r.burst), AtomicU64::new(0))),
+            max_concurrency: cfg.max_concurrency,
+            healthy: AtomicBool::new(true),
+            health_check: cfg.health_check.clone(),
+        })
+    }
+}
+
+/// Breaker transitions are rare and operationally important: always logged.
+pub fn log_transition(upstream: &str, transition: Option<breaker::Transition>) {
+    if let Some(t) = transition {
+        crate::info!("circuit breaker of upstream {upstream}: {} -> {}", t.from.as_str(), t.to.as_str());
     }
 }
 

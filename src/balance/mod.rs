@@ -1,0 +1,146 @@
+//! Choosing the upstream for one attempt: filter what may be picked, let the group's strategy
+//! choose, then acquire (in-flight slot, rate token, breaker admission).
+//!
+//! Filtering is read-only, so no breaker probe or rate token is spent on an upstream that is not
+//! chosen; acquiring can still fail under a race, in which case the next choice is tried.
+//! Upstreams are addressed by their index in the group and a request's tried set is a `u64`
+//! bitmask (groups hold at most 64 upstreams), so a pick allocates nothing.
+
+mod smooth_weighted;
+
+use crate::config::Strategy;
+use crate::ratelimit::Gcra;
+use crate::runtime::{Group, Member};
+use crate::upstream::breaker::Admission;
+use crate::upstream::load::InflightGuard;
+use smooth_weighted::SmoothWeighted;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The strategy state of one group.
+pub struct Balancer {
+    strategy: Strategy,
+    cursor: AtomicUsize,
+    smooth: SmoothWeighted,
+}
+
+impl Balancer {
+    pub fn new(strategy: Strategy, weights: &[u32]) -> Self {
+        Balancer { strategy, cursor: AtomicUsize::new(0), smooth: SmoothWeighted::new(weights) }
+    }
+
+    /// Chooses one member among `eligible` (bit `i` set = member `i` may be chosen).
+    pub fn choose(&self, members: &[Member], eligible: u64, now: u64) -> Option<usize> {
+        if eligible == 0 {
+            return None;
+        }
+        let n = members.len();
+        let has = |i: usize| eligible & (1 << i) != 0;
+        match self.strategy {
+            Strategy::Roundrobin => {
+                // Strict rotation over the whole list, skipping what is not eligible, so healthy
+                // upstreams keep their turn order when another one drops out.
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+                (0..n).map(|k| (start + k) % n).find(|&i| has(i))
+            }
+            Strategy::WeightedRoundrobin => self.smooth.next(eligible),
+            Strategy::Random => {
+                let k = crate::rand::below(u64::from(eligible.count_ones())) as usize;
+                (0..n).filter(|&i| has(i)).nth(k)
+            }
+            Strategy::ResponseAware => (0..n)
+                .filter(|&i| has(i))
+                .map(|i| (i, members[i].upstream.load.score(now)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i),
+            Strategy::Failover => (0..n).find(|&i| has(i)),
+        }
+    }
+}
+
+/// An acquired upstream for one attempt.
+pub struct Picked {
+    pub index: usize,
+    pub admission: Admission,
+    /// Held until the response body ends or is dropped.
+    pub guard: InflightGuard,
+}
+
+/// Why nothing could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every candidate is over its request-rate cap; the soonest frees up after this many ns.
+    RateLimited { wait: u64 },
+    /// Every candidate is at `max_concurrency`.
+    Full,
+    /// Breakers open or health checks failing.
+    Down,
+}
+
+/// Picks and acquires an upstream of `group` for an attempt at `now`. Upstreams in `tried` are
+/// avoided; when `allow_reuse` and every available one was tried, they are chosen again.
+pub fn pick(group: &Group, tried: u64, allow_reuse: bool, now: u64) -> Result<Picked, Unavailable> {
+    let members = &group.members;
+    let mut available = 0u64;
+    let (mut rate_limited, mut full) = (0u32, 0u32);
+    let mut min_wait = u64::MAX;
+    for (i, m) in members.iter().enumerate() {
+        let u = &m.upstream;
+        if !u.healthy.load(Ordering::Acquire) || u.breaker.as_ref().is_some_and(|b| !b.available(now)) {
+            continue;
+        }
+        if u.max_concurrency.is_some_and(|max| u.load.inflight() >= max) {
+            full += 1;
+            continue;
+        }
+        if let Some((gcra, tat)) = &u.rate {
+            if let Err(wait) = gcra.ready(tat, now) {
+                rate_limited += 1;
+                min_wait = min_wait.min(wait);
+                continue;
+            }
+        }
+        available |= 1 << i;
+    }
+    let fresh = available & !tried;
+    let mut pool = if fresh != 0 || !allow_reuse { fresh } else { available };
+    while let Some(i) = group.balancer.choose(members, pool, now) {
+        pool &= !(1 << i);
+        let u = &members[i].upstream;
+        let Some(guard) = u.load.try_begin(u.max_concurrency) else {
+            full += 1;
+            continue;
+        };
+        if let Some((gcra, tat)) = &u.rate {
+            if let Err(wait) = gcra.check(tat, now) {
+                rate_limited += 1;
+                min_wait = min_wait.min(wait);
+                continue;
+            }
+        }
+        let admission = match &u.breaker {
+            None => Admission::Allowed,
+            Some(b) => {
+                let (admission, transition) = b.admit(now);
+                crate::upstream::log_transition(&u.name, transition);
+                if admission == Admission::Rejected {
+                    continue;
+                }
+                admission
+            }
+        };
+        return Ok(Picked { index: i, admission, guard });
+    }
+    // A capped upstream frees up soonest and can say when: prefer that answer.
+    Err(if rate_limited > 0 {
+        Unavailable::RateLimited { wait: min_wait }
+    } else if full > 0 {
+        Unavailable::Full
+    } else {
+        Unavailable::Down
+    })
+}
+
+/// Seconds for `Retry-After` from a rate-limit wait.
+pub fn retry_after(wait: u64) -> u64 {
+    Gcra::retry_after_secs(wait)
+}

@@ -1,0 +1,93 @@
+//! Active health checks: a background `GET` per upstream that has `health_check` configured.
+//!
+//! A failing check (connect error, timeout, non-2xx) takes the upstream out of picks; a passing
+//! one brings it back. This works beside the passive breaker: the check notices an upstream that
+//! is down before a client request has to. The task holds only a weak reference, so it ends by
+//! itself when the runtime that owns the upstream is replaced or dropped.
+
+use super::client::HttpClient;
+use super::{Target, Upstream};
+use crate::config;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, HOST, USER_AGENT};
+use hyper::{Method, Request, Uri};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Starts the check loop for `upstream` if it has one configured.
+pub fn spawn(upstream: &Arc<Upstream>) {
+    let Some(cfg) = upstream.health_check.clone() else { return };
+    let weak = Arc::downgrade(upstream);
+    let client = match HttpClient::new(&config::HttpClient {
+        agent: crate::config::parse::DEFAULT_AGENT.to_string(),
+        keepalive: 60,
+        stream: false,
+        timeout: config::ClientTimeout { connect: cfg.timeout, request: cfg.timeout, idle: 60 },
+        retry: None,
+        proxy: None,
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::warn!("health check of upstream {}: {e}", upstream.name);
+            return;
+        }
+    };
+    tokio::spawn(run(weak, cfg, client));
+}
+
+async fn run(weak: Weak<Upstream>, cfg: config::HealthCheck, client: HttpClient) {
+    let mut interval = tokio::time::interval(Duration::from_secs(cfg.interval));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(upstream) = weak.upgrade() else { return };
+        let ok = check(&upstream, &cfg, &client).await;
+        let was = upstream.healthy.swap(ok, Ordering::AcqRel);
+        if was != ok {
+            if ok {
+                crate::info!("health check of upstream {} passes again: back in rotation", upstream.name);
+            } else {
+                crate::warn!("health check of upstream {} failed: out of rotation", upstream.name);
+            }
+        }
+    }
+}
+
+/// One probe: true on a 2xx within the timeout.
+pub async fn check(upstream: &Upstream, cfg: &config::HealthCheck, client: &HttpClient) -> bool {
+    let timeout = Duration::from_secs(cfg.timeout);
+    let probe = async {
+        match &upstream.target {
+            Target::Mock(mock) => crate::mock::respond(mock, &Method::GET, &cfg.path, b"").await.status().is_success(),
+            Target::Http(t) => {
+                let Ok(uri) = Uri::builder()
+                    .scheme(t.scheme.clone())
+                    .authority(t.authority.clone())
+                    .path_and_query(t.path_and_query(&cfg.path, None))
+                    .build()
+                else {
+                    return false;
+                };
+                let mut req = Request::new(Full::new(Bytes::new()));
+                *req.uri_mut() = uri;
+                if let Ok(host) = HeaderValue::from_str(t.host_header()) {
+                    req.headers_mut().insert(HOST, host);
+                }
+                req.headers_mut().insert(USER_AGENT, HeaderValue::from_static(crate::config::parse::DEFAULT_AGENT));
+                crate::proxy::headers::apply_upstream_headers(req.headers_mut(), upstream);
+                match client.send(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        // Drain so the pooled connection can be reused for the next check.
+                        let _ = resp.into_body().collect().await;
+                        ok
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, probe).await.unwrap_or(false)
+}
