@@ -10,10 +10,8 @@
 //! everything).
 
 use crate::clock::NANOS_PER_SEC;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gcra {
@@ -62,60 +60,92 @@ impl Gcra {
     }
 }
 
-/// Shards of the keyed table: lookups of different keys rarely share a lock.
-const SHARDS: usize = 16;
+/// Neighbouring slots examined for a key before evicting: short enough to stay a few cache
+/// lines, long enough that a table at 90% load rarely evicts a live key.
+const PROBES: usize = 8;
 
-/// GCRA per key (client IP, client key) in a bounded table.
+/// GCRA per key (client IP, client key) in a fixed-size, lock-free table.
 ///
-/// A key whose TAT is in the past is indistinguishable from a key never seen, so such entries
-/// are swept whenever a shard is full; if a spray of live keys still fills it, the entry closest
-/// to expiry is evicted (it loses at most its remaining debt). Memory is bounded by `capacity`
-/// whatever the traffic.
+/// Each slot is two atomic words: a 64-bit fingerprint of the key and its TAT. A key whose TAT
+/// is in the past is indistinguishable from a key never seen, so such a slot is simply taken
+/// over by the next key that probes it — idle keys are swept as a side effect of lookups, with
+/// no sweeper task. When all probed slots hold live keys, the one closest to expiry is evicted
+/// (it loses at most its remaining debt). Memory is `capacity × 16` bytes whatever the traffic,
+/// so a spray of source addresses cannot grow it, and a check takes no lock and allocates
+/// nothing. Two keys with the same 64-bit fingerprint would share a bucket; with a per-process
+/// random hash key that is negligible.
 pub struct KeyedLimiter<K> {
     gcra: Gcra,
-    shard_capacity: usize,
-    shards: Vec<RwLock<HashMap<K, AtomicU64>>>,
+    slots: Box<[Slot]>,
+    mask: usize,
     hasher: std::collections::hash_map::RandomState,
+    _key: std::marker::PhantomData<fn(&K)>,
 }
 
-impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+#[derive(Default)]
+struct Slot {
+    /// Fingerprint of the key, 0 when the slot was never used.
+    key: AtomicU64,
+    tat: AtomicU64,
+}
+
+impl<K: Hash> KeyedLimiter<K> {
+    /// `capacity` is rounded up to a power of two.
     pub fn new(gcra: Gcra, capacity: usize) -> Self {
+        let size = capacity.max(PROBES).next_power_of_two();
         KeyedLimiter {
             gcra,
-            shard_capacity: capacity.div_ceil(SHARDS).max(1),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            slots: (0..size).map(|_| Slot::default()).collect(),
+            mask: size - 1,
             hasher: Default::default(),
+            _key: std::marker::PhantomData,
         }
     }
 
     pub fn check(&self, key: &K, now: u64) -> Result<(), u64> {
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        {
-            let map = shard.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(tat) = map.get(key) {
-                return self.gcra.check(tat, now);
+        let hash = self.hasher.hash_one(key);
+        let fingerprint = hash | 1; // never 0, which marks an unused slot
+        let start = (hash >> 7) as usize;
+        let mut victim: Option<(&Slot, u64, u64)> = None;
+        for i in 0..PROBES {
+            let slot = &self.slots[(start + i) & self.mask];
+            let k = slot.key.load(Ordering::Acquire);
+            if k == fingerprint {
+                return self.gcra.check(&slot.tat, now);
             }
-        }
-        let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(key) && map.len() >= self.shard_capacity {
-            map.retain(|_, tat| tat.load(Ordering::Relaxed) > now);
-            if map.len() >= self.shard_capacity {
-                let oldest = map.iter().min_by_key(|(_, tat)| tat.load(Ordering::Relaxed)).map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
-                    map.remove(&k);
+            let tat = slot.tat.load(Ordering::Acquire);
+            if k == 0 || tat <= now {
+                // Unused or expired: an expired TAT already reads as "fresh" to GCRA, so taking
+                // the slot needs no reset.
+                if slot.key.compare_exchange(k, fingerprint, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                    || slot.key.load(Ordering::Acquire) == fingerprint
+                {
+                    return self.gcra.check(&slot.tat, now);
                 }
+                continue;
+            }
+            if victim.is_none_or(|(_, _, t)| tat < t) {
+                victim = Some((slot, k, tat));
             }
         }
-        let tat = map.entry(key.clone()).or_insert_with(|| AtomicU64::new(0));
-        self.gcra.check(tat, now)
+        if let Some((slot, k, _)) = victim {
+            if slot.key.compare_exchange(k, fingerprint, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                slot.tat.store(0, Ordering::Release);
+                return self.gcra.check(&slot.tat, now);
+            }
+        }
+        // Every probed slot is contested this instant: admit rather than refuse a client we
+        // cannot track (failing open under an address spray keeps real clients served).
+        Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().map(|m| m.len()).unwrap_or(0)).sum()
+    /// Slots holding a key whose TAT is still ahead of `now` (for tests and metrics).
+    pub fn live(&self, now: u64) -> usize {
+        self.slots.iter().filter(|s| s.key.load(Ordering::Relaxed) != 0 && s.tat.load(Ordering::Relaxed) > now).count()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 }
 
@@ -183,12 +213,21 @@ mod tests {
         for k in 0..10_000 {
             let _ = l.check(&k, now + u64::from(k));
         }
-        assert!(l.len() <= 64, "table grew to {}", l.len());
-        // Expired entries are swept rather than evicting live ones.
+        assert_eq!(l.capacity(), 64, "memory is fixed whatever the number of keys");
+        assert!(l.live(now) <= 64);
+        // Expired entries are reused: after the window every new key starts fresh.
         let later = now + 100 * S;
-        for k in 20_000..20_100 {
-            assert!(l.check(&k, later).is_ok());
+        assert_eq!(l.live(later), 0);
+        for k in 20_000..20_040 {
+            assert!(l.check(&k, later).is_ok(), "fresh key {k}");
         }
-        assert!(l.len() <= 64);
+        // A key seen recently is still limited: a spray of new keys does not reset it while
+        // there is room.
+        let l: KeyedLimiter<u32> = KeyedLimiter::new(Gcra::new(1, 1), 4096);
+        assert!(l.check(&7, now).is_ok());
+        for k in 100..1100 {
+            let _ = l.check(&k, now);
+        }
+        assert!(l.check(&7, now).is_err());
     }
 }

@@ -23,9 +23,10 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<Upstream>>,
 }
 
-/// Client IPs tracked per forward limiter; a spray of source addresses cannot grow memory past
-/// this (about 4 MiB at the cap).
-const CLIENT_LIMITER_CAPACITY: usize = 65_536;
+/// Client IPs tracked at once per forward limiter (256 KiB of slots). A key stays tracked only
+/// while it owes time (at most `burst / per_second` seconds after its last request), so this is
+/// the number of clients active within that window, not since start.
+const CLIENT_LIMITER_CAPACITY: usize = 16_384;
 
 pub struct Forward {
     pub name: String,

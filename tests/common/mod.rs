@@ -60,6 +60,15 @@ pub struct UpstreamLog {
     pub requests: AtomicUsize,
     /// Set when a streaming body the upstream was sending got dropped (client went away).
     pub stream_dropped: AtomicBool,
+    /// Status served at `…/health`.
+    pub health_status: std::sync::atomic::AtomicU16,
+    flaky_seen: AtomicUsize,
+}
+
+impl UpstreamLog {
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
 }
 
 /// A scripted upstream on 127.0.0.1:0. Behaviour is chosen by the last path segment and query:
@@ -70,6 +79,9 @@ pub struct UpstreamLog {
 /// - `reset?after=N`: N events, then an aborted connection
 /// - `status?code=C`: that status with a JSON body
 /// - `slow-head?ms=M`: the head after M ms
+/// - `flaky?fail=N&code=C&retry_after=S`: the first N requests get C (with Retry-After S), then 200
+/// - any path under `/always503/`: 503
+/// - `health`: the status in `log.health_status` (not counted in `requests`)
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub log: Arc<UpstreamLog>,
@@ -80,6 +92,7 @@ impl TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(UpstreamLog::default());
+        log.health_status.store(200, Ordering::SeqCst);
         let l = log.clone();
         tokio::spawn(async move {
             loop {
@@ -115,7 +128,17 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 }
 
 async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<ProxyBody> {
+    if req.uri().path().ends_with("/health") {
+        let code = StatusCode::from_u16(log.health_status.load(Ordering::SeqCst)).unwrap();
+        return json(code, serde_json::json!({"health": code.as_u16()}));
+    }
     log.requests.fetch_add(1, Ordering::SeqCst);
+    if req.uri().path().starts_with("/always503/") {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": {"message": "always 503", "type": "upstream"}}),
+        );
+    }
     let q = query(&req);
     let num = |k: &str, d: u64| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
     let last = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
@@ -145,6 +168,21 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
         "status" => {
             let code = StatusCode::from_u16(num("code", 500) as u16).unwrap();
             json(code, serde_json::json!({"error": {"message": "scripted", "type": "upstream", "code": code.as_u16()}}))
+        }
+        "flaky" => {
+            if log.flaky_seen.fetch_add(1, Ordering::SeqCst) < num("fail", 1) as usize {
+                let code = StatusCode::from_u16(num("code", 503) as u16).unwrap();
+                let mut r = json(
+                    code,
+                    serde_json::json!({"error": {"message": "flaky", "type": "upstream", "code": code.as_u16()}}),
+                );
+                if let Some(s) = q.get("retry_after") {
+                    r.headers_mut().insert("retry-after", s.parse().unwrap());
+                }
+                r
+            } else {
+                json(StatusCode::OK, serde_json::json!({"ok": true}))
+            }
         }
         "slow-head" => {
             tokio::time::sleep(Duration::from_millis(num("ms", 1000))).await;
@@ -221,6 +259,28 @@ impl Body for ScriptedBody {
         self.sent += 1;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {{\"n\":{}}}\n\n", self.sent))))))
     }
+}
+
+/// A config with one forward and one group over several upstreams: `(name, url, extra YAML
+/// lines for the upstream)`, plus extra YAML lines for the group (balance, http_client, …).
+pub fn group_config(upstreams: &[(&str, String, &str)], group_extra: &str) -> String {
+    let ups: String =
+        upstreams.iter().map(|(n, u, extra)| format!("  - name: {n}\n    url: \"{u}\"\n{extra}\n")).collect();
+    let members: String = upstreams.iter().map(|(n, _, _)| format!("{{name: {n}}}, ")).collect();
+    format!(
+        r#"
+http_server:
+  forwards:
+    - {{name: main, port: 0, address: 127.0.0.1, default_group: g}}
+  admin: {{port: 0, address: 127.0.0.1}}
+upstreams:
+{ups}
+upstream_groups:
+  - name: g
+    upstreams: [{members}]
+{group_extra}
+"#
+    )
 }
 
 /// A plain HTTP/1.1 client.
