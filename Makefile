@@ -4,7 +4,7 @@ CARGO  ?= cargo
 CONFIG ?= config.default.yaml
 BIN     = target/release/llmproxyd
 
-.PHONY: help build release run test lint ci clean
+.PHONY: help build release run test lint ci bench clean
 
 help:
 	@echo "make build    debug build"
@@ -13,6 +13,7 @@ help:
 	@echo "make test     all unit and integration tests"
 	@echo "make lint     rustfmt --check and clippy -D warnings"
 	@echo "make ci       lint + test + release build + config check (what CI runs)"
+	@echo "make bench    micro benchmarks (ns/op of router, limiter, breaker, pick)"
 
 build:
 	$(CARGO) build --locked
@@ -32,6 +33,9 @@ lint:
 
 ci: lint test release
 	$(BIN) -t -c $(CONFIG)
+
+bench:
+	$(CARGO) bench --locked --bench micro
 
 clean:
 	$(CARGO) clean

@@ -117,34 +117,42 @@ async fn forward_with_retries(
     let policy = group.retry;
     let mut tried = 0u64;
     let mut reuses = 0u32;
-    let mut last: Option<(usize, Failure, Option<Duration>)> = None;
+    let mut last: Option<Failure> = None;
+    let mut last_retry_after: Option<Duration> = None;
     for _ in 0..policy.max_attempts {
-        let picked = match balance::pick(group, tried, policy.may_reuse, clock::now()) {
+        let picked = match balance::pick(group, tried, false, clock::now()) {
             Ok(p) => p,
-            Err(why) => return finish(last.map(|(_, f, _)| f), group, why),
-        };
-        if tried & (1 << picked.index) != 0 {
-            // Going back to an upstream already tried: back off, or honour its Retry-After.
-            let mut delay = retry::backoff(policy.initial, reuses);
-            if let Some((i, _, Some(after))) = &last {
-                if *i == picked.index {
-                    if *after > retry::MAX_RETRY_AFTER {
+            Err(_) if policy.may_reuse && tried != 0 => {
+                // Every available upstream was tried: wait before going back to one — the
+                // backoff, or the upstream's Retry-After when longer. The wait happens before the
+                // pick so that no in-flight slot or breaker probe is held while sleeping.
+                let mut delay = retry::backoff(policy.initial, reuses);
+                if let Some(after) = last_retry_after {
+                    if after > retry::MAX_RETRY_AFTER {
                         break;
                     }
-                    delay = delay.max(*after);
+                    delay = delay.max(after);
+                }
+                reuses += 1;
+                tokio::time::sleep(delay).await;
+                match balance::pick(group, tried, true, clock::now()) {
+                    Ok(p) => p,
+                    Err(why) => return finish(last, group, why),
                 }
             }
-            reuses += 1;
-            tokio::time::sleep(delay).await;
-        }
+            Err(why) => return finish(last, group, why),
+        };
         tried |= 1 << picked.index;
         let member = &group.members[picked.index];
         match attempt(group, &member.upstream, parts, body.clone(), conn, picked.admission, picked.guard).await {
             Outcome::Final(resp) => return Ok(resp),
-            Outcome::Retryable { failure, retry_after } => last = Some((picked.index, failure, retry_after)),
+            Outcome::Retryable { failure, retry_after } => {
+                last = Some(failure);
+                last_retry_after = retry_after;
+            }
         }
     }
-    finish(last.map(|(_, f, _)| f), group, Unavailable::Down)
+    finish(last, group, Unavailable::Down)
 }
 
 fn finish(last: Option<Failure>, group: &Group, why: Unavailable) -> Result<Response<ProxyBody>, ApiError> {
