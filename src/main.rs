@@ -66,6 +66,7 @@ fn main() -> ExitCode {
             }
         };
         info!("llmproxyd {} ready ({})", env!("CARGO_PKG_VERSION"), args.config.display());
+        llmproxy::server::listener::warn_if_restarts_can_lose_connections();
         let signal = wait_for_signal().await;
         info!("{signal}: draining for up to {}s", args.shutdown_timeout.as_secs());
         if server.shutdown(args.shutdown_timeout).await {

@@ -33,3 +33,18 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     socket.set_nonblocking(true).map_err(|e| fail("non-blocking", e))?;
     TcpListener::from_std(socket.into()).map_err(|e| fail("register", e))
 }
+
+/// Linux resets connections still queued on a listener when it closes, even if another socket
+/// shares the port — unless `net.ipv4.tcp_migrate_req` is 1 (Linux 5.14+), which moves them to
+/// the remaining listener. Zero-downtime restarts depend on it; say so once at startup.
+pub fn warn_if_restarts_can_lose_connections() {
+    #[cfg(target_os = "linux")]
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => crate::info!(
+            "net.ipv4.tcp_migrate_req is 0: during an overlapping restart, connections queued on the \
+             old instance's listener can be reset (set it to 1 for zero-downtime restarts)"
+        ),
+        Err(_) => crate::info!("kernel without tcp_migrate_req: overlapping restarts can reset queued connections"),
+    }
+}
