@@ -6,13 +6,14 @@
 
 use crate::balance::Balancer;
 use crate::config::{self, Config, Strategy};
+use crate::metrics::families::{ForwardMetrics, MemberMetrics};
 use crate::ratelimit::{Gcra, KeyedLimiter};
 use crate::router::Router;
 use crate::upstream::client::HttpClient;
 use crate::upstream::Upstream;
 use hyper::header::HeaderValue;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,19 +37,20 @@ pub struct Forward {
     pub max_body_size: u64,
     /// Per-client-IP limiter, when the forward's `ratelimit` is enabled.
     pub client_limiter: Option<KeyedLimiter<IpAddr>>,
-    /// Requests refused by `client_limiter`.
-    pub rate_limited: AtomicU64,
+    pub metrics: Arc<ForwardMetrics>,
 }
 
 pub struct Group {
     pub name: String,
     pub members: Vec<Member>,
     pub balancer: Balancer,
-    pub client: HttpClient,
+    pub client: Arc<HttpClient>,
     pub agent: HeaderValue,
     pub stream: bool,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// The configuration this was compiled from (to reuse the connection pool on a swap).
+    pub config: config::UpstreamGroup,
 }
 
 /// How many attempts a request may make in a group, and whether it may go back to an upstream
@@ -79,19 +81,31 @@ impl RetryPolicy {
 pub struct Member {
     pub upstream: Arc<Upstream>,
     pub weight: u32,
+    pub metrics: Arc<MemberMetrics>,
 }
 
 impl Runtime {
     pub fn build(config: Config) -> Result<Self, String> {
+        Self::rebuild(config, None)
+    }
+
+    /// Compiles `config`, keeping from `previous` what is unchanged: upstreams with an identical
+    /// configuration keep their breaker, load statistics and health state; groups with an
+    /// identical client configuration keep their connection pool; metric handles are kept by
+    /// name so counters continue.
+    pub fn rebuild(config: Config, previous: Option<&Runtime>) -> Result<Self, String> {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Upstream::compile(u).map(Arc::new).map_err(|e| format!("upstream {}: {e}", u.name)))
+            .map(|u| match previous.and_then(|p| p.upstreams.iter().find(|old| old.config == *u)) {
+                Some(old) => Ok(old.clone()),
+                None => Upstream::compile(u).map(Arc::new).map_err(|e| format!("upstream {}: {e}", u.name)),
+            })
             .collect::<Result<_, _>>()?;
         let groups = config
             .upstream_groups
             .iter()
-            .map(|g| build_group(g, &config, &upstreams))
+            .map(|g| build_group(g, &config, &upstreams, previous))
             .collect::<Result<Vec<_>, _>>()?;
         let group_index = |name: &str| {
             config.upstream_groups.iter().position(|g| g.name == name).ok_or_else(|| format!("unknown group {name}"))
@@ -107,13 +121,14 @@ impl Runtime {
                 .as_ref()
                 .filter(|r| r.enabled)
                 .map(|r| KeyedLimiter::new(Gcra::new(r.per_second, r.burst), CLIENT_LIMITER_CAPACITY));
+            let metrics = previous.and_then(|p| p.forward(&f.name)).map(|old| old.metrics.clone()).unwrap_or_default();
             forwards.push(Forward {
                 name: f.name.clone(),
                 router,
                 default_group: group_index(&f.default_group)?,
                 max_body_size: f.max_body_size,
                 client_limiter,
-                rate_limited: AtomicU64::new(0),
+                metrics,
             });
         }
         Ok(Runtime { config: Arc::new(config), forwards, groups, upstreams })
@@ -122,9 +137,30 @@ impl Runtime {
     pub fn forward(&self, name: &str) -> Option<&Forward> {
         self.forwards.iter().find(|f| f.name == name)
     }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// Starts background work that belongs to this snapshot (active health checks). Separate
+    /// from `build` so that `llmproxyd -t` can compile a runtime without a reactor. Upstreams
+    /// kept from `previous` already have their checks running.
+    pub fn start_background(&self, previous: Option<&Runtime>) {
+        for u in &self.upstreams {
+            if !previous.is_some_and(|p| p.upstreams.iter().any(|old| Arc::ptr_eq(old, u))) {
+                crate::upstream::health_check::spawn(u);
+            }
+        }
+    }
 }
 
-fn build_group(g: &config::UpstreamGroup, config: &Config, upstreams: &[Arc<Upstream>]) -> Result<Group, String> {
+fn build_group(
+    g: &config::UpstreamGroup,
+    config: &Config,
+    upstreams: &[Arc<Upstream>],
+    previous: Option<&Runtime>,
+) -> Result<Group, String> {
+    let old_group = previous.and_then(|p| p.group(&g.name));
     let members = g
         .upstreams
         .iter()
@@ -134,31 +170,30 @@ fn build_group(g: &config::UpstreamGroup, config: &Config, upstreams: &[Arc<Upst
                 .iter()
                 .position(|u| u.name == m.name)
                 .ok_or_else(|| format!("unknown upstream {}", m.name))?;
-            Ok(Member { upstream: upstreams[i].clone(), weight: m.weight })
+            let metrics = old_group
+                .and_then(|og| og.members.iter().find(|om| om.upstream.name == m.name))
+                .map(|om| om.metrics.clone())
+                .unwrap_or_default();
+            Ok(Member { upstream: upstreams[i].clone(), weight: m.weight, metrics })
         })
         .collect::<Result<Vec<_>, String>>()?;
     let agent = HeaderValue::from_str(&g.http_client.agent).map_err(|_| format!("group {}: invalid agent", g.name))?;
+    let client = match old_group.filter(|og| og.config.http_client == g.http_client) {
+        Some(og) => og.client.clone(),
+        None => Arc::new(HttpClient::new(&g.http_client).map_err(|e| format!("group {}: {e}", g.name))?),
+    };
     let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
     Ok(Group {
         name: g.name.clone(),
         members,
         balancer: Balancer::new(g.balance.strategy, &weights),
-        client: HttpClient::new(&g.http_client).map_err(|e| format!("group {}: {e}", g.name))?,
+        client,
         agent,
         stream: g.http_client.stream,
         request_timeout: Duration::from_secs(g.http_client.timeout.request),
         retry: RetryPolicy::of(g),
+        config: g.clone(),
     })
-}
-
-impl Runtime {
-    /// Starts background work that belongs to this snapshot (active health checks). Separate
-    /// from `build` so that `llmproxyd -t` can compile a runtime without a reactor.
-    pub fn start_background(&self) {
-        for u in &self.upstreams {
-            crate::upstream::health_check::spawn(u);
-        }
-    }
 }
 
 /// The live runtime, shared by every listener. A read lock is held only long enough to clone

@@ -174,7 +174,7 @@ async fn forward_rate_limit_answers_429_with_retry_after() {
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(json_of(&body)["error"]["type"], "rate_limit_error");
     let rt = server.shared.runtime();
-    assert_eq!(rt.forwards[0].rate_limited.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(rt.forwards[0].metrics.ratelimited.get(), 1);
 }
 
 #[tokio::test]

@@ -121,8 +121,10 @@ pub fn pick(group: &Group, tried: u64, allow_reuse: bool, now: u64) -> Result<Pi
             None => Admission::Allowed,
             Some(b) => {
                 let (admission, transition) = b.admit(now);
-                crate::upstream::log_transition(&u.name, transition);
+                let metrics = &members[i].metrics;
+                crate::upstream::note_transition(&u.name, metrics, transition);
                 if admission == Admission::Rejected {
+                    metrics.breaker_calls[crate::metrics::families::CALL_REJECTED].inc();
                     continue;
                 }
                 admission

@@ -8,18 +8,19 @@ use crate::balance::{self, Unavailable};
 use crate::body::{BoxError, ProxyBody};
 use crate::clock;
 use crate::error::ApiError;
+use crate::metrics::families::{method_index, Failure, CALL_FAILURE, CALL_SUCCESS};
 use crate::ratelimit::Gcra;
-use crate::runtime::{Group, Runtime};
+use crate::runtime::{Forward, Group, Member, Runtime};
 use crate::upstream::breaker::Admission;
-use crate::upstream::{log_transition, Target, Upstream};
+use crate::upstream::load::InflightGuard;
+use crate::upstream::{note_transition, Target, Upstream};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_LENGTH, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use relay::{RelayBody, Timer};
+use relay::{RelayBody, Telemetry, Timer, UpstreamBody};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -37,10 +38,24 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    match proxy(rt, forward, conn, req).await {
-        Ok(resp) => resp,
+    let Some(fwd) = rt.forward(forward) else {
+        return ApiError::no_upstream(format!("forward {forward} is not configured")).into_response();
+    };
+    let started = Instant::now();
+    let method = method_index(req.method());
+    fwd.metrics.requests[method].inc();
+    match proxy(rt, fwd, conn, req).await {
+        Ok(mut resp) => {
+            if resp.status().as_u16() >= 400 {
+                fwd.metrics.upstream_status(resp.status().as_u16());
+            }
+            resp.body_mut().deliver(fwd.metrics.clone(), method, started);
+            resp.map(BodyExt::boxed_unsync)
+        }
         Err(e) => {
             crate::debug!("{forward}: {} {}", e.status.as_u16(), e.message);
+            fwd.metrics.proxy_error(e.code);
+            fwd.metrics.duration[method].observe_duration(started.elapsed());
             e.into_response()
         }
     }
@@ -48,19 +63,17 @@ where
 
 async fn proxy<B>(
     rt: &Runtime,
-    forward: &str,
+    fwd: &Forward,
     conn: ClientConn,
     req: Request<B>,
-) -> Result<Response<ProxyBody>, ApiError>
+) -> Result<Response<RelayBody>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let fwd =
-        rt.forward(forward).ok_or_else(|| ApiError::no_upstream(format!("forward {forward} is not configured")))?;
     if let Some(limiter) = &fwd.client_limiter {
         if let Err(wait) = limiter.check(&conn.peer.ip(), clock::now()) {
-            fwd.rate_limited.fetch_add(1, Ordering::Relaxed);
+            fwd.metrics.ratelimited.inc();
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
@@ -92,18 +105,21 @@ fn content_length(parts: &Parts) -> Option<u64> {
 
 /// A failed attempt that another attempt may improve on; the last one is what the client gets
 /// when attempts run out.
-enum Failure {
-    Response(Response<ProxyBody>),
+enum Failed {
+    Response(Response<RelayBody>),
     Error(ApiError),
 }
 
 enum Outcome {
     /// Relay this to the client: success, or an answer that retrying cannot change.
-    Final(Response<ProxyBody>),
+    Final(Response<RelayBody>),
     Retryable {
-        failure: Failure,
+        failed: Failed,
+        kind: Failure,
         retry_after: Option<Duration>,
     },
+    /// The request itself cannot be sent (no upstream is to blame).
+    Invalid(ApiError),
 }
 
 /// Attempts the request on the group's upstreams per its retry policy. Every attempt happens
@@ -113,12 +129,13 @@ async fn forward_with_retries(
     parts: &Parts,
     body: Bytes,
     conn: ClientConn,
-) -> Result<Response<ProxyBody>, ApiError> {
+) -> Result<Response<RelayBody>, ApiError> {
     let policy = group.retry;
     let mut tried = 0u64;
     let mut reuses = 0u32;
-    let mut last: Option<Failure> = None;
-    let mut last_retry_after: Option<Duration> = None;
+    let mut last: Option<Failed> = None;
+    // The member whose failure the next attempt retries, why, and what it asked for.
+    let mut cause: Option<(usize, Failure, Option<Duration>)> = None;
     for _ in 0..policy.max_attempts {
         let picked = match balance::pick(group, tried, false, clock::now()) {
             Ok(p) => p,
@@ -127,7 +144,7 @@ async fn forward_with_retries(
                 // backoff, or the upstream's Retry-After when longer. The wait happens before the
                 // pick so that no in-flight slot or breaker probe is held while sleeping.
                 let mut delay = retry::backoff(policy.initial, reuses);
-                if let Some(after) = last_retry_after {
+                if let Some((_, _, Some(after))) = cause {
                     if after > retry::MAX_RETRY_AFTER {
                         break;
                     }
@@ -142,23 +159,28 @@ async fn forward_with_retries(
             }
             Err(why) => return finish(last, group, why),
         };
+        if let Some((i, kind, _)) = cause {
+            group.members[i].metrics.retries[kind as usize].inc();
+        }
         tried |= 1 << picked.index;
-        let member = &group.members[picked.index];
-        match attempt(group, &member.upstream, parts, body.clone(), conn, picked.admission, picked.guard).await {
+        match attempt(group, &group.members[picked.index], parts, body.clone(), conn, picked.admission, picked.guard)
+            .await
+        {
             Outcome::Final(resp) => return Ok(resp),
-            Outcome::Retryable { failure, retry_after } => {
-                last = Some(failure);
-                last_retry_after = retry_after;
+            Outcome::Invalid(e) => return Err(e),
+            Outcome::Retryable { failed, kind, retry_after } => {
+                last = Some(failed);
+                cause = Some((picked.index, kind, retry_after));
             }
         }
     }
     finish(last, group, Unavailable::Down)
 }
 
-fn finish(last: Option<Failure>, group: &Group, why: Unavailable) -> Result<Response<ProxyBody>, ApiError> {
+fn finish(last: Option<Failed>, group: &Group, why: Unavailable) -> Result<Response<RelayBody>, ApiError> {
     match last {
-        Some(Failure::Response(resp)) => Ok(resp),
-        Some(Failure::Error(e)) => Err(e),
+        Some(Failed::Response(resp)) => Ok(resp),
+        Some(Failed::Error(e)) => Err(e),
         None => Err(match why {
             Unavailable::RateLimited { wait } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -182,22 +204,29 @@ fn finish(last: Option<Failure>, group: &Group, why: Unavailable) -> Result<Resp
     }
 }
 
-/// Reports an attempt's outcome to the upstream's breaker and load statistics exactly once; a
-/// half-open probe dropped without an outcome (the client left) is handed back.
+/// Reports an attempt's outcome to the upstream's breaker, load statistics and metrics exactly
+/// once; a half-open probe dropped without an outcome (the client left) is handed back.
 struct Verdict<'a> {
-    upstream: &'a Upstream,
+    member: &'a Member,
     admission: Admission,
-    started: Instant,
+    sent_at: Instant,
     done: bool,
 }
 
 impl Verdict<'_> {
-    fn record(&mut self, success: bool) {
+    fn record(&mut self, failure: Option<Failure>) {
         self.done = true;
         let now = clock::now();
-        self.upstream.load.observe(self.started.elapsed().as_secs_f64(), success, now);
-        if let Some(b) = &self.upstream.breaker {
-            log_transition(&self.upstream.name, b.record(self.admission, success, now));
+        let (upstream, metrics) = (&self.member.upstream, &self.member.metrics);
+        let elapsed = self.sent_at.elapsed();
+        metrics.duration.observe_duration(elapsed);
+        if let Some(kind) = failure {
+            metrics.failures[kind as usize].inc();
+        }
+        upstream.load.observe(elapsed.as_secs_f64(), failure.is_none(), now);
+        if let Some(b) = &upstream.breaker {
+            metrics.breaker_calls[if failure.is_none() { CALL_SUCCESS } else { CALL_FAILURE }].inc();
+            note_transition(&upstream.name, metrics, b.record(self.admission, failure.is_none(), now));
         }
     }
 }
@@ -205,8 +234,8 @@ impl Verdict<'_> {
 impl Drop for Verdict<'_> {
     fn drop(&mut self) {
         if !self.done && self.admission == Admission::Probe {
-            if let Some(b) = &self.upstream.breaker {
-                log_transition(&self.upstream.name, b.abandon_probe(clock::now()));
+            if let Some(b) = &self.member.upstream.breaker {
+                note_transition(&self.member.upstream.name, &self.member.metrics, b.abandon_probe(clock::now()));
             }
         }
     }
@@ -215,19 +244,21 @@ impl Drop for Verdict<'_> {
 /// One attempt against one upstream: build the request, wait for the head, wrap the body.
 async fn attempt(
     group: &Group,
-    upstream: &Upstream,
+    member: &Member,
     parts: &Parts,
     body: Bytes,
     conn: ClientConn,
     admission: Admission,
-    guard: crate::upstream::load::InflightGuard,
+    guard: InflightGuard,
 ) -> Outcome {
-    let started = Instant::now();
-    let mut verdict = Verdict { upstream, admission, started, done: false };
+    let upstream = &member.upstream;
+    member.metrics.requests.inc();
+    let sent_at = Instant::now();
+    let mut verdict = Verdict { member, admission, sent_at, done: false };
     let timer = if group.stream {
         Timer::Idle(group.request_timeout)
     } else {
-        Timer::Deadline(started + group.request_timeout)
+        Timer::Deadline(sent_at + group.request_timeout)
     };
     let head = match &upstream.target {
         Target::Mock(mock) => {
@@ -237,48 +268,54 @@ async fn attempt(
             )
             .await
             {
-                Ok(resp) => Ok(resp),
-                Err(_) => Err(timeout_error(upstream, group.request_timeout)),
+                Ok(resp) => Ok(resp.map(UpstreamBody::Mock)),
+                Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
             }
         }
         Target::Http(target) => {
             let req = match build_request(group, upstream, target, parts, body, conn) {
                 Ok(r) => r,
-                Err(e) => return Outcome::Final(e.into_response()),
+                Err(e) => return Outcome::Invalid(e),
             };
             match tokio::time::timeout(group.request_timeout, group.client.send(req)).await {
-                Err(_) => Err(timeout_error(upstream, group.request_timeout)),
+                Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                 Ok(Err(e)) => Err(upstream_error(upstream, &e)),
                 Ok(Ok(resp)) => {
                     let (mut head, body) = resp.into_parts();
                     headers::strip_hop_by_hop(&mut head.headers);
-                    Ok(Response::from_parts(head, body.map_err(BoxError::from).boxed_unsync()))
+                    Ok(Response::from_parts(head, UpstreamBody::Http(body)))
                 }
             }
         }
     };
     let resp = match head {
         Ok(resp) => resp,
-        Err(e) => {
-            verdict.record(false);
+        Err((kind, e)) => {
+            verdict.record(Some(kind));
             crate::debug!("upstream {}: {}", upstream.name, e.message);
-            return Outcome::Retryable { failure: Failure::Error(e), retry_after: None };
+            return Outcome::Retryable { failed: Failed::Error(e), kind, retry_after: None };
         }
     };
     let status = resp.status().as_u16();
-    verdict.record(!retry::is_failure_status(status));
+    let failure = match status {
+        429 => Some(Failure::Status429),
+        s if retry::is_failure_status(s) => Some(Failure::Status5xx),
+        _ => None,
+    };
+    verdict.record(failure);
     let retry_after = resp
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-    let (head, body) = resp.into_parts();
-    let resp = Response::from_parts(head, RelayBody::new(body, timer, &upstream.name, guard).boxed_unsync());
-    if retry::is_retryable_status(status) {
-        crate::debug!("upstream {} answered {status}", upstream.name);
-        Outcome::Retryable { failure: Failure::Response(resp), retry_after }
-    } else {
-        Outcome::Final(resp)
+    let telemetry = Telemetry { member: member.metrics.clone(), sent_at };
+    let resp = resp.map(|body| RelayBody::new(body, timer, upstream.clone(), telemetry, guard));
+    match failure {
+        Some(kind) if retry::is_retryable_status(status) => {
+            crate::debug!("upstream {} answered {status}", upstream.name);
+            Outcome::Retryable { failed: Failed::Response(resp), kind, retry_after }
+        }
+        _ => Outcome::Final(resp),
     }
 }
 
@@ -324,7 +361,7 @@ fn timeout_error(upstream: &Upstream, limit: Duration) -> ApiError {
     ))
 }
 
-fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> ApiError {
+fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> (Failure, ApiError) {
     use std::error::Error;
     let mut cause = e.to_string();
     let mut source = e.source();
@@ -333,8 +370,8 @@ fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) ->
         source = s.source();
     }
     if e.is_connect() {
-        ApiError::bad_gateway(format!("cannot connect to upstream {}: {cause}", upstream.name))
+        (Failure::Connect, ApiError::bad_gateway(format!("cannot connect to upstream {}: {cause}", upstream.name)))
     } else {
-        ApiError::bad_gateway(format!("upstream {} failed before answering: {cause}", upstream.name))
+        (Failure::Reset, ApiError::bad_gateway(format!("upstream {} failed before answering: {cause}", upstream.name)))
     }
 }

@@ -71,8 +71,9 @@ impl Server {
             tls: admin.tls.as_ref().map(tls::acceptor).transpose()?,
             header_timeout: Duration::from_secs(admin.timeout.connect),
         });
+        crate::metrics::process::mark_start();
         let runtime = Runtime::build(config)?;
-        runtime.start_background();
+        runtime.start_background(None);
         let shared = Arc::new(Shared::new(runtime));
         let (stop_forwards, _) = watch::channel(None);
         let (stop_admin, _) = watch::channel(None);

@@ -44,6 +44,11 @@ async fn run(weak: Weak<Upstream>, cfg: config::HealthCheck, client: HttpClient)
         interval.tick().await;
         let Some(upstream) = weak.upgrade() else { return };
         let ok = check(&upstream, &cfg, &client).await;
+        if ok {
+            upstream.health_passes.inc();
+        } else {
+            upstream.health_failures.inc();
+        }
         let was = upstream.healthy.swap(ok, Ordering::AcqRel);
         if was != ok {
             if ok {

@@ -7,6 +7,8 @@ pub mod load;
 pub mod target;
 
 use crate::config::{self, Auth, HeaderOpKind};
+use crate::metrics::families::MemberMetrics;
+use crate::metrics::Counter;
 use crate::ratelimit::Gcra;
 use breaker::Breaker;
 use hyper::header::{HeaderName, HeaderValue};
@@ -41,6 +43,11 @@ pub struct Upstream {
     /// Cleared by a failing active health check, set again by a passing one.
     pub healthy: AtomicBool,
     pub health_check: Option<config::HealthCheck>,
+    pub health_passes: Counter,
+    pub health_failures: Counter,
+    /// The configuration this was compiled from: a runtime swap keeps this upstream (and its
+    /// breaker, load statistics and health state) when the new configuration is identical.
+    pub config: config::Upstream,
 }
 
 impl Upstream {
@@ -82,13 +89,17 @@ impl Upstream {
             max_concurrency: cfg.max_concurrency,
             healthy: AtomicBool::new(true),
             health_check: cfg.health_check.clone(),
+            health_passes: Counter::default(),
+            health_failures: Counter::default(),
+            config: cfg.clone(),
         })
     }
 }
 
-/// Breaker transitions are rare and operationally important: always logged.
-pub fn log_transition(upstream: &str, transition: Option<breaker::Transition>) {
+/// Breaker transitions are rare and operationally important: always logged and counted.
+pub fn note_transition(upstream: &str, metrics: &MemberMetrics, transition: Option<breaker::Transition>) {
     if let Some(t) = transition {
+        metrics.transition(t);
         crate::info!("circuit breaker of upstream {upstream}: {} -> {}", t.from.as_str(), t.to.as_str());
     }
 }

@@ -1,0 +1,300 @@
+//! The metric families of the gateway: label handles per forward and per group member, and the
+//! scrape that renders a whole runtime.
+//!
+//! Names follow LLMProxy's so existing dashboards keep working; the `upstream` label is always
+//! the upstream's name. Handles are `Arc`s that survive a runtime swap for entities whose name
+//! is unchanged, so counters do not reset when an unrelated upstream is edited.
+
+use super::encode::Encoder;
+use super::{Counter, Histogram};
+use crate::runtime::Runtime;
+use crate::upstream::breaker::{State, Transition};
+use hyper::Method;
+use std::sync::atomic::Ordering;
+
+/// Methods get a fixed label set, so recording is an array index.
+pub const METHODS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER"];
+
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// Errors the proxy itself answers with: `(error label, status)`, matching [`crate::error`] codes.
+pub const PROXY_ERRORS: [(&str, u16); 8] = [
+    ("bad_request", 400),
+    ("request_too_large", 413),
+    ("rate_limited", 429),
+    ("upstream_rate_limited", 429),
+    ("upstream_unreachable", 502),
+    ("no_upstream_available", 503),
+    ("upstream_at_capacity", 503),
+    ("upstream_timeout", 504),
+];
+
+/// Upstream error statuses relayed to clients, counted per status (400–599).
+const STATUS_BASE: u16 = 400;
+const STATUS_SLOTS: usize = 200;
+
+pub struct ForwardMetrics {
+    pub requests: [Counter; METHODS.len()],
+    pub duration: [Histogram; METHODS.len()],
+    proxy_errors: [Counter; PROXY_ERRORS.len()],
+    upstream_statuses: [Counter; STATUS_SLOTS],
+    pub ratelimited: Counter,
+}
+
+impl Default for ForwardMetrics {
+    fn default() -> Self {
+        ForwardMetrics {
+            requests: Default::default(),
+            duration: Default::default(),
+            proxy_errors: Default::default(),
+            upstream_statuses: std::array::from_fn(|_| Counter::default()),
+            ratelimited: Counter::default(),
+        }
+    }
+}
+
+impl ForwardMetrics {
+    /// Counts a proxy-made error by its code.
+    pub fn proxy_error(&self, code: &str) {
+        if let Some(i) = PROXY_ERRORS.iter().position(|(c, _)| *c == code) {
+            self.proxy_errors[i].inc();
+        }
+    }
+
+    /// Counts an upstream answer relayed with an error status.
+    pub fn upstream_status(&self, status: u16) {
+        if let Some(c) = status.checked_sub(STATUS_BASE).and_then(|i| self.upstream_statuses.get(i as usize)) {
+            c.inc();
+        }
+    }
+}
+
+/// Why an attempt failed (also the `reason` of a retry it caused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Status429 = 3,
+    Status5xx = 4,
+}
+
+pub const FAILURES: [&str; 5] = ["connect", "timeout", "reset", "status_429", "status_5xx"];
+/// Failures after the response head: the stream went silent too long, or broke.
+pub const STREAM_ERRORS: [&str; 2] = ["stream_timeout", "stream_reset"];
+const TRANSITIONS: [(State, State); 4] = [
+    (State::Closed, State::Open),
+    (State::Open, State::HalfOpen),
+    (State::HalfOpen, State::Closed),
+    (State::HalfOpen, State::Open),
+];
+pub const CALL_SUCCESS: usize = 0;
+pub const CALL_FAILURE: usize = 1;
+pub const CALL_REJECTED: usize = 2;
+const CALL_RESULTS: [&str; 3] = ["success", "failure", "rejected"];
+
+/// Per group member (group × upstream).
+#[derive(Default)]
+pub struct MemberMetrics {
+    pub requests: Counter,
+    /// Request sent → response head.
+    pub duration: Histogram,
+    /// Request sent → first response body byte.
+    pub ttft: Histogram,
+    pub failures: [Counter; FAILURES.len()],
+    pub stream_errors: [Counter; STREAM_ERRORS.len()],
+    pub retries: [Counter; FAILURES.len()],
+    breaker_changes: [Counter; TRANSITIONS.len()],
+    pub breaker_calls: [Counter; CALL_RESULTS.len()],
+}
+
+impl MemberMetrics {
+    pub fn transition(&self, t: Transition) {
+        if let Some(i) = TRANSITIONS.iter().position(|&(f, to)| f == t.from && to == t.to) {
+            self.breaker_changes[i].inc();
+        }
+    }
+}
+
+/// Renders every family of `rt` (and the process metrics) in the text format.
+pub fn scrape(rt: &Runtime) -> String {
+    let mut e = Encoder::new();
+    forwards(&mut e, rt);
+    members(&mut e, rt);
+    health_checks(&mut e, rt);
+    super::process::encode(&mut e);
+    e.into_string()
+}
+
+fn forwards(e: &mut Encoder, rt: &Runtime) {
+    e.family("llmproxy_http_requests_total", "counter", "Requests received by a forward.");
+    for f in &rt.forwards {
+        for (i, m) in METHODS.iter().enumerate() {
+            let n = f.metrics.requests[i].get();
+            if n > 0 || i < 2 {
+                e.int("llmproxy_http_requests_total", &[("forward", &f.name), ("method", m)], n);
+            }
+        }
+    }
+    e.family(
+        "llmproxy_http_request_duration_seconds",
+        "histogram",
+        "Time from request to the end of the response body.",
+    );
+    for f in &rt.forwards {
+        for (i, m) in METHODS.iter().enumerate() {
+            if f.metrics.duration[i].count() > 0 || i < 2 {
+                e.histogram(
+                    "llmproxy_http_request_duration_seconds",
+                    &[("forward", &f.name), ("method", m)],
+                    &f.metrics.duration[i],
+                );
+            }
+        }
+    }
+    e.family(
+        "llmproxy_http_request_errors_total",
+        "counter",
+        "Responses with an error status, by cause (proxy-made codes, or upstream).",
+    );
+    let mut status = String::with_capacity(3);
+    for f in &rt.forwards {
+        for (i, (code, s)) in PROXY_ERRORS.iter().enumerate() {
+            let n = f.metrics.proxy_errors[i].get();
+            if n > 0 {
+                status.clear();
+                push_u16(&mut status, *s);
+                e.int(
+                    "llmproxy_http_request_errors_total",
+                    &[("forward", &f.name), ("error", code), ("status", &status)],
+                    n,
+                );
+            }
+        }
+        for (i, c) in f.metrics.upstream_statuses.iter().enumerate() {
+            let n = c.get();
+            if n > 0 {
+                status.clear();
+                push_u16(&mut status, STATUS_BASE + i as u16);
+                e.int(
+                    "llmproxy_http_request_errors_total",
+                    &[("forward", &f.name), ("error", "upstream"), ("status", &status)],
+                    n,
+                );
+            }
+        }
+    }
+    e.family("llmproxy_ratelimit_total", "counter", "Requests refused by the forward's per-client rate limit.");
+    for f in &rt.forwards {
+        e.int("llmproxy_ratelimit_total", &[("forward", &f.name)], f.metrics.ratelimited.get());
+    }
+}
+
+fn push_u16(s: &mut String, v: u16) {
+    use std::fmt::Write;
+    let _ = write!(s, "{v}");
+}
+
+fn members(e: &mut Encoder, rt: &Runtime) {
+    let each = |e: &mut Encoder, f: &mut dyn FnMut(&mut Encoder, &[(&str, &str)], &crate::runtime::Member)| {
+        for g in &rt.groups {
+            for m in &g.members {
+                f(e, &[("group", &g.name), ("upstream", &m.upstream.name)], m);
+            }
+        }
+    };
+    e.family("llmproxy_upstream_requests_total", "counter", "Attempts sent to an upstream.");
+    each(e, &mut |e, l, m| e.int("llmproxy_upstream_requests_total", l, m.metrics.requests.get()));
+    e.family(
+        "llmproxy_upstream_duration_seconds",
+        "histogram",
+        "Time from sending a request to the upstream's response head.",
+    );
+    each(e, &mut |e, l, m| e.histogram("llmproxy_upstream_duration_seconds", l, &m.metrics.duration));
+    e.family(
+        "llmproxy_upstream_ttft_seconds",
+        "histogram",
+        "Time from sending a request to the first response body byte.",
+    );
+    each(e, &mut |e, l, m| e.histogram("llmproxy_upstream_ttft_seconds", l, &m.metrics.ttft));
+    e.family("llmproxy_upstream_errors_total", "counter", "Failed attempts and broken response bodies, by error.");
+    each(e, &mut |e, l, m| {
+        let names = FAILURES.iter().zip(&m.metrics.failures).chain(STREAM_ERRORS.iter().zip(&m.metrics.stream_errors));
+        for (name, c) in names {
+            if c.get() > 0 {
+                e.int("llmproxy_upstream_errors_total", &[("error", name), l[0], l[1]], c.get());
+            }
+        }
+    });
+    e.family("llmproxy_retries_total", "counter", "Retries caused by a failed attempt on an upstream, by reason.");
+    each(e, &mut |e, l, m| {
+        for (name, c) in FAILURES.iter().zip(&m.metrics.retries) {
+            if c.get() > 0 {
+                e.int("llmproxy_retries_total", &[l[0], l[1], ("reason", name)], c.get());
+            }
+        }
+    });
+    e.family("llmproxy_upstream_inflight", "gauge", "Requests in flight to an upstream (from pick to end of body).");
+    each(e, &mut |e, l, m| e.int("llmproxy_upstream_inflight", l, u64::from(m.upstream.load.inflight())));
+    e.family("llmproxy_circuitbreaker_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
+    each(e, &mut |e, l, m| {
+        if let Some(b) = &m.upstream.breaker {
+            e.int("llmproxy_circuitbreaker_state", l, b.state() as u64);
+        }
+    });
+    e.family("llmproxy_circuitbreaker_state_changes_total", "counter", "Circuit breaker transitions.");
+    each(e, &mut |e, l, m| {
+        if m.upstream.breaker.is_some() {
+            for ((from, to), c) in TRANSITIONS.iter().zip(&m.metrics.breaker_changes) {
+                e.int(
+                    "llmproxy_circuitbreaker_state_changes_total",
+                    &[l[0], l[1], ("from", from.as_str()), ("to", to.as_str())],
+                    c.get(),
+                );
+            }
+        }
+    });
+    e.family("llmproxy_circuitbreaker_calls_total", "counter", "Calls through a circuit breaker, by result.");
+    each(e, &mut |e, l, m| {
+        if m.upstream.breaker.is_some() {
+            for (name, c) in CALL_RESULTS.iter().zip(&m.metrics.breaker_calls) {
+                e.int("llmproxy_circuitbreaker_calls_total", &[l[0], l[1], ("result", name)], c.get());
+            }
+        }
+    });
+}
+
+fn health_checks(e: &mut Encoder, rt: &Runtime) {
+    let checked = || rt.upstreams.iter().filter(|u| u.health_check.is_some());
+    if checked().next().is_none() {
+        return;
+    }
+    e.family("llmproxy_upstream_healthy", "gauge", "1 while the upstream passes its active health check.");
+    for u in checked() {
+        e.int("llmproxy_upstream_healthy", &[("upstream", &u.name)], u64::from(u.healthy.load(Ordering::Relaxed)));
+    }
+    e.family("llmproxy_upstream_health_checks_total", "counter", "Active health checks, by result.");
+    for u in checked() {
+        e.int(
+            "llmproxy_upstream_health_checks_total",
+            &[("upstream", &u.name), ("result", "pass")],
+            u.health_passes.get(),
+        );
+        e.int(
+            "llmproxy_upstream_health_checks_total",
+            &[("upstream", &u.name), ("result", "fail")],
+            u.health_failures.get(),
+        );
+    }
+}
