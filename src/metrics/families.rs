@@ -7,7 +7,7 @@
 
 use super::encode::Encoder;
 use super::{Counter, Histogram};
-use crate::runtime::Runtime;
+use crate::runtime::{Member, Runtime};
 use crate::upstream::breaker::{State, Transition};
 use hyper::Method;
 use std::sync::atomic::Ordering;
@@ -206,30 +206,32 @@ fn push_u16(s: &mut String, v: u16) {
     let _ = write!(s, "{v}");
 }
 
-fn members(e: &mut Encoder, rt: &Runtime) {
-    let each = |e: &mut Encoder, f: &mut dyn FnMut(&mut Encoder, &[(&str, &str)], &crate::runtime::Member)| {
-        for g in &rt.groups {
-            for m in &g.members {
-                f(e, &[("group", &g.name), ("upstream", &m.upstream.name)], m);
-            }
+/// Calls `f` for every group member with its `group` and `upstream` labels.
+fn each_member(rt: &Runtime, e: &mut Encoder, mut f: impl FnMut(&mut Encoder, &[(&str, &str)], &Member)) {
+    for g in &rt.groups {
+        for m in &g.members {
+            f(e, &[("group", &g.name), ("upstream", &m.upstream.name)], m);
         }
-    };
+    }
+}
+
+fn members(e: &mut Encoder, rt: &Runtime) {
     e.family("llmproxy_upstream_requests_total", "counter", "Attempts sent to an upstream.");
-    each(e, &mut |e, l, m| e.int("llmproxy_upstream_requests_total", l, m.metrics.requests.get()));
+    each_member(rt, e, |e, l, m| e.int("llmproxy_upstream_requests_total", l, m.metrics.requests.get()));
     e.family(
         "llmproxy_upstream_duration_seconds",
         "histogram",
         "Time from sending a request to the upstream's response head.",
     );
-    each(e, &mut |e, l, m| e.histogram("llmproxy_upstream_duration_seconds", l, &m.metrics.duration));
+    each_member(rt, e, |e, l, m| e.histogram("llmproxy_upstream_duration_seconds", l, &m.metrics.duration));
     e.family(
         "llmproxy_upstream_ttft_seconds",
         "histogram",
         "Time from sending a request to the first response body byte.",
     );
-    each(e, &mut |e, l, m| e.histogram("llmproxy_upstream_ttft_seconds", l, &m.metrics.ttft));
+    each_member(rt, e, |e, l, m| e.histogram("llmproxy_upstream_ttft_seconds", l, &m.metrics.ttft));
     e.family("llmproxy_upstream_errors_total", "counter", "Failed attempts and broken response bodies, by error.");
-    each(e, &mut |e, l, m| {
+    each_member(rt, e, |e, l, m| {
         let names = FAILURES.iter().zip(&m.metrics.failures).chain(STREAM_ERRORS.iter().zip(&m.metrics.stream_errors));
         for (name, c) in names {
             if c.get() > 0 {
@@ -238,7 +240,7 @@ fn members(e: &mut Encoder, rt: &Runtime) {
         }
     });
     e.family("llmproxy_retries_total", "counter", "Retries caused by a failed attempt on an upstream, by reason.");
-    each(e, &mut |e, l, m| {
+    each_member(rt, e, |e, l, m| {
         for (name, c) in FAILURES.iter().zip(&m.metrics.retries) {
             if c.get() > 0 {
                 e.int("llmproxy_retries_total", &[l[0], l[1], ("reason", name)], c.get());
@@ -246,15 +248,15 @@ fn members(e: &mut Encoder, rt: &Runtime) {
         }
     });
     e.family("llmproxy_upstream_inflight", "gauge", "Requests in flight to an upstream (from pick to end of body).");
-    each(e, &mut |e, l, m| e.int("llmproxy_upstream_inflight", l, u64::from(m.upstream.load.inflight())));
+    each_member(rt, e, |e, l, m| e.int("llmproxy_upstream_inflight", l, u64::from(m.upstream.load.inflight())));
     e.family("llmproxy_circuitbreaker_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
-    each(e, &mut |e, l, m| {
+    each_member(rt, e, |e, l, m| {
         if let Some(b) = &m.upstream.breaker {
             e.int("llmproxy_circuitbreaker_state", l, b.state() as u64);
         }
     });
     e.family("llmproxy_circuitbreaker_state_changes_total", "counter", "Circuit breaker transitions.");
-    each(e, &mut |e, l, m| {
+    each_member(rt, e, |e, l, m| {
         if m.upstream.breaker.is_some() {
             for ((from, to), c) in TRANSITIONS.iter().zip(&m.metrics.breaker_changes) {
                 e.int(
@@ -266,7 +268,7 @@ fn members(e: &mut Encoder, rt: &Runtime) {
         }
     });
     e.family("llmproxy_circuitbreaker_calls_total", "counter", "Calls through a circuit breaker, by result.");
-    each(e, &mut |e, l, m| {
+    each_member(rt, e, |e, l, m| {
         if m.upstream.breaker.is_some() {
             for (name, c) in CALL_RESULTS.iter().zip(&m.metrics.breaker_calls) {
                 e.int("llmproxy_circuitbreaker_calls_total", &[l[0], l[1], ("result", name)], c.get());
