@@ -5,8 +5,9 @@ mod common;
 use common::*;
 use std::collections::{HashMap, HashSet};
 
+type Labels = Vec<(String, String)>;
 /// One sample: metric name, labels, value.
-type Sample = (String, Vec<(String, String)>, f64);
+type Sample = (String, Labels, f64);
 
 /// A strict reader of the text format (0.0.4): declared families, `# TYPE` before samples,
 /// valid names, quoted and escaped label values, numeric values, no duplicate series, and
@@ -40,12 +41,10 @@ fn parse_exposition(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
         let mut labels = Vec::new();
         let value_text = if let Some(body) = rest.strip_prefix('{') {
             let mut chars = body.char_indices().peekable();
-            let mut end = None;
-            loop {
+            let end = loop {
                 let Some((i, c)) = chars.next() else { panic!("unterminated labels: {line}") };
                 if c == '}' {
-                    end = Some(i);
-                    break;
+                    break i;
                 }
                 let key_start = i;
                 let mut key_end = i;
@@ -78,8 +77,8 @@ fn parse_exposition(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
                 if let Some(&(_, ',')) = chars.peek() {
                     chars.next();
                 }
-            }
-            &body[end.unwrap() + 1..]
+            };
+            &body[end + 1..]
         } else {
             rest
         };
@@ -105,7 +104,7 @@ fn parse_exposition(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
         if kind != "histogram" {
             continue;
         }
-        let mut series: HashMap<Vec<(String, String)>, Vec<(f64, f64)>> = HashMap::new();
+        let mut series: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
         for (name, labels, value) in &samples {
             if *name == format!("{family}_bucket") {
                 let le = labels.iter().find(|(k, _)| k == "le").expect("bucket without le").1.clone();
