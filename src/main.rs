@@ -67,7 +67,13 @@ fn main() -> ExitCode {
         };
         info!("llmproxyd {} ready ({})", env!("CARGO_PKG_VERSION"), args.config.display());
         llmproxy::server::listener::warn_if_restarts_can_lose_connections();
-        let signal = wait_for_signal().await;
+        let mut signals = Signals::new();
+        let signal = loop {
+            match signals.next().await {
+                Signal::Reload => reload(&server, &args.config),
+                Signal::Stop(name) => break name,
+            }
+        };
         info!("{signal}: draining for up to {}s", args.shutdown_timeout.as_secs());
         if server.shutdown(args.shutdown_timeout).await {
             info!("drained; bye");
@@ -78,24 +84,56 @@ fn main() -> ExitCode {
     })
 }
 
-async fn wait_for_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
+/// SIGHUP: re-read the file; a valid configuration is swapped in like an admin API change, an
+/// invalid one is logged and the running configuration stays.
+fn reload(server: &Server, path: &std::path::Path) {
+    info!("SIGHUP: reloading {}", path.display());
+    let result = config::load(path, &ProcessEnv).map_err(|e| e.to_string()).and_then(|c| server.reload(c));
+    match result {
+        Ok(()) => info!("reload: configuration applied"),
+        Err(e) => error!("reload rejected, the running configuration stays: {e}"),
     }
-    #[cfg(not(unix))]
-    {
+}
+
+enum Signal {
+    Reload,
+    Stop(&'static str),
+}
+
+/// Signal streams, created once so that a signal arriving while a reload runs is not lost.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                _ => {
+                    warn!("cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the proxy");
+                    None
+                }
+            };
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some((term, hup)) = &mut self.streams {
+            return tokio::select! {
+                _ = term.recv() => Signal::Stop("SIGTERM"),
+                _ = hup.recv() => Signal::Reload,
+                _ = tokio::signal::ctrl_c() => Signal::Stop("SIGINT"),
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
-        "interrupt"
+        Signal::Stop("SIGINT")
     }
 }

@@ -14,7 +14,7 @@ use crate::upstream::Upstream;
 use hyper::header::HeaderValue;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub struct Runtime {
@@ -201,11 +201,27 @@ fn build_group(
 pub struct Shared {
     current: RwLock<Arc<Runtime>>,
     draining: std::sync::atomic::AtomicBool,
+    /// Serialises configuration changes (admin API, reload): each derives the next
+    /// configuration from the current one, so two concurrent changes must not both start from
+    /// the same snapshot and lose one of them.
+    changes: Mutex<()>,
+    /// Bearer token the admin API requires (`LLMPROXY_ADMIN_AUTH_TOKEN`), if set.
+    pub admin_token: Option<String>,
+    /// The configuration as last read from the file, to tell on reload whether API changes are
+    /// being replaced.
+    file_config: Mutex<Option<Arc<Config>>>,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime) -> Self {
-        Shared { current: RwLock::new(Arc::new(runtime)), draining: false.into() }
+    pub fn new(runtime: Runtime, admin_token: Option<String>) -> Self {
+        let file = runtime.config.clone();
+        Shared {
+            current: RwLock::new(Arc::new(runtime)),
+            draining: false.into(),
+            changes: Mutex::new(()),
+            admin_token,
+            file_config: Mutex::new(Some(file)),
+        }
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -215,12 +231,32 @@ impl Shared {
         }
     }
 
-    pub fn replace(&self, runtime: Runtime) {
-        let new = Arc::new(runtime);
+    /// Derives a configuration from the running one, compiles it (keeping the state of what is
+    /// unchanged) and swaps it in: requests in flight finish on the old snapshot, the next
+    /// request sees the new one. Nothing changes if `derive` or compiling fails.
+    pub fn update<E: From<String>>(
+        &self,
+        derive: impl FnOnce(&Runtime) -> Result<Config, E>,
+    ) -> Result<Arc<Runtime>, E> {
+        let _serial = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.runtime();
+        let config = derive(&current)?;
+        let next = Arc::new(Runtime::rebuild(config, Some(&current)).map_err(E::from)?);
+        next.start_background(Some(&current));
         match self.current.write() {
-            Ok(mut g) => *g = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
+            Ok(mut g) => *g = next.clone(),
+            Err(poisoned) => *poisoned.into_inner() = next.clone(),
         }
+        Ok(next)
+    }
+
+    /// Records `config` as the file's content; returns whether the running configuration had
+    /// diverged from the previous file content (changes made through the admin API).
+    pub fn mark_file_config(&self, config: Arc<Config>) -> bool {
+        let mut file = self.file_config.lock().unwrap_or_else(|p| p.into_inner());
+        let diverged = file.as_ref().is_some_and(|f| **f != *self.runtime().config);
+        *file = Some(config);
+        diverged
     }
 
     pub fn set_draining(&self) {

@@ -154,7 +154,7 @@ async fn every_family_is_exposed_and_counters_follow_traffic() {
     )
     .replace("name: main, port: 0", "name: \"ma\\\"in\", port: 0, ratelimit: {per_second: 1, burst: 4}");
     let server = start(&yaml).await;
-    let addr = server.forwards[0].1;
+    let addr = server.forward_addrs()[0].1;
     assert_eq!(get(addr, "/v1/stream?n=3&gap_ms=20").await.0, 200);
     assert_eq!(post(addr, "/v1/echo", "{}").await.0, 200);
     assert_eq!(get(addr, "/v1/status?code=404").await.0, 404);

@@ -10,6 +10,27 @@ pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
     /// Every variable, for discovering `LLMPROXY_…__…` overrides.
     fn vars(&self) -> Vec<(String, String)>;
+    /// Whether `${VAR}` is expanded at all.
+    fn expands(&self) -> bool {
+        true
+    }
+}
+
+/// No environment: values are taken literally. Changes made through the admin API use this —
+/// the running configuration already holds expanded values (a token containing `$$` must not be
+/// expanded a second time), and API clients send values, not references.
+pub struct Literal;
+
+impl Env for Literal {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn expands(&self) -> bool {
+        false
+    }
 }
 
 /// The real process environment.
@@ -45,7 +66,7 @@ pub struct Expanded {
 /// default expands to the empty string (callers that need a value say which variable was empty).
 /// An unterminated `${` is an error rather than a silent literal, because it is always a typo.
 pub fn expand(input: &str, env: &dyn Env) -> Result<Expanded, String> {
-    if !input.contains('$') {
+    if !input.contains('$') || !env.expands() {
         return Ok(Expanded { value: input.to_string(), vars: Vec::new() });
     }
     let mut out = Expanded::default();

@@ -11,7 +11,7 @@ pub mod parse;
 pub mod reader;
 pub mod validate;
 
-pub use env::{Env, ProcessEnv};
+pub use env::{Env, Literal, ProcessEnv};
 pub use model::*;
 
 use std::fmt;
@@ -63,7 +63,13 @@ pub fn from_str(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
         ConfigError::at("", format!("invalid YAML{at}: {reason}"))
     })?;
     env::apply_overrides(&mut root, env).map_err(|e| ConfigError::at("", e))?;
-    let config = parse::config(&reader::Node::root(&root, env))?;
+    from_value(&root, env)
+}
+
+/// Parses and validates a configuration tree (the file's, or the running configuration with an
+/// admin API change applied).
+pub fn from_value(root: &serde_yaml::Value, env: &dyn Env) -> Result<Config, ConfigError> {
+    let config = parse::config(&reader::Node::root(root, env))?;
     validate::config(&config)?;
     Ok(config)
 }

@@ -1,14 +1,16 @@
-//! Listeners, connection serving and graceful shutdown.
+//! Listeners, connection serving, reload and graceful shutdown.
 //!
 //! Each forward and the admin port get a listener and an accept loop. Connections are served by
-//! hyper-util's auto builder (HTTP/1.1, and HTTP/2 by prior knowledge or ALPN). Shutdown stops
-//! accepting, lets requests and streams in flight finish (hyper's graceful shutdown closes each
-//! connection after its current response), and gives up after the grace period.
+//! hyper-util's auto builder (HTTP/1.1, and HTTP/2 by prior knowledge or ALPN). A reload binds
+//! listeners for new forwards, swaps the runtime, and drains the listeners of removed ones.
+//! Shutdown stops accepting, lets requests and streams in flight finish (hyper's graceful
+//! shutdown closes each connection after its current response), and gives up after the grace
+//! period.
 
 pub mod listener;
 pub mod tls;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::proxy::ClientConn;
 use crate::runtime::{Runtime, Shared};
 use hyper::body::Incoming;
@@ -19,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -27,16 +29,35 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-/// A running gateway: its bound addresses and the handle to stop it.
+/// How long a forward removed by a reload may take to finish its requests and streams.
+const REMOVED_FORWARD_GRACE: Duration = Duration::from_secs(300);
+
+/// A running gateway: its listeners and the shared runtime.
 pub struct Server {
     pub shared: Arc<Shared>,
-    /// (forward name, bound address), in configuration order.
-    pub forwards: Vec<(String, SocketAddr)>,
     pub admin: SocketAddr,
-    stop_forwards: watch::Sender<Option<Duration>>,
-    stop_admin: watch::Sender<Option<Duration>>,
-    forward_loops: Vec<JoinHandle<bool>>,
-    admin_loop: JoinHandle<bool>,
+    forwards: Mutex<Vec<ForwardListener>>,
+    admin_loop: Running,
+}
+
+/// An accept loop and the handle that stops it.
+struct Running {
+    stop: watch::Sender<Option<Duration>>,
+    task: JoinHandle<bool>,
+}
+
+impl Running {
+    fn stop(self, grace: Duration) -> JoinHandle<bool> {
+        let _ = self.stop.send(Some(grace));
+        self.task
+    }
+}
+
+struct ForwardListener {
+    /// What the listener was made from: a reload restarts it when this changes.
+    config: config::Forward,
+    addr: SocketAddr,
+    running: Running,
 }
 
 #[derive(Clone)]
@@ -52,60 +73,112 @@ struct Listener {
     header_timeout: Duration,
 }
 
+fn forward_listener(f: &config::Forward) -> Result<Listener, String> {
+    Ok(Listener {
+        role: Role::Forward(f.name.as_str().into()),
+        socket: listener::bind(SocketAddr::new(f.address, f.port))?,
+        tls: f.tls.as_ref().map(tls::acceptor).transpose()?,
+        header_timeout: Duration::from_secs(f.timeout.connect),
+    })
+}
+
+/// The parts of a forward that its listener depends on (the rest is read per request from the
+/// runtime, so changing it needs no new listener).
+fn same_listener(a: &config::Forward, b: &config::Forward) -> bool {
+    a.name == b.name && a.address == b.address && a.port == b.port && a.tls == b.tls && a.timeout == b.timeout
+}
+
+fn spawn(l: Listener, shared: &Arc<Shared>) -> Result<(SocketAddr, Running), String> {
+    let addr = l.socket.local_addr().map_err(|e| format!("listener address: {e}"))?;
+    let scheme = if l.tls.is_some() { "https" } else { "http" };
+    match &l.role {
+        Role::Forward(name) => crate::info!("forward {name} listening on {scheme}://{addr}"),
+        Role::Admin => crate::info!("admin listening on {scheme}://{addr}"),
+    }
+    let (stop, rx) = watch::channel(None);
+    let task = tokio::spawn(accept_loop(l, shared.clone(), rx));
+    Ok((addr, Running { stop, task }))
+}
+
 impl Server {
     /// Compiles the runtime, binds every listener (all or nothing), and starts serving.
     pub async fn start(config: Config) -> Result<Server, String> {
-        let mut listeners = Vec::new();
-        for f in &config.http_server.forwards {
-            listeners.push(Listener {
-                role: Role::Forward(f.name.as_str().into()),
-                socket: listener::bind(SocketAddr::new(f.address, f.port))?,
-                tls: f.tls.as_ref().map(tls::acceptor).transpose()?,
-                header_timeout: Duration::from_secs(f.timeout.connect),
-            });
-        }
-        let admin = &config.http_server.admin;
-        listeners.push(Listener {
-            role: Role::Admin,
-            socket: listener::bind(SocketAddr::new(admin.address, admin.port))?,
-            tls: admin.tls.as_ref().map(tls::acceptor).transpose()?,
-            header_timeout: Duration::from_secs(admin.timeout.connect),
-        });
+        Self::start_with_admin_token(config, std::env::var(config::ADMIN_TOKEN_VAR).ok().filter(|t| !t.is_empty()))
+            .await
+    }
+
+    /// As [`Server::start`], with the admin API token given rather than read from the
+    /// environment (tests run in parallel and must not share process state).
+    pub async fn start_with_admin_token(config: Config, admin_token: Option<String>) -> Result<Server, String> {
         crate::metrics::process::mark_start();
+        let forward_sockets =
+            config.http_server.forwards.iter().map(forward_listener).collect::<Result<Vec<_>, _>>()?;
+        let admin_cfg = &config.http_server.admin;
+        let admin_socket = Listener {
+            role: Role::Admin,
+            socket: listener::bind(SocketAddr::new(admin_cfg.address, admin_cfg.port))?,
+            tls: admin_cfg.tls.as_ref().map(tls::acceptor).transpose()?,
+            header_timeout: Duration::from_secs(admin_cfg.timeout.connect),
+        };
+        let forward_configs = config.http_server.forwards.clone();
         let runtime = Runtime::build(config)?;
         runtime.start_background(None);
-        let shared = Arc::new(Shared::new(runtime));
-        let (stop_forwards, _) = watch::channel(None);
-        let (stop_admin, _) = watch::channel(None);
+        let shared = Arc::new(Shared::new(runtime, admin_token));
         let mut forwards = Vec::new();
-        let mut forward_loops = Vec::new();
-        let mut admin_loop = None;
-        let mut admin = None;
-        for l in listeners {
-            let addr = l.socket.local_addr().map_err(|e| format!("listener address: {e}"))?;
-            let scheme = if l.tls.is_some() { "https" } else { "http" };
-            match &l.role {
-                Role::Forward(name) => {
-                    crate::info!("forward {name} listening on {scheme}://{addr}");
-                    forwards.push((name.to_string(), addr));
-                    forward_loops.push(tokio::spawn(accept_loop(l, shared.clone(), stop_forwards.subscribe())));
-                }
-                Role::Admin => {
-                    crate::info!("admin listening on {scheme}://{addr}");
-                    admin = Some(addr);
-                    admin_loop = Some(tokio::spawn(accept_loop(l, shared.clone(), stop_admin.subscribe())));
-                }
-            }
+        for (l, cfg) in forward_sockets.into_iter().zip(forward_configs) {
+            let (addr, running) = spawn(l, &shared)?;
+            forwards.push(ForwardListener { config: cfg, addr, running });
         }
-        let (Some(admin), Some(admin_loop)) = (admin, admin_loop) else {
-            return Err("admin listener missing".into());
-        };
-        Ok(Server { shared, forwards, admin, stop_forwards, stop_admin, forward_loops, admin_loop })
+        let (admin, admin_loop) = spawn(admin_socket, &shared)?;
+        Ok(Server { shared, admin, forwards: Mutex::new(forwards), admin_loop })
     }
 
     /// The bound address of a forward, by name.
     pub fn forward_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.forwards.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.lock_forwards().iter().find(|f| f.config.name == name).map(|f| f.addr)
+    }
+
+    /// (forward name, bound address), in configuration order.
+    pub fn forward_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.lock_forwards().iter().map(|f| (f.config.name.clone(), f.addr)).collect()
+    }
+
+    fn lock_forwards(&self) -> std::sync::MutexGuard<'_, Vec<ForwardListener>> {
+        self.forwards.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a configuration read from the file: binds listeners for new or moved forwards
+    /// (a bind failure rejects the whole reload), swaps the runtime, then drains the listeners of
+    /// forwards that are gone. The admin listener is not rebound.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let mut forwards = self.lock_forwards();
+        let mut fresh = Vec::new();
+        for f in &config.http_server.forwards {
+            if !forwards.iter().any(|old| same_listener(&old.config, f)) {
+                // The old listener of a moved forward still holds the port: with SO_REUSEPORT the
+                // new one can bind beside it, and the old one drains once the swap is done.
+                fresh.push((forward_listener(f)?, f.clone()));
+            }
+        }
+        if self.shared.mark_file_config(Arc::new(config.clone())) {
+            crate::warn!("reload: changes made through the admin API since the last load are replaced by the file");
+        }
+        let new_forwards = config.http_server.forwards.clone();
+        self.shared.update(|_| Ok::<_, String>(config))?;
+        let (keep, gone): (Vec<_>, Vec<_>) =
+            forwards.drain(..).partition(|old| new_forwards.iter().any(|f| same_listener(&old.config, f)));
+        for old in gone {
+            crate::info!("forward {} removed or changed: draining its listener on {}", old.config.name, old.addr);
+            drop(old.running.stop(REMOVED_FORWARD_GRACE));
+        }
+        *forwards = keep;
+        for (l, cfg) in fresh {
+            let (addr, running) = spawn(l, &self.shared)?;
+            forwards.push(ForwardListener { config: cfg, addr, running });
+        }
+        // Configuration order, so `forward_addrs` lists what the file lists.
+        forwards.sort_by_key(|f| new_forwards.iter().position(|n| n.name == f.config.name));
+        Ok(())
     }
 
     /// Stops accepting, waits up to `grace` for requests and streams in flight, and returns
@@ -113,13 +186,13 @@ impl Server {
     /// "draining") until the forwards are done, so a load balancer sees the drain.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shared.set_draining();
-        let _ = self.stop_forwards.send(Some(grace));
+        let forwards = std::mem::take(&mut *self.lock_forwards());
+        let tasks: Vec<_> = forwards.into_iter().map(|f| f.running.stop(grace)).collect();
         let mut drained = true;
-        for l in self.forward_loops {
-            drained &= l.await.unwrap_or(false);
+        for t in tasks {
+            drained &= t.await.unwrap_or(false);
         }
-        let _ = self.stop_admin.send(Some(Duration::from_secs(1)));
-        let _ = self.admin_loop.await;
+        let _ = self.admin_loop.stop(Duration::from_secs(1)).await;
         drained
     }
 }
