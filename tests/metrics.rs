@@ -139,7 +139,26 @@ async fn scrape(server: &llmproxy::server::Server) -> (HashMap<String, String>, 
     assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let text = String::from_utf8(body.to_vec()).unwrap();
     let (types, samples) = parse_exposition(&text);
+    promtool_accepts(&text);
     (types, samples, text)
+}
+
+/// Where Prometheus's own checker is installed (`apt-get install prometheus`), it must accept
+/// the exposition too; elsewhere the strict parser above stands in for it.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool rejected the exposition: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]
