@@ -50,6 +50,23 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", message)
     }
 
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", "conflict", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "unauthorized", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", message)
+    }
+
+    /// A configuration change that does not validate: the message names the path and reason.
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_config", message)
+    }
+
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -84,5 +101,12 @@ mod tests {
         let r = ApiError::no_upstream("x").with_retry_after(3).into_response();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "3");
+    }
+}
+
+/// Runtime compilation failures surface as rejected configuration changes.
+impl From<String> for ApiError {
+    fn from(message: String) -> Self {
+        ApiError::invalid_config(message)
     }
 }

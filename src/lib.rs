@@ -7,6 +7,7 @@
 pub mod log;
 pub mod admin;
 pub mod balance;
+pub mod base64;
 pub mod body;
 pub mod cli;
 pub mod clock;

@@ -69,7 +69,7 @@ impl HttpClient {
         } else {
             let mut tunnel = Tunnel::new(dst, tcp);
             if let Some(u) = userinfo {
-                let value = format!("Basic {}", super::base64(u.as_bytes()));
+                let value = format!("Basic {}", crate::base64::encode(u.as_bytes()));
                 let header = hyper::header::HeaderValue::from_str(&value)
                     .map_err(|_| "proxy credentials are not valid".to_string())?;
                 tunnel = tunnel.with_auth(header);

@@ -1,0 +1,370 @@
+//! The configuration API under `/api/v1` (JSON).
+//!
+//! Reads render the running configuration with secrets masked. Every change is applied to the
+//! running configuration's tree, validated exactly like the file (same paths in the errors),
+//! compiled, and swapped in atomically: requests in flight finish on the old snapshot, the next
+//! request sees the new one, and unchanged upstreams keep their breaker and load state. Values
+//! sent to the API are literal (no `${VAR}` expansion). A reload (SIGHUP) re-reads the file and
+//! replaces API changes that the file does not have.
+
+use super::redact::{redact, restore};
+use crate::base64;
+use crate::body::{full, BoxError, ProxyBody};
+use crate::config::{self, Literal};
+use crate::error::ApiError;
+use crate::runtime::{Runtime, Shared};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use serde_yaml::Value as Yaml;
+use std::sync::Arc;
+
+/// Configuration documents are small; anything larger is a mistake.
+const MAX_BODY: usize = 1024 * 1024;
+
+type Reply = Result<(StatusCode, Value), ApiError>;
+
+pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return ApiError::body_too_large(MAX_BODY as u64).into_response(),
+    };
+    let path = parts.uri.path().strip_prefix("/api/v1").unwrap_or("");
+    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match route(shared, &parts.method, &segments, &body) {
+        Ok((status, data)) => {
+            let mut resp = Response::new(full(json!({ "data": data }).to_string()));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn route(shared: &Shared, method: &Method, segments: &[&str], body: &[u8]) -> Reply {
+    let rt = shared.runtime();
+    match (segments, method) {
+        (["forwards"], &Method::GET) => ok(rt.config.http_server.forwards.iter().map(masked).collect()),
+        (["forwards", name], &Method::GET) => ok(masked(forward(&rt, name)?)),
+        (["forwards", name, "routes"], &Method::GET) => {
+            ok(forward(&rt, name)?.routing.iter().map(route_json).collect::<Vec<_>>().into())
+        }
+        (["forwards", name, "routes"], &Method::POST) => add_route(shared, name, body),
+        (["forwards", name, "routes", id], &Method::GET) => {
+            let path = route_path(id)?;
+            let r = forward(&rt, name)?.routing.iter().find(|r| r.path == path).ok_or_else(|| no_route(name, &path))?;
+            ok(route_json(r))
+        }
+        (["forwards", name, "routes", id], &Method::PUT) => replace_route(shared, name, id, body),
+        (["forwards", name, "routes", id], &Method::DELETE) => delete_route(shared, name, id),
+        (["upstream-groups"], &Method::GET) => ok(rt.config.upstream_groups.iter().map(masked).collect()),
+        (["upstream-groups", name], &Method::GET) => ok(masked(group(&rt, name)?)),
+        (["upstream-groups", name], &Method::PATCH) => patch_group(shared, name, body),
+        (["upstreams"], &Method::GET) => ok(rt.config.upstreams.iter().map(|u| upstream_json(&rt, u)).collect()),
+        (["upstreams"], &Method::POST) => create_upstream(shared, body),
+        (["upstreams", name], &Method::GET) => ok(upstream_json(&rt, upstream(&rt, name)?)),
+        (["upstreams", name], &Method::PUT) => replace_upstream(shared, name, body),
+        (["upstreams", name], &Method::DELETE) => delete_upstream(shared, name),
+        (["forwards"] | ["forwards", _] | ["forwards", _, "routes"] | ["forwards", _, "routes", _], _)
+        | (["upstream-groups"] | ["upstream-groups", _] | ["upstreams"] | ["upstreams", _], _) => {
+            Err(ApiError::method_not_allowed(format!("{method} is not supported on /api/v1/{}", segments.join("/"))))
+        }
+        _ => Err(ApiError::not_found(format!("no API endpoint /api/v1/{}", segments.join("/")))),
+    }
+}
+
+fn ok(data: Value) -> Reply {
+    Ok((StatusCode::OK, data))
+}
+
+fn masked<T: serde::Serialize>(item: &T) -> Value {
+    let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
+    redact(&mut v);
+    v
+}
+
+fn forward<'a>(rt: &'a Runtime, name: &str) -> Result<&'a config::Forward, ApiError> {
+    rt.config
+        .http_server
+        .forwards
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no forward named \"{name}\"")))
+}
+
+fn group<'a>(rt: &'a Runtime, name: &str) -> Result<&'a config::UpstreamGroup, ApiError> {
+    rt.config.group(name).ok_or_else(|| ApiError::not_found(format!("no upstream group named \"{name}\"")))
+}
+
+fn upstream<'a>(rt: &'a Runtime, name: &str) -> Result<&'a config::Upstream, ApiError> {
+    rt.config.upstream(name).ok_or_else(|| ApiError::not_found(format!("no upstream named \"{name}\"")))
+}
+
+/// An upstream with its live state: what an operator wants next to the configuration.
+fn upstream_json(rt: &Runtime, u: &config::Upstream) -> Value {
+    let mut v = masked(u);
+    if let Some(live) = rt.upstreams.iter().find(|x| x.name == u.name) {
+        v["status"] = json!({
+            "healthy": live.healthy.load(std::sync::atomic::Ordering::Relaxed),
+            "breaker": live.breaker.as_ref().map(|b| b.state().as_str()),
+            "inflight": live.load.inflight(),
+        });
+    }
+    v
+}
+
+fn route_json(r: &config::Route) -> Value {
+    let mut v = masked(r);
+    v["id"] = Value::String(base64::encode_url(r.path.as_bytes()));
+    v
+}
+
+/// Route ids are the base64url of the path pattern: stable, and safe in a URL whatever the
+/// pattern contains.
+fn route_path(id: &str) -> Result<String, ApiError> {
+    base64::decode_url(id)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("\"{id}\" is not a route id (base64url of the route's path)")))
+}
+
+fn no_route(forward: &str, path: &str) -> ApiError {
+    ApiError::not_found(format!("forward \"{forward}\" has no route \"{path}\""))
+}
+
+fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
+    }
+}
+
+fn to_yaml(v: &Value) -> Result<Yaml, ApiError> {
+    serde_yaml::to_value(v).map_err(|e| ApiError::bad_request(format!("unsupported value: {e}")))
+}
+
+/// Applies `edit` to the running configuration's tree, validates it like the file, and swaps
+/// the result in.
+fn change(
+    shared: &Shared,
+    what: String,
+    edit: impl FnOnce(&mut Yaml) -> Result<(), ApiError>,
+) -> Result<Arc<Runtime>, ApiError> {
+    let rt = shared.update(|rt| {
+        let mut tree = serde_yaml::to_value(&*rt.config).map_err(|e| ApiError::invalid_config(e.to_string()))?;
+        edit(&mut tree)?;
+        config::from_value(&tree, &Literal).map_err(|e| ApiError::invalid_config(format!("invalid configuration: {e}")))
+    })?;
+    crate::info!("admin API: {what}");
+    Ok(rt)
+}
+
+fn list_mut<'a>(tree: &'a mut Yaml, path: &[&str]) -> Result<&'a mut Vec<Yaml>, ApiError> {
+    let mut node = tree;
+    for key in path {
+        node = node.get_mut(*key).ok_or_else(|| ApiError::invalid_config(format!("configuration has no {key}")))?;
+    }
+    node.as_sequence_mut().ok_or_else(|| ApiError::invalid_config("configuration list expected"))
+}
+
+fn position(list: &[Yaml], key: &str, value: &str) -> Option<usize> {
+    list.iter().position(|item| item.get(key).and_then(Yaml::as_str) == Some(value))
+}
+
+fn create_upstream(shared: &Shared, body: &[u8]) -> Reply {
+    let item = Value::Object(parse_object(body)?);
+    let name = item
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("\"name\" is required"))?
+        .to_string();
+    let yaml = to_yaml(&item)?;
+    let rt = change(shared, format!("upstream {name} created"), |tree| {
+        let list = list_mut(tree, &["upstreams"])?;
+        if position(list, "name", &name).is_some() {
+            return Err(ApiError::conflict(format!("an upstream named \"{name}\" already exists")));
+        }
+        list.push(yaml);
+        Ok(())
+    })?;
+    Ok((StatusCode::CREATED, upstream_json(&rt, upstream(&rt, &name)?)))
+}
+
+fn replace_upstream(shared: &Shared, name: &str, body: &[u8]) -> Reply {
+    let mut item = Value::Object(parse_object(body)?);
+    match item.get("name").and_then(Value::as_str) {
+        Some(n) if n != name => {
+            return Err(ApiError::bad_request(format!(
+                "the body names \"{n}\" but the URL names \"{name}\" (renaming is create + delete)"
+            )))
+        }
+        _ => item["name"] = Value::String(name.to_string()),
+    }
+    let current = serde_json::to_value(upstream(&shared.runtime(), name)?).unwrap_or(Value::Null);
+    restore(&mut item, &current);
+    let yaml = to_yaml(&item)?;
+    let rt = change(shared, format!("upstream {name} replaced"), |tree| {
+        let list = list_mut(tree, &["upstreams"])?;
+        let i =
+            position(list, "name", name).ok_or_else(|| ApiError::not_found(format!("no upstream named \"{name}\"")))?;
+        list[i] = yaml;
+        Ok(())
+    })?;
+    ok(upstream_json(&rt, upstream(&rt, name)?))
+}
+
+fn delete_upstream(shared: &Shared, name: &str) -> Reply {
+    change(shared, format!("upstream {name} deleted"), |tree| {
+        let users: Vec<String> = list_mut(tree, &["upstream_groups"])?
+            .iter()
+            .filter(|g| {
+                g.get("upstreams").and_then(Yaml::as_sequence).is_some_and(|m| position(m, "name", name).is_some())
+            })
+            .filter_map(|g| g.get("name").and_then(Yaml::as_str).map(str::to_string))
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "upstream \"{name}\" is used by group(s) {}; remove it there first",
+                users.join(", ")
+            )));
+        }
+        let list = list_mut(tree, &["upstreams"])?;
+        let i =
+            position(list, "name", name).ok_or_else(|| ApiError::not_found(format!("no upstream named \"{name}\"")))?;
+        list.remove(i);
+        Ok(())
+    })?;
+    ok(json!({ "deleted": name }))
+}
+
+/// Replaces the keys the body has (typically `upstreams`); the rest of the group stays.
+fn patch_group(shared: &Shared, name: &str, body: &[u8]) -> Reply {
+    let mut patch = Value::Object(parse_object(body)?);
+    if patch.get("name").and_then(Value::as_str).is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request("a group cannot be renamed"));
+    }
+    let current = serde_json::to_value(group(&shared.runtime(), name)?).unwrap_or(Value::Null);
+    restore(&mut patch, &current);
+    let Value::Object(patch) = patch else {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    };
+    let mut entries = Vec::new();
+    for (k, v) in &patch {
+        entries.push((k.clone(), to_yaml(v)?));
+    }
+    let rt = change(shared, format!("upstream group {name} updated"), |tree| {
+        let list = list_mut(tree, &["upstream_groups"])?;
+        let i = position(list, "name", name)
+            .ok_or_else(|| ApiError::not_found(format!("no upstream group named \"{name}\"")))?;
+        let Some(map) = list[i].as_mapping_mut() else {
+            return Err(ApiError::invalid_config("group is not a mapping"));
+        };
+        for (k, v) in entries {
+            map.insert(Yaml::String(k), v);
+        }
+        Ok(())
+    })?;
+    ok(masked(group(&rt, name)?))
+}
+
+fn routes_mut<'a>(tree: &'a mut Yaml, forward: &str) -> Result<&'a mut Vec<Yaml>, ApiError> {
+    let forwards = list_mut(tree, &["http_server", "forwards"])?;
+    let i = position(forwards, "name", forward)
+        .ok_or_else(|| ApiError::not_found(format!("no forward named \"{forward}\"")))?;
+    let f = forwards[i].as_mapping_mut().ok_or_else(|| ApiError::invalid_config("forward is not a mapping"))?;
+    let routing = f.entry(Yaml::String("routing".into())).or_insert_with(|| Yaml::Sequence(Vec::new()));
+    if routing.is_null() {
+        *routing = Yaml::Sequence(Vec::new());
+    }
+    routing.as_sequence_mut().ok_or_else(|| ApiError::invalid_config("routing is not a list"))
+}
+
+fn route_body(body: &[u8]) -> Result<(String, Yaml), ApiError> {
+    let item = Value::Object(parse_object(body)?);
+    let path = item
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("\"path\" is required"))?
+        .to_string();
+    let mut item = item;
+    if let Some(map) = item.as_object_mut() {
+        map.remove("id");
+    }
+    Ok((path, to_yaml(&item)?))
+}
+
+fn added_route(rt: &Runtime, forward_name: &str, path: &str) -> Reply {
+    let r = forward(rt, forward_name)?
+        .routing
+        .iter()
+        .find(|r| r.path == path)
+        .ok_or_else(|| no_route(forward_name, path))?;
+    Ok((StatusCode::OK, route_json(r)))
+}
+
+fn add_route(shared: &Shared, name: &str, body: &[u8]) -> Reply {
+    let (path, yaml) = route_body(body)?;
+    let rt = change(shared, format!("forward {name}: route {path} added"), |tree| {
+        let routes = routes_mut(tree, name)?;
+        if position(routes, "path", &path).is_some() {
+            return Err(ApiError::conflict(format!("forward \"{name}\" already has a route \"{path}\"")));
+        }
+        routes.push(yaml);
+        Ok(())
+    })?;
+    added_route(&rt, name, &path).map(|(_, v)| (StatusCode::CREATED, v))
+}
+
+fn replace_route(shared: &Shared, name: &str, id: &str, body: &[u8]) -> Reply {
+    let old = route_path(id)?;
+    let (path, yaml) = route_body(body)?;
+    let rt = change(shared, format!("forward {name}: route {old} replaced by {path}"), |tree| {
+        let routes = routes_mut(tree, name)?;
+        let i = position(routes, "path", &old).ok_or_else(|| no_route(name, &old))?;
+        if path != old && position(routes, "path", &path).is_some() {
+            return Err(ApiError::conflict(format!("forward \"{name}\" already has a route \"{path}\"")));
+        }
+        routes[i] = yaml;
+        Ok(())
+    })?;
+    added_route(&rt, name, &path)
+}
+
+fn delete_route(shared: &Shared, name: &str, id: &str) -> Reply {
+    let path = route_path(id)?;
+    change(shared, format!("forward {name}: route {path} deleted"), |tree| {
+        let routes = routes_mut(tree, name)?;
+        let i = position(routes, "path", &path).ok_or_else(|| no_route(name, &path))?;
+        routes.remove(i);
+        Ok(())
+    })?;
+    ok(json!({ "deleted": path }))
+}
+
+/// Decodes `%XX` escapes in a path segment (names may contain characters a URL must escape).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(b) = s.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,109 @@
+//! The admin listener: health, Prometheus metrics, and the configuration API.
+
+mod api;
+pub mod redact;
+
+use crate::body::{full, BoxError, ProxyBody};
+use crate::error::ApiError;
+use crate::runtime::Shared;
+use bytes::Bytes;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+
+/// The OpenAPI 3 description of `/api/v1`, served at `/api/v1/openapi.json`.
+const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/health") => health(shared),
+        (&Method::GET, "/metrics") => metrics(shared),
+        (&Method::GET, "/api/v1/openapi.json") => json(StatusCode::OK, OPENAPI),
+        _ if path == "/api/v1" || path.starts_with("/api/v1/") => match authorize(shared, &req) {
+            Ok(()) => api::handle(shared, req).await,
+            Err(resp) => resp,
+        },
+        _ => ApiError::not_found(format!("no admin endpoint {} {path}", req.method())).into_response(),
+    }
+}
+
+/// With `LLMPROXY_ADMIN_AUTH_TOKEN` set, the configuration API requires
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn authorize<B>(shared: &Shared, req: &Request<B>) -> Result<(), Response<ProxyBody>> {
+    let Some(expected) = &shared.admin_token else { return Ok(()) };
+    let presented =
+        req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|p| constant_time_eq(p.trim().as_bytes(), expected.as_bytes())) {
+        return Ok(());
+    }
+    let mut resp = ApiError::unauthorized("the admin API requires Authorization: Bearer <LLMPROXY_ADMIN_AUTH_TOKEN>")
+        .into_response();
+    resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"llmproxy admin\""));
+    Err(resp)
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a guess was
+/// right (the length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
+}
+
+fn json(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn metrics(shared: &Shared) -> Response<ProxyBody> {
+    let text = crate::metrics::families::scrape(&shared.runtime());
+    let mut resp = Response::new(full(text));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::encode::CONTENT_TYPE));
+    resp
+}
+
+/// 200 while serving; 503 while draining so a load balancer stops sending new requests.
+fn health(shared: &Shared) -> Response<ProxyBody> {
+    if shared.is_draining() {
+        json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+    } else {
+        json(StatusCode::OK, r#"{"status":"ok"}"#)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+
+    #[test]
+    fn openapi_document_is_valid_json_and_lists_every_path() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for path in [
+            "/forwards",
+            "/forwards/{name}",
+            "/forwards/{name}/routes",
+            "/forwards/{name}/routes/{id}",
+            "/upstream-groups",
+            "/upstream-groups/{name}",
+            "/upstreams",
+            "/upstreams/{name}",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The admin configuration API end to end: every change reaches live traffic.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper::{Method, Request, StatusCode};
+use llmproxy::server::Server;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+async fn start_admin(yaml: &str, token: Option<&str>) -> Server {
+    let config = llmproxy::config::from_str(yaml, &HashMap::<String, String>::new()).unwrap();
+    Server::start_with_admin_token(config, token.map(str::to_string)).await.unwrap()
+}
+
+async fn api(admin: SocketAddr, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    api_with(admin, method, path, body.map(|b| b.to_string()), None).await
+}
+
+async fn api_with(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(format!("http://{admin}/api/v1{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+    let (status, headers, body) = send(admin, req).await;
+    if status == StatusCode::UNAUTHORIZED {
+        assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    }
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The model the mock behind the default group reports: tells which upstream served.
+async fn served_model(addr: SocketAddr, path: &str) -> String {
+    let (status, _, body) = get(addr, path).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    json_of(&body)["data"][0]["id"].as_str().unwrap().to_string()
+}
+
+const BASE: &str = r#"
+http_server:
+  forwards:
+    - {name: main, port: 0, address: 127.0.0.1, default_group: g}
+  admin: {port: 0, address: 127.0.0.1}
+upstreams:
+  - {name: a, url: "mock://", mock: {model: model-a, ttft_ms: 0}, breaker: {threshold: 0.5, cooldown: 600}}
+  - {name: other, url: "mock://", mock: {model: model-other, ttft_ms: 0}}
+upstream_groups:
+  - {name: g, upstreams: [{name: a}]}
+  - {name: g2, upstreams: [{name: other}]}
+"#;
+
+#[tokio::test]
+async fn upstream_crud_follows_live_traffic() {
+    let server = start_admin(BASE, None).await;
+    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    assert_eq!(served_model(addr, "/v1/models").await, "model-a");
+
+    let (status, list) = api(admin, Method::GET, "/upstreams", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["data"][0]["status"]["breaker"], "closed");
+
+    let b = json!({"name": "b", "url": "mock://", "mock": {"model": "model-b", "ttft_ms": 0}});
+    let (status, created) = api(admin, Method::POST, "/upstreams", Some(b.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["data"]["name"], "b");
+    assert_eq!(api(admin, Method::POST, "/upstreams", Some(b)).await.0, StatusCode::CONFLICT);
+
+    let (status, g) =
+        api(admin, Method::PATCH, "/upstream-groups/g", Some(json!({"upstreams": [{"name": "b"}]}))).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["data"]["upstreams"][0]["name"], "b");
+    assert_eq!(served_model(addr, "/v1/models").await, "model-b", "the next request sees the change");
+
+    let (status, _) = api(
+        admin,
+        Method::PUT,
+        "/upstreams/b",
+        Some(json!({"url": "mock://", "mock": {"model": "model-b2", "ttft_ms": 0}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(served_model(addr, "/v1/models").await, "model-b2");
+
+    let (status, e) = api(admin, Method::DELETE, "/upstreams/b", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(e["error"]["message"].as_str().unwrap().contains("used by group(s) g"));
+    api(admin, Method::PATCH, "/upstream-groups/g", Some(json!({"upstreams": [{"name": "a"}]}))).await;
+    assert_eq!(api(admin, Method::DELETE, "/upstreams/b", None).await.0, 200);
+    assert_eq!(api(admin, Method::GET, "/upstreams/b", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(served_model(addr, "/v1/models").await, "model-a");
+}
+
+#[tokio::test]
+async fn routes_crud_follows_live_traffic() {
+    let server = start_admin(BASE, None).await;
+    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    assert_eq!(served_model(addr, "/v2/models").await, "model-a");
+    let (status, r) =
+        api(admin, Method::POST, "/forwards/main/routes", Some(json!({"path": "/v2/*", "target_group": "g2"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    let id = r["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(id, llmproxy::base64::encode_url(b"/v2/*"));
+    assert_eq!(served_model(addr, "/v2/models").await, "model-other");
+    let (status, got) = api(admin, Method::GET, &format!("/forwards/main/routes/{id}"), None).await;
+    assert_eq!((status, got["data"]["target_group"].as_str()), (StatusCode::OK, Some("g2")));
+    assert_eq!(
+        api(admin, Method::POST, "/forwards/main/routes", Some(json!({"path": "/v2/*", "target_group": "g"}))).await.0,
+        StatusCode::CONFLICT
+    );
+
+    // An invalid pattern is a 400 with the reason, never a silent success.
+    let (status, e) =
+        api(admin, Method::POST, "/forwards/main/routes", Some(json!({"path": "/v1/{x:[}", "target_group": "g"})))
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e["error"]["message"].as_str().unwrap().contains("routing[1].path"), "{e}");
+    let (status, e) =
+        api(admin, Method::POST, "/forwards/main/routes", Some(json!({"path": "/v3", "target_group": "ghost"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e["error"]["message"].as_str().unwrap().contains("unknown upstream group \"ghost\""));
+
+    let (status, _) = api(
+        admin,
+        Method::PUT,
+        &format!("/forwards/main/routes/{id}"),
+        Some(json!({"path": "/v2/models", "target_group": "g2"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(served_model(addr, "/v2/models").await, "model-other");
+    assert_eq!(served_model(addr, "/v2/other/models").await, "model-a", "the wildcard route is gone");
+    let new_id = llmproxy::base64::encode_url(b"/v2/models");
+    assert_eq!(api(admin, Method::DELETE, &format!("/forwards/main/routes/{new_id}"), None).await.0, 200);
+    assert_eq!(served_model(addr, "/v2/models").await, "model-a");
+    assert_eq!(
+        api(admin, Method::GET, &format!("/forwards/main/routes/{new_id}"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, forwards) = api(admin, Method::GET, "/forwards", None).await;
+    assert_eq!((status, forwards["data"][0]["name"].as_str()), (StatusCode::OK, Some("main")));
+}
+
+#[tokio::test]
+async fn errors_have_real_statuses() {
+    let server = start_admin(BASE, None).await;
+    let admin = server.admin;
+    let (status, e) = api_with(admin, Method::POST, "/upstreams", Some("{not json".into()), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e["error"]["message"].as_str().unwrap().starts_with("malformed JSON"));
+    let (status, e) =
+        api(admin, Method::PATCH, "/upstream-groups/g", Some(json!({"upstreams": [{"name": "a", "weight": 0}]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("upstream_groups[0].upstreams[0].weight: 0 is out of range"),
+        "{e}"
+    );
+    let (status, e) =
+        api(admin, Method::POST, "/upstreams", Some(json!({"name": "x", "url": "mock://", "colour": "red"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e["error"]["message"].as_str().unwrap().contains("unknown key \"colour\""), "{e}");
+    assert_eq!(api(admin, Method::GET, "/upstreams/ghost", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api(admin, Method::PATCH, "/upstream-groups/ghost", Some(json!({}))).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api(admin, Method::GET, "/forwards/ghost/routes", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api(admin, Method::GET, "/nothing", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api(admin, Method::DELETE, "/upstreams", None).await.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(api(admin, Method::GET, "/forwards/main/routes/%%%", None).await.0, StatusCode::BAD_REQUEST);
+    // Nothing above changed the running configuration.
+    assert_eq!(server.shared.runtime().config.upstreams.len(), 2);
+}
+
+#[tokio::test]
+async fn the_token_is_required_when_set() {
+    let server = start_admin(BASE, Some("admin-s3cret")).await;
+    let admin = server.admin;
+    assert_eq!(api_with(admin, Method::GET, "/upstreams", None, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api_with(admin, Method::GET, "/upstreams", None, Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api_with(admin, Method::GET, "/upstreams", None, Some("admin-s3cret")).await.0, StatusCode::OK);
+    // Health, metrics and the API description stay open.
+    assert_eq!(get(admin, "/health").await.0, 200);
+    assert_eq!(get(admin, "/metrics").await.0, 200);
+    let (status, _, doc) = get(admin, "/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(json_of(&doc)["paths"]["/upstreams"].is_object());
+}
+
+#[tokio::test]
+async fn secrets_are_masked_and_masks_sent_back_keep_them() {
+    let up = TestUpstream::start().await;
+    let yaml = group_config(
+        &[(
+            "secret",
+            up.url("/v1"),
+            "    auth: {type: bearer, token: sk-live-123}\n    headers: [{op: replace, key: x-api-key, value: ak-456}]",
+        )],
+        "    http_client: {proxy: {url: \"http://pu:proxy-pw@127.0.0.1:9\", enabled: false}}",
+    );
+    let server = start_admin(&yaml, None).await;
+    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    let mut everything = String::new();
+    for path in ["/upstreams", "/upstreams/secret", "/upstream-groups", "/upstream-groups/g", "/forwards"] {
+        let (status, v) = api(admin, Method::GET, path, None).await;
+        assert_eq!(status, 200);
+        everything.push_str(&v.to_string());
+    }
+    for secret in ["sk-live-123", "ak-456"] {
+        assert!(!everything.contains(secret), "{secret} leaked: {everything}");
+    }
+    let (_, shown) = api(admin, Method::GET, "/upstreams/secret", None).await;
+    assert_eq!(shown["data"]["auth"]["token"], "***");
+    // GET → edit → PUT with the masks: the secrets stay what they were.
+    let mut edited = shown["data"].clone();
+    edited.as_object_mut().unwrap().remove("status");
+    edited["weight"] = json!(3);
+    let (status, v) = api(admin, Method::PUT, "/upstreams/secret", Some(edited)).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, _, body) = get(addr, "/v1/echo").await;
+    let echoed = json_of(&body);
+    assert_eq!(echoed["headers"]["authorization"][0], "Bearer sk-live-123");
+    assert_eq!(echoed["headers"]["x-api-key"][0], "ak-456");
+    assert_eq!(server.shared.runtime().config.upstreams[0].weight, 3);
+}
+
+#[tokio::test]
+async fn unchanged_upstreams_keep_their_breaker_state() {
+    let server = start_admin(BASE, None).await;
+    let admin = server.admin;
+    let a = server.shared.runtime().upstreams[0].clone();
+    let breaker = a.breaker.as_ref().unwrap();
+    for _ in 0..5 {
+        let (adm, _) = breaker.admit(llmproxy::clock::now());
+        breaker.record(adm, false, llmproxy::clock::now());
+    }
+    let (_, v) = api(admin, Method::GET, "/upstreams/a", None).await;
+    assert_eq!(v["data"]["status"]["breaker"], "open");
+    api(admin, Method::POST, "/upstreams", Some(json!({"name": "c", "url": "mock://"}))).await;
+    let (_, v) = api(admin, Method::GET, "/upstreams/a", None).await;
+    assert_eq!(v["data"]["status"]["breaker"], "open", "state survives an unrelated change");
+    assert!(std::sync::Arc::ptr_eq(&server.shared.runtime().upstreams[0], &a));
+    assert_eq!(
+        get(server.forward_addr("main").unwrap(), "/v1/models").await.0,
+        503,
+        "traffic still sees the open breaker"
+    );
+}
