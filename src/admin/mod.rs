@@ -23,27 +23,29 @@ where
         (&Method::GET | &Method::HEAD, "/health") => health(shared),
         (&Method::GET, "/metrics") => metrics(shared),
         (&Method::GET, "/api/v1/openapi.json") => json(StatusCode::OK, OPENAPI),
-        _ if path == "/api/v1" || path.starts_with("/api/v1/") => match authorize(shared, &req) {
-            Ok(()) => api::handle(shared, req).await,
-            Err(resp) => resp,
-        },
+        _ if path == "/api/v1" || path.starts_with("/api/v1/") => {
+            if authorized(shared, &req) {
+                api::handle(shared, req).await
+            } else {
+                let mut resp =
+                    ApiError::unauthorized("the admin API requires Authorization: Bearer <LLMPROXY_ADMIN_AUTH_TOKEN>")
+                        .into_response();
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"llmproxy admin\""));
+                resp
+            }
+        }
         _ => ApiError::not_found(format!("no admin endpoint {} {path}", req.method())).into_response(),
     }
 }
 
 /// With `LLMPROXY_ADMIN_AUTH_TOKEN` set, the configuration API requires
 /// `Authorization: Bearer <token>`, compared in constant time.
-fn authorize<B>(shared: &Shared, req: &Request<B>) -> Result<(), Response<ProxyBody>> {
-    let Some(expected) = &shared.admin_token else { return Ok(()) };
+fn authorized<B>(shared: &Shared, req: &Request<B>) -> bool {
+    let Some(expected) = &shared.admin_token else { return true };
     let presented =
         req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|p| constant_time_eq(p.trim().as_bytes(), expected.as_bytes())) {
-        return Ok(());
-    }
-    let mut resp = ApiError::unauthorized("the admin API requires Authorization: Bearer <LLMPROXY_ADMIN_AUTH_TOKEN>")
-        .into_response();
-    resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"llmproxy admin\""));
-    Err(resp)
+    presented.is_some_and(|p| constant_time_eq(p.trim().as_bytes(), expected.as_bytes()))
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a guess was

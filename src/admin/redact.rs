@@ -68,10 +68,8 @@ pub fn restore(new: &mut Value, old: &Value) {
                 restore(child, prev);
             }
         }
-        (Value::String(n), Value::String(o)) => {
-            if n == MASK || (n.contains(MASK) && *n == mask_userinfo(o)) {
-                *n = o.clone();
-            }
+        (Value::String(n), Value::String(o)) if n == MASK || (n.contains(MASK) && *n == mask_userinfo(o)) => {
+            *n = o.clone();
         }
         _ => {}
     }
