@@ -87,6 +87,13 @@ impl ApiError {
     }
 }
 
+/// Runtime compilation failures surface as rejected configuration changes.
+impl From<String> for ApiError {
+    fn from(message: String) -> Self {
+        ApiError::invalid_config(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,12 +108,5 @@ mod tests {
         let r = ApiError::no_upstream("x").with_retry_after(3).into_response();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "3");
-    }
-}
-
-/// Runtime compilation failures surface as rejected configuration changes.
-impl From<String> for ApiError {
-    fn from(message: String) -> Self {
-        ApiError::invalid_config(message)
     }
 }
