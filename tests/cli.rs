@@ -124,6 +124,11 @@ impl Running {
         line.rsplit("http://").next().unwrap().parse().unwrap()
     }
 
+    fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_for("admin listening on http://");
+        line.rsplit("http://").next().unwrap().parse().unwrap()
+    }
+
     fn signal(&self, sig: &str) {
         assert!(Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success());
     }
@@ -156,6 +161,148 @@ fn http(addr: SocketAddr, body: &str) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn two_forwards_config(model: &str, extra_forward: bool) -> String {
+    let extra = if extra_forward { "\n    - {name: extra, port: 0, address: 127.0.0.1, default_group: g}" } else { "" };
+    format!(
+        r#"
+http_server:
+  forwards:
+    - {{name: main, port: 0, address: 127.0.0.1, default_group: g}}{extra}
+  admin: {{port: 0, address: 127.0.0.1}}
+upstreams:
+  - {{name: m, url: "mock://", mock: {{model: {model}, ttft_ms: 0}}}}
+upstream_groups:
+  - {{name: g, upstreams: [{{name: m}}]}}
+"#
+    )
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_keeps_the_running_one_on_error() {
+    let path = temp_config("reload.yaml", &two_forwards_config("first-model", false));
+    let proxy = Running::start(&path, &[]);
+    let addr = proxy.forward_addr();
+    let admin = proxy.admin_addr();
+    assert!(http_get(addr, "/v1/models").unwrap().contains("first-model"));
+    // A change through the admin API, which the file does not have.
+    let mut s = TcpStream::connect(admin).unwrap();
+    let body = r#"{"name":"api-made","url":"mock://"}"#;
+    write!(
+        s,
+        "POST /api/v1/upstreams HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+
+    std::fs::write(&path, two_forwards_config("second-model", true)).unwrap();
+    proxy.signal("-HUP");
+    proxy.wait_for("changes made through the admin API since the last load are replaced by the file");
+    let line = proxy.wait_for("forward extra listening on http://");
+    let extra: SocketAddr = line.rsplit("http://").next().unwrap().parse().unwrap();
+    proxy.wait_for("reload: configuration applied");
+    assert!(http_get(addr, "/v1/models").unwrap().contains("second-model"), "existing listener serves the new config");
+    assert!(http_get(extra, "/v1/models").unwrap().contains("second-model"), "a forward added by the reload listens");
+
+    std::fs::write(&path, "http_server: {forwards: [], colour: red}\n").unwrap();
+    proxy.signal("-HUP");
+    let line = proxy.wait_for("reload rejected");
+    assert!(line.contains("http_server.colour: unknown key"), "{line}");
+    assert!(http_get(addr, "/v1/models").unwrap().contains("second-model"), "an invalid file changes nothing");
+
+    std::fs::write(&path, two_forwards_config("third-model", false)).unwrap();
+    proxy.signal("-HUP");
+    proxy.wait_for("forward extra removed");
+    proxy.wait_for("reload: configuration applied");
+    assert!(http_get(addr, "/v1/models").unwrap().contains("third-model"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(extra).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(TcpStream::connect(extra).is_err(), "the removed forward stops listening");
+}
+
+#[test]
+fn secrets_never_reach_the_logs() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let yaml = format!(
+        r#"
+http_server:
+  forwards: [{{name: main, port: 0, address: 127.0.0.1, default_group: g}}]
+  admin: {{port: 0, address: 127.0.0.1}}
+upstreams:
+  - name: up
+    url: "http://{dead}/v1"
+    auth: {{type: bearer, token: "${{LOG_TEST_TOKEN}}"}}
+    headers: [{{op: replace, key: x-api-key, value: header-secret-value}}]
+upstream_groups:
+  - {{name: g, upstreams: [{{name: up}}], http_client: {{retry: {{attempts: 1, initial: 100}}}}}}
+"#
+    );
+    let path = temp_config("secrets.yaml", &yaml);
+    let mut child = bin()
+        .arg("-c")
+        .arg(&path)
+        .arg("--debug")
+        .env("LOG_TEST_TOKEN", "sk-token-in-env")
+        .env("LLMPROXY_ADMIN_AUTH_TOKEN", "admin-token-value")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let (mut forward, mut admin) = (None, None);
+    while forward.is_none() || admin.is_none() {
+        let line = lines.recv_timeout(Duration::from_secs(20)).expect("startup");
+        if let Some(a) = line.split("forward main listening on http://").nth(1) {
+            forward = Some(a.parse::<SocketAddr>().unwrap());
+        }
+        if let Some(a) = line.split("admin listening on http://").nth(1) {
+            admin = Some(a.parse::<SocketAddr>().unwrap());
+        }
+        log.push(line);
+    }
+    let reply = http(forward.unwrap(), "{}").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    // An admin API change is logged too (without values).
+    let mut s = TcpStream::connect(admin.unwrap()).unwrap();
+    let body = r#"{"name":"extra","url":"mock://","auth":{"type":"bearer","token":"sk-posted-secret"}}"#;
+    write!(s, "POST /api/v1/upstreams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-value\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(!resp.contains("sk-posted-secret"));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    log.extend(lines.try_iter());
+    let log = log.join("\n");
+    assert!(log.contains("admin API: upstream extra created"), "{log}");
+    assert!(log.contains("cannot connect to upstream up"), "debug logging was on: {log}");
+    for secret in ["sk-token-in-env", "header-secret-value", "admin-token-value", "sk-posted-secret"] {
+        assert!(!log.contains(secret), "{secret} reached the logs:\n{log}");
+    }
 }
 
 #[test]
