@@ -5,14 +5,17 @@
 
 #[macro_use]
 pub mod log;
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod base64;
 pub mod body;
 pub mod cli;
+pub mod client_keys;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod glob;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
@@ -22,3 +25,4 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod upstream;
+pub mod usage;

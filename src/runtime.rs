@@ -4,10 +4,13 @@
 //! only that, so a configuration change (later: admin API, SIGHUP) can swap in a new snapshot
 //! while requests in flight finish on the old one.
 
+use crate::access::AccessList;
 use crate::balance::Balancer;
+use crate::client_keys::ClientKeys;
 use crate::config::{self, Config, Strategy};
 use crate::metrics::families::{ForwardMetrics, MemberMetrics};
 use crate::ratelimit::{Gcra, KeyedLimiter};
+use crate::router::rules::ConditionalRule;
 use crate::router::Router;
 use crate::upstream::client::HttpClient;
 use crate::upstream::Upstream;
@@ -33,15 +36,22 @@ pub struct Forward {
     pub name: String,
     /// Values are indexes into [`Runtime::groups`].
     pub router: Router<usize>,
+    /// Model and header rules, tried first in declaration order.
+    pub rules: Vec<ConditionalRule>,
     pub default_group: usize,
     pub max_body_size: u64,
     /// Per-client-IP limiter, when the forward's `ratelimit` is enabled.
     pub client_limiter: Option<KeyedLimiter<IpAddr>>,
+    pub access: Option<AccessList>,
+    pub keys: Option<ClientKeys>,
+    pub access_log: bool,
+    /// Whether any rule looks at the body's `model` (only then is the body scanned for it).
+    pub needs_model: bool,
     pub metrics: Arc<ForwardMetrics>,
 }
 
 pub struct Group {
-    pub name: String,
+    pub name: Arc<str>,
     pub members: Vec<Member>,
     pub balancer: Balancer,
     pub client: Arc<HttpClient>,
@@ -49,6 +59,8 @@ pub struct Group {
     pub stream: bool,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    pub track_usage: bool,
+    pub sse_keepalive: Option<Duration>,
     /// The configuration this was compiled from (to reuse the connection pool on a swap).
     pub config: config::UpstreamGroup,
 }
@@ -113,21 +125,32 @@ impl Runtime {
         let mut forwards = Vec::new();
         for f in &config.http_server.forwards {
             let mut router = Router::new();
+            let mut rules = Vec::new();
             for r in &f.routing {
-                router.insert(&r.path, group_index(&r.target_group)?).map_err(|e| e.to_string())?;
+                let target = group_index(&r.target_group)?;
+                match (&r.path, r.is_conditional()) {
+                    (Some(path), false) => router.insert(path, target).map_err(|e| e.to_string())?,
+                    _ => rules.push(ConditionalRule::compile(r, target)?),
+                }
             }
             let client_limiter = f
                 .ratelimit
                 .as_ref()
                 .filter(|r| r.enabled)
                 .map(|r| KeyedLimiter::new(Gcra::new(r.per_second, r.burst), CLIENT_LIMITER_CAPACITY));
-            let metrics = previous.and_then(|p| p.forward(&f.name)).map(|old| old.metrics.clone()).unwrap_or_default();
+            let old = previous.and_then(|p| p.forward(&f.name));
+            let metrics = old.map(|o| o.metrics.clone()).unwrap_or_default();
             forwards.push(Forward {
                 name: f.name.clone(),
                 router,
+                needs_model: f.routing.iter().any(|r| r.model.is_some()),
+                rules,
                 default_group: group_index(&f.default_group)?,
                 max_body_size: f.max_body_size,
                 client_limiter,
+                access: f.access.as_ref().map(AccessList::compile).transpose()?,
+                keys: f.auth.as_ref().map(|a| ClientKeys::compile(a, old.and_then(|o| o.keys.as_ref()))),
+                access_log: f.access_log,
                 metrics,
             });
         }
@@ -139,7 +162,7 @@ impl Runtime {
     }
 
     pub fn group(&self, name: &str) -> Option<&Group> {
-        self.groups.iter().find(|g| g.name == name)
+        self.groups.iter().find(|g| &*g.name == name)
     }
 
     /// Starts background work that belongs to this snapshot (active health checks). Separate
@@ -184,7 +207,7 @@ fn build_group(
     };
     let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
     Ok(Group {
-        name: g.name.clone(),
+        name: g.name.as_str().into(),
         members,
         balancer: Balancer::new(g.balance.strategy, &weights),
         client,
@@ -192,6 +215,8 @@ fn build_group(
         stream: g.http_client.stream,
         request_timeout: Duration::from_secs(g.http_client.timeout.request),
         retry: RetryPolicy::of(g),
+        track_usage: g.http_client.track_usage,
+        sse_keepalive: g.http_client.sse_keepalive.map(Duration::from_secs),
         config: g.clone(),
     })
 }

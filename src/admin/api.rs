@@ -60,8 +60,8 @@ fn route(shared: &Shared, method: &Method, segments: &[&str], body: &[u8]) -> Re
         }
         (["forwards", name, "routes"], &Method::POST) => add_route(shared, name, body),
         (["forwards", name, "routes", id], &Method::GET) => {
-            let path = route_path(id)?;
-            let r = forward(&rt, name)?.routing.iter().find(|r| r.path == path).ok_or_else(|| no_route(name, &path))?;
+            let key = route_key(id)?;
+            let r = forward(&rt, name)?.routing.iter().find(|r| r.key() == key).ok_or_else(|| no_route(name, &key))?;
             ok(route_json(r))
         }
         (["forwards", name, "routes", id], &Method::PUT) => replace_route(shared, name, id, body),
@@ -124,20 +124,20 @@ fn upstream_json(rt: &Runtime, u: &config::Upstream) -> Value {
 
 fn route_json(r: &config::Route) -> Value {
     let mut v = masked(r);
-    v["id"] = Value::String(base64::encode_url(r.path.as_bytes()));
+    v["id"] = Value::String(base64::encode_url(r.key().as_bytes()));
     v
 }
 
-/// Route ids are the base64url of the path pattern: stable, and safe in a URL whatever the
-/// pattern contains.
-fn route_path(id: &str) -> Result<String, ApiError> {
+/// Route ids are the base64url of the rule's key (the path pattern for path rules): stable, and
+/// safe in a URL whatever the pattern contains.
+fn route_key(id: &str) -> Result<String, ApiError> {
     base64::decode_url(id)
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| ApiError::bad_request(format!("\"{id}\" is not a route id (base64url of the route's path)")))
 }
 
-fn no_route(forward: &str, path: &str) -> ApiError {
-    ApiError::not_found(format!("forward \"{forward}\" has no route \"{path}\""))
+fn no_route(forward: &str, key: &str) -> ApiError {
+    ApiError::not_found(format!("forward \"{forward}\" has no route {key}"))
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
@@ -288,26 +288,27 @@ fn routes_mut<'a>(tree: &'a mut Yaml, forward: &str) -> Result<&'a mut Vec<Yaml>
     routing.as_sequence_mut().ok_or_else(|| ApiError::invalid_config("routing is not a list"))
 }
 
+/// A rule from the request body, and its key (computed as the validated rule's would be).
 fn route_body(body: &[u8]) -> Result<(String, Yaml), ApiError> {
-    let item = Value::Object(parse_object(body)?);
-    let path = item
-        .get("path")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("\"path\" is required"))?
-        .to_string();
-    let mut item = item;
+    let mut item = Value::Object(parse_object(body)?);
     if let Some(map) = item.as_object_mut() {
         map.remove("id");
     }
-    Ok((path, to_yaml(&item)?))
+    let yaml = to_yaml(&item)?;
+    let key = config::route_key_of(&yaml).map_err(|e| ApiError::invalid_config(format!("invalid route: {e}")))?;
+    Ok((key, yaml))
 }
 
-fn added_route(rt: &Runtime, forward_name: &str, path: &str) -> Reply {
+fn position_of_route(routes: &[Yaml], key: &str) -> Option<usize> {
+    routes.iter().position(|r| config::route_key_of(r).is_ok_and(|k| k == key))
+}
+
+fn added_route(rt: &Runtime, forward_name: &str, key: &str) -> Reply {
     let r = forward(rt, forward_name)?
         .routing
         .iter()
-        .find(|r| r.path == path)
-        .ok_or_else(|| no_route(forward_name, path))?;
+        .find(|r| r.key() == key)
+        .ok_or_else(|| no_route(forward_name, key))?;
     Ok((StatusCode::OK, route_json(r)))
 }
 
@@ -315,8 +316,8 @@ fn add_route(shared: &Shared, name: &str, body: &[u8]) -> Reply {
     let (path, yaml) = route_body(body)?;
     let rt = change(shared, format!("forward {name}: route {path} added"), |tree| {
         let routes = routes_mut(tree, name)?;
-        if position(routes, "path", &path).is_some() {
-            return Err(ApiError::conflict(format!("forward \"{name}\" already has a route \"{path}\"")));
+        if position_of_route(routes, &path).is_some() {
+            return Err(ApiError::conflict(format!("forward \"{name}\" already has the route {path}")));
         }
         routes.push(yaml);
         Ok(())
@@ -325,13 +326,13 @@ fn add_route(shared: &Shared, name: &str, body: &[u8]) -> Reply {
 }
 
 fn replace_route(shared: &Shared, name: &str, id: &str, body: &[u8]) -> Reply {
-    let old = route_path(id)?;
+    let old = route_key(id)?;
     let (path, yaml) = route_body(body)?;
     let rt = change(shared, format!("forward {name}: route {old} replaced by {path}"), |tree| {
         let routes = routes_mut(tree, name)?;
-        let i = position(routes, "path", &old).ok_or_else(|| no_route(name, &old))?;
-        if path != old && position(routes, "path", &path).is_some() {
-            return Err(ApiError::conflict(format!("forward \"{name}\" already has a route \"{path}\"")));
+        let i = position_of_route(routes, &old).ok_or_else(|| no_route(name, &old))?;
+        if path != old && position_of_route(routes, &path).is_some() {
+            return Err(ApiError::conflict(format!("forward \"{name}\" already has the route {path}")));
         }
         routes[i] = yaml;
         Ok(())
@@ -340,10 +341,10 @@ fn replace_route(shared: &Shared, name: &str, id: &str, body: &[u8]) -> Reply {
 }
 
 fn delete_route(shared: &Shared, name: &str, id: &str) -> Reply {
-    let path = route_path(id)?;
+    let path = route_key(id)?;
     change(shared, format!("forward {name}: route {path} deleted"), |tree| {
         let routes = routes_mut(tree, name)?;
-        let i = position(routes, "path", &path).ok_or_else(|| no_route(name, &path))?;
+        let i = position_of_route(routes, &path).ok_or_else(|| no_route(name, &path))?;
         routes.remove(i);
         Ok(())
     })?;

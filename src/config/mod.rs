@@ -86,3 +86,9 @@ pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
     })?;
     from_str(&text, env).map_err(|e| e.in_file(&file))
 }
+
+/// The key of a routing rule given as a raw tree (admin API bodies and the running
+/// configuration's tree), read exactly as the file's rules are.
+pub fn route_key_of(rule: &serde_yaml::Value) -> Result<String, ConfigError> {
+    parse::route(&reader::Node::root(rule, &Literal)).map(|r| r.key())
+}

@@ -35,12 +35,79 @@ pub struct Forward {
     pub max_body_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ForwardAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// One log line per request: model, upstream, status, TTFT, duration, tokens.
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Route {
-    pub path: String,
+    /// Path pattern (trie rules); optional on rules that match the `model` or headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Glob on the request body's top-level JSON `model` (`*` = any run of characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Request headers that must all match their glob (names lower-case).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pairs_as_map")]
+    pub headers: Vec<(String, String)>,
     pub target_group: String,
+}
+
+impl Route {
+    /// Rules with a `model` or header condition are tried before the path trie.
+    pub fn is_conditional(&self) -> bool {
+        self.model.is_some() || !self.headers.is_empty()
+    }
+
+    /// What identifies the rule within its forward: the path of a path rule (as LLMProxy's
+    /// route ids are the path), or all conditions of a conditional rule.
+    pub fn key(&self) -> String {
+        match (&self.path, self.is_conditional()) {
+            (Some(p), false) => p.clone(),
+            _ => {
+                let headers: serde_json::Map<String, serde_json::Value> =
+                    self.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                serde_json::json!({"path": self.path, "model": self.model, "headers": headers}).to_string()
+            }
+        }
+    }
+}
+
+fn pairs_as_map<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+/// Client API keys of a forward: when present, every request must carry one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForwardAuth {
+    pub keys: Vec<ClientKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientKey {
+    /// Labels metrics and logs; the key itself never appears anywhere.
+    pub name: String,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratelimit: Option<UpstreamRateLimit>,
+}
+
+/// IP access lists (CIDRs or single addresses, IPv4 and IPv6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Access {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -201,6 +268,11 @@ pub struct HttpClient {
     pub retry: Option<Retry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<OutboundProxy>,
+    /// Ask OpenAI-style streams for usage and hide the extra chunk from the client.
+    pub track_usage: bool,
+    /// Seconds of SSE silence after which a `: keep-alive` comment is sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse_keepalive: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

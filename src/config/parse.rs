@@ -74,6 +74,9 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
         "timeout",
         "max_body_size",
         "tls",
+        "auth",
+        "access",
+        "access_log",
     ])?;
     let name = f.required_string("name")?;
     let port = port(&f, "port")?.ok_or_else(|| ConfigError::at(&f.child_path("port"), "is required"))?;
@@ -83,14 +86,7 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
     };
     let routing = match f.get("routing") {
         None => Vec::new(),
-        Some(n) => n
-            .items()?
-            .iter()
-            .map(|r| {
-                let rf = r.fields(&["path", "target_group"])?;
-                Ok(Route { path: rf.required_string("path")?, target_group: rf.required_string("target_group")? })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?,
+        Some(n) => n.items()?.iter().map(route).collect::<Result<Vec<_>, ConfigError>>()?,
     };
     let ratelimit = match f.get("ratelimit") {
         None => None,
@@ -123,7 +119,88 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
         timeout,
         max_body_size,
         tls: tls(&f)?,
+        auth: f.get("auth").map(|n| forward_auth(&n)).transpose()?,
+        access: f.get("access").map(|n| access(&n)).transpose()?,
+        access_log: f.bool_or("access_log", false)?,
     })
+}
+
+pub(super) fn route(node: &Node) -> Result<Route, ConfigError> {
+    let f = node.fields(&["path", "model", "headers", "target_group"])?;
+    let path = f.get("path").map(|n| n.string()).transpose()?;
+    let model = f.get("model").map(|n| n.string()).transpose()?;
+    if path.is_none() && model.is_none() {
+        return Err(node.error("a routing rule needs a `path` or a `model` (or both)"));
+    }
+    let mut headers = Vec::new();
+    if let Some(h) = f.get("headers") {
+        let Some(map) = h.value.as_mapping() else {
+            return Err(h.error("expected a mapping of header name to glob"));
+        };
+        for (k, v) in map {
+            let Some(name) = k.as_str() else { return Err(h.error("header names must be strings")) };
+            let child = Node { path: format!("{}.{name}", h.path), value: v, env: h.env };
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(child.error(format!("{name:?} is not a valid header name")));
+            }
+            headers.push((name.to_ascii_lowercase(), child.string()?));
+        }
+    }
+    Ok(Route { path, model, headers, target_group: f.required_string("target_group")? })
+}
+
+fn forward_auth(node: &Node) -> Result<ForwardAuth, ConfigError> {
+    let f = node.fields(&["keys"])?;
+    let list = f.require("keys")?;
+    let mut keys: Vec<ClientKey> = Vec::new();
+    for k in list.items()? {
+        let kf = k.fields(&["name", "key", "ratelimit"])?;
+        let name = kf.required_string("name")?;
+        let key = kf.require("key")?.secret()?;
+        if keys.iter().any(|other| other.name == name) {
+            return Err(ConfigError::at(&kf.child_path("name"), format!("duplicate key name \"{name}\"")));
+        }
+        if keys.iter().any(|other| other.key == key) {
+            return Err(ConfigError::at(
+                &kf.child_path("key"),
+                format!(
+                    "the same key is also given to \"{}\"",
+                    keys.iter().find(|o| o.key == key).map(|o| o.name.as_str()).unwrap_or("")
+                ),
+            ));
+        }
+        let ratelimit = match kf.get("ratelimit") {
+            None => None,
+            Some(n) => {
+                let r = n.fields(&["per_second", "burst"])?;
+                Some(UpstreamRateLimit {
+                    per_second: r.u64_or("per_second", 100, 1..=10_000)? as u32,
+                    burst: r.u64_or("burst", 200, 1..=20_000)? as u32,
+                })
+            }
+        };
+        keys.push(ClientKey { name, key, ratelimit });
+    }
+    if keys.is_empty() {
+        return Err(list.error("needs at least one key (remove `auth` to accept requests without a key)"));
+    }
+    Ok(ForwardAuth { keys })
+}
+
+fn access(node: &Node) -> Result<Access, ConfigError> {
+    let f = node.fields(&["allow", "deny"])?;
+    let list = |key: &str| -> Result<Vec<String>, ConfigError> {
+        let Some(n) = f.get(key) else { return Ok(Vec::new()) };
+        n.items()?
+            .iter()
+            .map(|item| {
+                let s = item.string()?;
+                crate::access::Cidr::parse(&s).map_err(|e| item.error(e))?;
+                Ok(s)
+            })
+            .collect()
+    };
+    Ok(Access { allow: list("allow")?, deny: list("deny")? })
 }
 
 /// A byte count, either a number or a string with a unit (`512KiB`, `32MiB`, `1GiB`, `10MB`).
@@ -400,7 +477,17 @@ fn group(node: &Node, upstreams: &[Upstream]) -> Result<UpstreamGroup, ConfigErr
 }
 
 fn http_client(node: &Node) -> Result<HttpClient, ConfigError> {
-    let f = node.fields(&["agent", "keepalive", "stream", "stream_mode", "timeout", "retry", "proxy"])?;
+    let f = node.fields(&[
+        "agent",
+        "keepalive",
+        "stream",
+        "stream_mode",
+        "timeout",
+        "retry",
+        "proxy",
+        "track_usage",
+        "sse_keepalive",
+    ])?;
     let agent_node = f.get("agent");
     let agent = f.string_or("agent", DEFAULT_AGENT)?;
     if hyper::header::HeaderValue::from_str(&agent).is_err() {
@@ -448,5 +535,14 @@ fn http_client(node: &Node) -> Result<HttpClient, ConfigError> {
             }
         }
     };
-    Ok(HttpClient { agent, keepalive: f.u64_or("keepalive", 60, 0..=600)?, stream, timeout, retry, proxy })
+    Ok(HttpClient {
+        agent,
+        keepalive: f.u64_or("keepalive", 60, 0..=600)?,
+        stream,
+        timeout,
+        retry,
+        proxy,
+        track_usage: f.bool_or("track_usage", false)?,
+        sse_keepalive: f.get("sse_keepalive").map(|n| n.u64_in(1..=3600)).transpose()?,
+    })
 }

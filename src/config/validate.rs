@@ -25,9 +25,15 @@ pub fn config(c: &Config) -> Result<(), ConfigError> {
         let mut router = crate::router::Router::new();
         for (j, r) in f.routing.iter().enumerate() {
             known_group(format!("http_server.forwards[{i}].routing[{j}].target_group"), &r.target_group)?;
-            router
-                .insert(&r.path, ())
-                .map_err(|e| ConfigError::at(&format!("http_server.forwards[{i}].routing[{j}].path"), e.to_string()))?;
+            let Some(path) = &r.path else { continue };
+            let at = format!("http_server.forwards[{i}].routing[{j}].path");
+            // Conditional rules are matched one by one, path rules share the trie (where a
+            // duplicate could never match).
+            if r.is_conditional() {
+                crate::router::pattern::parse(path).map_err(|e| ConfigError::at(&at, e.to_string()))?;
+            } else {
+                router.insert(path, ()).map_err(|e| ConfigError::at(&at, e.to_string()))?;
+            }
         }
     }
     listen_addresses(c)

@@ -29,8 +29,10 @@ pub fn method_index(m: &Method) -> usize {
 }
 
 /// Errors the proxy itself answers with: `(error label, status)`, matching [`crate::error`] codes.
-pub const PROXY_ERRORS: [(&str, u16); 8] = [
+pub const PROXY_ERRORS: [(&str, u16); 10] = [
     ("bad_request", 400),
+    ("unauthorized", 401),
+    ("forbidden", 403),
     ("request_too_large", 413),
     ("rate_limited", 429),
     ("upstream_rate_limited", 429),
@@ -50,6 +52,7 @@ pub struct ForwardMetrics {
     proxy_errors: [Counter; PROXY_ERRORS.len()],
     upstream_statuses: [Counter; STATUS_SLOTS],
     pub ratelimited: Counter,
+    pub tokens: TokenCounters,
 }
 
 impl Default for ForwardMetrics {
@@ -60,6 +63,7 @@ impl Default for ForwardMetrics {
             proxy_errors: Default::default(),
             upstream_statuses: std::array::from_fn(|_| Counter::default()),
             ratelimited: Counter::default(),
+            tokens: TokenCounters::default(),
         }
     }
 }
@@ -76,6 +80,76 @@ impl ForwardMetrics {
     pub fn upstream_status(&self, status: u16) {
         if let Some(c) = status.checked_sub(STATUS_BASE).and_then(|i| self.upstream_statuses.get(i as usize)) {
             c.inc();
+        }
+    }
+}
+
+/// Distinct (group, upstream, model, key) series a forward tracks; models are named by clients
+/// and upstreams, so their number is capped and the rest are counted under `model="other"`.
+const MAX_TOKEN_SERIES: usize = 1000;
+
+struct TokenSeries {
+    group: Box<str>,
+    upstream: Box<str>,
+    model: Box<str>,
+    key: Option<Box<str>>,
+    prompt: Counter,
+    completion: Counter,
+}
+
+/// Token counts by label set. Updated once per response (not per frame) under a mutex; labels
+/// are allocated only the first time a combination is seen.
+#[derive(Default)]
+pub struct TokenCounters {
+    series: std::sync::Mutex<Vec<TokenSeries>>,
+}
+
+impl TokenCounters {
+    pub fn add(&self, group: &str, upstream: &str, model: &str, key: Option<&str>, usage: crate::usage::Usage) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let find = |series: &[TokenSeries], model: &str| {
+            series.iter().position(|s| {
+                &*s.group == group && &*s.upstream == upstream && &*s.model == model && s.key.as_deref() == key
+            })
+        };
+        let model = if find(&series, model).is_none() && series.len() >= MAX_TOKEN_SERIES { "other" } else { model };
+        let i = match find(&series, model) {
+            Some(i) => i,
+            None => {
+                series.push(TokenSeries {
+                    group: group.into(),
+                    upstream: upstream.into(),
+                    model: model.into(),
+                    key: key.map(Into::into),
+                    prompt: Counter::default(),
+                    completion: Counter::default(),
+                });
+                series.len() - 1
+            }
+        };
+        series[i].prompt.add(usage.prompt.unwrap_or(0));
+        series[i].completion.add(usage.completion.unwrap_or(0));
+    }
+
+    fn encode(&self, e: &mut Encoder, forward: &str) {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        for s in series.iter() {
+            for (kind, c) in [("prompt", &s.prompt), ("completion", &s.completion)] {
+                let base = [
+                    ("forward", forward),
+                    ("group", &*s.group),
+                    ("upstream", &*s.upstream),
+                    ("model", &*s.model),
+                    ("type", kind),
+                ];
+                match &s.key {
+                    Some(k) => {
+                        let labels = [base[0], base[1], base[2], base[3], base[4], ("key", &**k)];
+                        e.int("llmproxy_tokens_total", &labels, c.get());
+                    }
+                    None => e.int("llmproxy_tokens_total", &base, c.get()),
+                }
+            }
         }
     }
 }
@@ -198,6 +272,20 @@ fn forwards(e: &mut Encoder, rt: &Runtime) {
     e.family("llmproxy_ratelimit_total", "counter", "Requests refused by the forward's per-client rate limit.");
     for f in &rt.forwards {
         e.int("llmproxy_ratelimit_total", &[("forward", &f.name)], f.metrics.ratelimited.get());
+    }
+    e.family(
+        "llmproxy_client_requests_total",
+        "counter",
+        "Requests authenticated with a client API key, by the key's name.",
+    );
+    for f in &rt.forwards {
+        for k in f.keys.iter().flat_map(|k| &k.keys) {
+            e.int("llmproxy_client_requests_total", &[("forward", &f.name), ("key", &k.name)], k.requests.get());
+        }
+    }
+    e.family("llmproxy_tokens_total", "counter", "Tokens reported by upstreams, by type (prompt or completion).");
+    for f in &rt.forwards {
+        f.metrics.tokens.encode(e, &f.name);
     }
 }
 

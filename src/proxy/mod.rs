@@ -6,6 +6,7 @@ pub mod retry;
 
 use crate::balance::{self, Unavailable};
 use crate::body::{BoxError, ProxyBody};
+use crate::client_keys::Refusal;
 use crate::clock;
 use crate::error::ApiError;
 use crate::metrics::families::{method_index, Failure, CALL_FAILURE, CALL_SUCCESS};
@@ -14,13 +15,16 @@ use crate::runtime::{Forward, Group, Member, Runtime};
 use crate::upstream::breaker::Admission;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::{note_transition, Target, Upstream};
+use crate::usage::UsageScanner;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_LENGTH, RETRY_AFTER};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use relay::{RelayBody, Telemetry, Timer, UpstreamBody};
+use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, UpstreamBody};
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -44,21 +48,62 @@ where
     let started = Instant::now();
     let method = method_index(req.method());
     fwd.metrics.requests[method].inc();
+    let access = fwd.access_log.then(|| AccessLine {
+        client: conn.peer.ip(),
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+    });
     match proxy(rt, fwd, conn, req).await {
-        Ok(mut resp) => {
+        Ok((mut resp, routed)) => {
             if resp.status().as_u16() >= 400 {
                 fwd.metrics.upstream_status(resp.status().as_u16());
             }
-            resp.body_mut().deliver(fwd.metrics.clone(), method, started);
+            resp.body_mut().deliver(Delivery {
+                forward: fwd.metrics.clone(),
+                forward_name: fwd.name.as_str().into(),
+                method,
+                started,
+                group: routed.group,
+                model: routed.model,
+                key: routed.key,
+                access,
+            });
             resp.map(BodyExt::boxed_unsync)
         }
         Err(e) => {
             crate::debug!("{forward}: {} {}", e.status.as_u16(), e.message);
             fwd.metrics.proxy_error(e.code);
             fwd.metrics.duration[method].observe_duration(started.elapsed());
+            if let Some(a) = access {
+                crate::info!(
+                    "access forward={forward} client={} method={} path={} status={} error={} duration_ms={}",
+                    a.client,
+                    a.method,
+                    a.path,
+                    e.status.as_u16(),
+                    e.code,
+                    started.elapsed().as_millis()
+                );
+            }
             e.into_response()
         }
     }
+}
+
+/// What every attempt of a request sends.
+struct Outgoing<'a> {
+    parts: &'a Parts,
+    body: Bytes,
+    conn: ClientConn,
+    /// The proxy asked for stream usage on the client's behalf: remove that chunk again.
+    strip_usage: bool,
+}
+
+/// Where a request went, for its accounting.
+struct Routed {
+    group: Arc<str>,
+    model: Option<String>,
+    key: Option<Arc<str>>,
 }
 
 async fn proxy<B>(
@@ -66,37 +111,74 @@ async fn proxy<B>(
     fwd: &Forward,
     conn: ClientConn,
     req: Request<B>,
-) -> Result<Response<RelayBody>, ApiError>
+) -> Result<(Response<RelayBody>, Routed), ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    let client_ip = conn.peer.ip();
+    if fwd.access.as_ref().is_some_and(|acl| !acl.permits(client_ip)) {
+        return Err(ApiError::forbidden(format!("{client_ip} is not allowed to use this gateway")));
+    }
+    let (mut parts, body) = req.into_parts();
+    let now = clock::now();
+    let key = match &fwd.keys {
+        None => None,
+        Some(keys) => match keys.admit(&mut parts.headers, now) {
+            Ok(k) => Some(k.name.clone()),
+            Err(Refusal::Missing) => {
+                return Err(ApiError::unauthorized("an API key is required (Authorization: Bearer <key> or x-api-key)"))
+            }
+            Err(Refusal::Unknown) => return Err(ApiError::unauthorized("the API key is not valid")),
+            Err(Refusal::RateLimited(wait)) => return Err(rate_limited("this API key", wait)),
+        },
+    };
     if let Some(limiter) = &fwd.client_limiter {
-        if let Err(wait) = limiter.check(&conn.peer.ip(), clock::now()) {
+        if let Err(wait) = limiter.check(&client_ip, now) {
             fwd.metrics.ratelimited.inc();
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "rate_limited",
-                format!("too many requests from {}; slow down", conn.peer.ip()),
-            )
-            .with_retry_after(Gcra::retry_after_secs(wait)));
+            return Err(rate_limited(&client_ip.to_string(), wait));
         }
     }
-    let (parts, body) = req.into_parts();
     let limit = fwd.max_body_size;
     // A declared length over the limit is refused before reading a byte of it.
     if content_length(&parts).is_some_and(|n| n > limit) {
         return Err(ApiError::body_too_large(limit));
     }
-    let group = &rt.groups[*fwd.router.lookup(parts.uri.path()).unwrap_or(&fwd.default_group)];
-    // Buffered because a retry must be able to send it again.
+    // Buffered because a retry must be able to send it again (and model rules read it).
     let body = match Limited::new(body, limit as usize).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::body_too_large(limit)),
         Err(e) => return Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
     };
-    forward_with_retries(group, &parts, body, conn).await
+    let model = if fwd.needs_model || fwd.access_log {
+        crate::router::model::extract(&body).map(Cow::into_owned)
+    } else {
+        None
+    };
+    let path = parts.uri.path();
+    let group_index = fwd
+        .rules
+        .iter()
+        .find(|r| r.matches(path, model.as_deref(), &parts.headers))
+        .map(|r| r.target)
+        .or_else(|| fwd.router.lookup(path).copied())
+        .unwrap_or(fwd.default_group);
+    let group = &rt.groups[group_index];
+    let usage_added = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
+    let strip_usage = usage_added.is_some();
+    let body = usage_added.unwrap_or(body);
+    let resp = forward_with_retries(group, &Outgoing { parts: &parts, body, conn, strip_usage }).await?;
+    Ok((resp, Routed { group: group.name.clone(), model, key }))
+}
+
+fn rate_limited(who: &str, wait: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        "rate_limited",
+        format!("too many requests from {who}; slow down"),
+    )
+    .with_retry_after(Gcra::retry_after_secs(wait))
 }
 
 fn content_length(parts: &Parts) -> Option<u64> {
@@ -105,11 +187,15 @@ fn content_length(parts: &Parts) -> Option<u64> {
 
 /// A failed attempt that another attempt may improve on; the last one is what the client gets
 /// when attempts run out.
+// Both enums are short-lived return values moved once or twice per attempt; boxing the large
+// variant would cost an allocation on every successful request instead.
+#[allow(clippy::large_enum_variant)]
 enum Failed {
     Response(Response<RelayBody>),
     Error(ApiError),
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     /// Relay this to the client: success, or an answer that retrying cannot change.
     Final(Response<RelayBody>),
@@ -124,12 +210,7 @@ enum Outcome {
 
 /// Attempts the request on the group's upstreams per its retry policy. Every attempt happens
 /// before any byte reaches the client, so nothing that was relayed is ever replayed.
-async fn forward_with_retries(
-    group: &Group,
-    parts: &Parts,
-    body: Bytes,
-    conn: ClientConn,
-) -> Result<Response<RelayBody>, ApiError> {
+async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Response<RelayBody>, ApiError> {
     let policy = group.retry;
     let mut tried = 0u64;
     let mut reuses = 0u32;
@@ -163,9 +244,7 @@ async fn forward_with_retries(
             group.members[i].metrics.retries[kind as usize].inc();
         }
         tried |= 1 << picked.index;
-        match attempt(group, &group.members[picked.index], parts, body.clone(), conn, picked.admission, picked.guard)
-            .await
-        {
+        match attempt(group, &group.members[picked.index], out, picked.admission, picked.guard).await {
             Outcome::Final(resp) => return Ok(resp),
             Outcome::Invalid(e) => return Err(e),
             Outcome::Retryable { failed, kind, retry_after } => {
@@ -245,12 +324,12 @@ impl Drop for Verdict<'_> {
 async fn attempt(
     group: &Group,
     member: &Member,
-    parts: &Parts,
-    body: Bytes,
-    conn: ClientConn,
+    out: &Outgoing<'_>,
     admission: Admission,
     guard: InflightGuard,
 ) -> Outcome {
+    let Outgoing { parts, conn, strip_usage, .. } = *out;
+    let body = out.body.clone();
     let upstream = &member.upstream;
     member.metrics.requests.inc();
     let sent_at = Instant::now();
@@ -308,8 +387,20 @@ async fn attempt(
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-    let telemetry = Telemetry { member: member.metrics.clone(), sent_at };
-    let resp = resp.map(|body| RelayBody::new(body, timer, upstream.clone(), telemetry, guard));
+    let telemetry = Telemetry { member: member.metrics.clone(), sent_at, first_byte_ms: None };
+    let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let is_sse = content_type.starts_with("text/event-stream");
+    let options = RelayOptions {
+        timer,
+        // Usage is read from successful answers only; error bodies carry none.
+        scanner: if failure.is_none() && status < 300 {
+            UsageScanner::for_content_type(content_type, strip_usage)
+        } else {
+            None
+        },
+        keepalive: group.sse_keepalive.filter(|_| is_sse),
+    };
+    let resp = resp.map(|body| RelayBody::new(body, status, options, upstream.clone(), telemetry, guard));
     match failure {
         Some(kind) if retry::is_retryable_status(status) => {
             crate::debug!("upstream {} answered {status}", upstream.name);

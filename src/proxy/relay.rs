@@ -12,12 +12,18 @@
 //! the upstream body and with it the upstream request: no tokens are burnt on abandoned streams.
 //!
 //! The body also finishes the request's measurements: time to first byte when the first data
-//! frame passes, the in-flight slot and the request duration when it ends or is dropped.
+//! frame passes; token usage scanned from the frames as they pass (see [`crate::usage`]); the
+//! in-flight slot, request duration, token counts and access log line when it ends or is dropped.
+//!
+//! With `sse_keepalive`, an SSE response that stays silent that long gets a `: keep-alive`
+//! comment — only between events, never inside one — so idle-timeout middleboxes keep the
+//! connection while a reasoning model thinks.
 
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::families::{ForwardMetrics, MemberMetrics};
 use crate::upstream::load::InflightGuard;
 use crate::upstream::Upstream;
+use crate::usage::UsageScanner;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
@@ -72,6 +78,56 @@ pub struct Telemetry {
     pub member: Arc<MemberMetrics>,
     /// When the request was sent upstream (for time to first byte).
     pub sent_at: Instant,
+    /// Time to first byte in milliseconds, once seen (for the access log).
+    pub first_byte_ms: Option<u64>,
+}
+
+/// What the end of the response the client receives completes: request duration, token counts
+/// and the access log line. Set only on that response, never on failed attempts that were retried.
+pub struct Delivery {
+    pub forward: Arc<ForwardMetrics>,
+    pub forward_name: Arc<str>,
+    pub method: usize,
+    pub started: Instant,
+    pub group: Arc<str>,
+    /// The request's `model`, when it was read (labels tokens when the response names none).
+    pub model: Option<String>,
+    pub key: Option<Arc<str>>,
+    /// Present when the forward writes an access log.
+    pub access: Option<AccessLine>,
+}
+
+pub struct AccessLine {
+    pub client: std::net::IpAddr,
+    pub method: hyper::Method,
+    /// The path without its query string (which may carry credentials).
+    pub path: String,
+}
+
+/// Comment lines sent during SSE silence.
+struct KeepAlive {
+    every: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// The last bytes relayed, to know whether the stream is between two events.
+    tail: [u8; 2],
+    sent_any: bool,
+}
+
+const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+impl KeepAlive {
+    fn between_events(&self) -> bool {
+        !self.sent_any || self.tail == *b"\n\n"
+    }
+
+    fn note(&mut self, data: &[u8]) {
+        if let [.., a, b] = data {
+            self.tail = [*a, *b];
+        } else if let [b] = data {
+            self.tail = [self.tail[1], *b];
+        }
+        self.sent_any |= !data.is_empty();
+    }
 }
 
 pub struct RelayBody {
@@ -80,48 +136,91 @@ pub struct RelayBody {
     sleep: Pin<Box<Sleep>>,
     upstream: Arc<Upstream>,
     telemetry: Telemetry,
+    status: u16,
     first_byte_seen: bool,
-    /// The forward's duration histogram, method slot and request start: set only on the
-    /// response the client receives (not on failed attempts that were retried).
-    forward: Option<(Arc<ForwardMetrics>, usize, Instant)>,
+    scanner: Option<UsageScanner>,
+    keepalive: Option<KeepAlive>,
+    delivery: Option<Delivery>,
     /// The upstream's in-flight slot, released when the body ends or is dropped.
     _inflight: InflightGuard,
+}
+
+/// How the relay treats the body beyond passing it on.
+pub struct RelayOptions {
+    pub timer: Timer,
+    pub scanner: Option<UsageScanner>,
+    /// SSE keep-alive interval (applied only to `text/event-stream` responses).
+    pub keepalive: Option<Duration>,
 }
 
 impl RelayBody {
     pub fn new(
         inner: UpstreamBody,
-        timer: Timer,
+        status: u16,
+        options: RelayOptions,
         upstream: Arc<Upstream>,
         telemetry: Telemetry,
         inflight: InflightGuard,
     ) -> Self {
-        let at = match timer {
+        let at = match options.timer {
             Timer::Idle(d) => Instant::now() + d,
             Timer::Deadline(at) => at,
         };
+        let keepalive = options.keepalive.map(|every| KeepAlive {
+            every,
+            sleep: Box::pin(tokio::time::sleep(every)),
+            tail: [0, 0],
+            sent_any: false,
+        });
         RelayBody {
             inner,
-            timer,
+            timer: options.timer,
             sleep: Box::pin(tokio::time::sleep_until(at)),
             upstream,
             telemetry,
+            status,
             first_byte_seen: false,
-            forward: None,
+            scanner: options.scanner,
+            keepalive,
+            delivery: None,
             _inflight: inflight,
         }
     }
 
-    /// Marks this as the response the client gets: its end completes the request duration.
-    pub fn deliver(&mut self, forward: Arc<ForwardMetrics>, method: usize, started: Instant) {
-        self.forward = Some((forward, method, started));
+    /// Marks this as the response the client gets.
+    pub fn deliver(&mut self, delivery: Delivery) {
+        self.delivery = Some(delivery);
     }
 }
 
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        if let Some((f, method, started)) = &self.forward {
-            f.duration[*method].observe_duration(started.elapsed());
+        let Some(d) = &self.delivery else { return };
+        let elapsed = d.started.elapsed();
+        d.forward.duration[d.method].observe_duration(elapsed);
+        let (usage, reported_model) = self.scanner.as_mut().map(UsageScanner::finish).unwrap_or_default();
+        let model = reported_model.as_deref().or(d.model.as_deref()).unwrap_or("unknown");
+        if !usage.is_empty() {
+            d.forward.tokens.add(&d.group, &self.upstream.name, model, d.key.as_deref(), usage);
+        }
+        if let Some(a) = &d.access {
+            let dash = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+            crate::info!(
+                "access forward={} client={} key={} method={} path={} model={} group={} upstream={} status={} ttft_ms={} duration_ms={} prompt_tokens={} completion_tokens={}",
+                d.forward_name,
+                a.client,
+                d.key.as_deref().unwrap_or("-"),
+                a.method,
+                a.path,
+                model,
+                d.group,
+                self.upstream.name,
+                self.status,
+                dash(self.telemetry.first_byte_ms),
+                elapsed.as_millis(),
+                dash(usage.prompt),
+                dash(usage.completion),
+            );
         }
     }
 }
@@ -156,13 +255,33 @@ impl Body for RelayBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if !this.first_byte_seen && frame.is_data() {
-                    this.first_byte_seen = true;
-                    this.telemetry.member.ttft.observe_duration(this.telemetry.sent_at.elapsed());
-                }
                 if let Timer::Idle(d) = this.timer {
                     this.sleep.as_mut().reset(Instant::now() + d);
                 }
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        if !this.first_byte_seen {
+                            this.first_byte_seen = true;
+                            let ttft = this.telemetry.sent_at.elapsed();
+                            this.telemetry.first_byte_ms = Some(ttft.as_millis() as u64);
+                            this.telemetry.member.ttft.observe_duration(ttft);
+                        }
+                        if let Some(scanner) = &mut this.scanner {
+                            data = scanner.frame(data);
+                        }
+                        if let Some(k) = &mut this.keepalive {
+                            k.note(&data);
+                            k.sleep.as_mut().reset(Instant::now() + k.every);
+                        }
+                        if data.is_empty() {
+                            // Everything in it was held back or stripped: wait for more.
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        Frame::data(data)
+                    }
+                    Err(frame) => frame,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -171,18 +290,32 @@ impl Body for RelayBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.telemetry.member.stream_errors[STREAM_TIMEOUT].inc();
-                    let err = RelayTimeout {
-                        upstream: this.upstream.name.clone(),
-                        idle: matches!(this.timer, Timer::Idle(_)),
-                    };
-                    crate::warn!("{err}");
-                    Poll::Ready(Some(Err(Box::new(err))))
+            Poll::Pending => {
+                if let Some(k) = &mut this.keepalive {
+                    if k.sleep.as_mut().poll(cx).is_ready() {
+                        let now = Instant::now();
+                        k.sleep.as_mut().reset(now + k.every);
+                        // Re-arm the timer's waker registration.
+                        let _ = k.sleep.as_mut().poll(cx);
+                        if k.between_events() {
+                            k.note(KEEPALIVE_COMMENT);
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE_COMMENT)))));
+                        }
+                    }
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.telemetry.member.stream_errors[STREAM_TIMEOUT].inc();
+                        let err = RelayTimeout {
+                            upstream: this.upstream.name.clone(),
+                            idle: matches!(this.timer, Timer::Idle(_)),
+                        };
+                        crate::warn!("{err}");
+                        Poll::Ready(Some(Err(Box::new(err))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -232,8 +365,9 @@ mod tests {
         let member = Arc::new(MemberMetrics::default());
         let guard = upstream.load.try_begin(None).unwrap();
         let body = UpstreamBody::Mock(ScheduledBody::new(frames, gap).boxed_unsync());
-        let telemetry = Telemetry { member: member.clone(), sent_at: Instant::now() };
-        (RelayBody::new(body, timer, upstream, telemetry, guard), member)
+        let telemetry = Telemetry { member: member.clone(), sent_at: Instant::now(), first_byte_ms: None };
+        let options = RelayOptions { timer, scanner: None, keepalive: None };
+        (RelayBody::new(body, 200, options, upstream, telemetry, guard), member)
     }
 
     #[tokio::test(start_paused = true)]
@@ -277,7 +411,16 @@ mod tests {
     async fn dropping_the_body_releases_the_slot_and_records_the_duration() {
         let (mut body, _) = relay(frames(3), Duration::from_secs(10), Timer::Idle(Duration::from_secs(60)));
         let forward = Arc::new(ForwardMetrics::default());
-        body.deliver(forward.clone(), 1, Instant::now());
+        body.deliver(Delivery {
+            forward: forward.clone(),
+            forward_name: "f".into(),
+            method: 1,
+            started: Instant::now(),
+            group: "g".into(),
+            model: None,
+            key: None,
+            access: None,
+        });
         let load = body.upstream.load.clone();
         assert_eq!(load.inflight(), 1);
         drop(body);

@@ -7,7 +7,9 @@
 //! declaration order (except among regexes at the same position). Lookup borrows the path and
 //! allocates nothing; patterns and regexes are compiled once, at load.
 
+pub mod model;
 pub mod pattern;
+pub mod rules;
 
 pub use pattern::PatternError;
 use pattern::Segment;

@@ -27,6 +27,8 @@ pub fn spawn(upstream: &Arc<Upstream>) {
         timeout: config::ClientTimeout { connect: cfg.timeout, request: cfg.timeout, idle: 60 },
         retry: None,
         proxy: None,
+        track_usage: false,
+        sse_keepalive: None,
     }) {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,145 @@
+//! Client API keys of a forward (`auth.keys`): who may use the gateway, and how fast.
+//!
+//! A request presents its key as `Authorization: Bearer <key>` or `x-api-key: <key>` (what the
+//! OpenAI and Anthropic SDKs send). The key is found by hash lookup — no scan over all keys —
+//! then compared in constant time; the hash is keyed per process, so lookup timing tells an
+//! attacker nothing about a guess. The credential header is removed before the request goes
+//! upstream, and only the key's *name* appears in metrics and logs.
+
+use crate::admin::constant_time_eq;
+use crate::config::ForwardAuth;
+use crate::metrics::Counter;
+use crate::ratelimit::Gcra;
+use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+pub struct ClientKey {
+    pub name: Arc<str>,
+    secret: Box<[u8]>,
+    limiter: Option<(Gcra, AtomicU64)>,
+    /// Requests authenticated with this key (kept across runtime swaps by name).
+    pub requests: Arc<Counter>,
+}
+
+pub struct ClientKeys {
+    by_secret: HashMap<Box<[u8]>, usize>,
+    pub keys: Vec<ClientKey>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    Unknown,
+    /// The key is over its own rate limit; nanoseconds to wait.
+    RateLimited(u64),
+}
+
+impl ClientKeys {
+    pub fn compile(cfg: &ForwardAuth, previous: Option<&ClientKeys>) -> Self {
+        let keys: Vec<ClientKey> = cfg
+            .keys
+            .iter()
+            .map(|k| ClientKey {
+                name: k.name.as_str().into(),
+                secret: k.key.as_bytes().into(),
+                limiter: k.ratelimit.as_ref().map(|r| (Gcra::new(r.per_second, r.burst), AtomicU64::new(0))),
+                requests: previous
+                    .and_then(|p| p.keys.iter().find(|old| *old.name == *k.name))
+                    .map(|old| old.requests.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let by_secret = keys.iter().enumerate().map(|(i, k)| (k.secret.clone(), i)).collect();
+        ClientKeys { by_secret, keys }
+    }
+
+    /// Authenticates the request at `now` and removes the credential header it used.
+    pub fn admit(&self, headers: &mut HeaderMap, now: u64) -> Result<&ClientKey, Refusal> {
+        let (key, in_bearer, in_api_key) = {
+            let bearer = headers
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            let api_key = headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()).map(str::trim);
+            if bearer.is_none() && api_key.is_none() {
+                return Err(Refusal::Missing);
+            }
+            let found = [bearer, api_key].into_iter().flatten().find_map(|presented| {
+                let i = *self.by_secret.get(presented.as_bytes())?;
+                constant_time_eq(presented.as_bytes(), &self.keys[i].secret).then_some(&self.keys[i])
+            });
+            let key = found.ok_or(Refusal::Unknown)?;
+            let carries = |h: Option<&str>| h.is_some_and(|v| v.as_bytes() == &*key.secret);
+            (key, carries(bearer), carries(api_key))
+        };
+        // Never forwarded: the upstream's own credentials (and header ops) apply next.
+        if in_bearer {
+            headers.remove(AUTHORIZATION);
+        }
+        if in_api_key {
+            headers.remove(&X_API_KEY);
+        }
+        if let Some((gcra, tat)) = &key.limiter {
+            gcra.check(tat, now).map_err(Refusal::RateLimited)?;
+        }
+        key.requests.inc();
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClientKey as Cfg, UpstreamRateLimit};
+    use hyper::header::HeaderValue;
+
+    fn keys() -> ClientKeys {
+        ClientKeys::compile(
+            &ForwardAuth {
+                keys: vec![
+                    Cfg {
+                        name: "team-a".into(),
+                        key: "sk-team-a".into(),
+                        ratelimit: Some(UpstreamRateLimit { per_second: 1, burst: 1 }),
+                    },
+                    Cfg { name: "team-b".into(), key: "sk-team-b".into(), ratelimit: None },
+                ],
+            },
+            None,
+        )
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn bearer_or_x_api_key_and_the_header_is_removed() {
+        let k = keys();
+        let mut h = headers(&[("authorization", "Bearer sk-team-b"), ("x-other", "1")]);
+        assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
+        assert!(!h.contains_key("authorization"));
+        assert!(h.contains_key("x-other"));
+        let mut h = headers(&[("x-api-key", "sk-team-b")]);
+        assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
+        assert!(!h.contains_key("x-api-key"));
+        assert_eq!(k.keys[1].requests.get(), 2);
+    }
+
+    #[test]
+    fn refusals() {
+        let k = keys();
+        assert_eq!(k.admit(&mut HeaderMap::new(), 0).err(), Some(Refusal::Missing));
+        assert_eq!(k.admit(&mut headers(&[("authorization", "Bearer sk-wrong")]), 0).err(), Some(Refusal::Unknown));
+        assert_eq!(k.admit(&mut headers(&[("authorization", "Basic c2s=")]), 0).err(), Some(Refusal::Missing));
+        let t = 10_000_000_000;
+        assert!(k.admit(&mut headers(&[("x-api-key", "sk-team-a")]), t).is_ok());
+        assert!(matches!(k.admit(&mut headers(&[("x-api-key", "sk-team-a")]), t), Err(Refusal::RateLimited(_))));
+    }
+}

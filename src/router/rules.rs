@@ -1,0 +1,43 @@
+//! Routing rules with conditions on the JSON `model` or on request headers. They are tried
+//! before the path trie, in declaration order; a rule matches when every condition it states
+//! matches (its path pattern, its model glob, each of its header globs).
+
+use super::Router;
+use crate::glob::Glob;
+use hyper::header::{HeaderMap, HeaderName};
+
+pub struct ConditionalRule {
+    /// A one-route trie: the same pattern semantics as path rules.
+    path: Option<Router<()>>,
+    model: Option<Glob>,
+    headers: Vec<(HeaderName, Glob)>,
+    pub target: usize,
+}
+
+impl ConditionalRule {
+    pub fn compile(rule: &crate::config::Route, target: usize) -> Result<Self, String> {
+        let path = match &rule.path {
+            Some(p) => {
+                let mut r = Router::new();
+                r.insert(p, ()).map_err(|e| e.to_string())?;
+                Some(r)
+            }
+            None => None,
+        };
+        let headers = rule
+            .headers
+            .iter()
+            .map(|(k, v)| HeaderName::from_bytes(k.as_bytes()).map(|n| (n, Glob::new(v))).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        Ok(ConditionalRule { path, model: rule.model.as_deref().map(Glob::new), headers, target })
+    }
+
+    pub fn matches(&self, path: &str, model: Option<&str>, headers: &HeaderMap) -> bool {
+        self.path.as_ref().is_none_or(|r| r.lookup(path).is_some())
+            && self.model.as_ref().is_none_or(|g| model.is_some_and(|m| g.matches(m)))
+            && self
+                .headers
+                .iter()
+                .all(|(name, g)| headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| g.matches(v))))
+    }
+}

@@ -1,0 +1,334 @@
+//! Token accounting: reading `usage` from what the upstream reports, as the body passes.
+//!
+//! - OpenAI JSON: `usage.prompt_tokens` / `usage.completion_tokens`; streams: the final chunk's
+//!   `usage` (sent when `stream_options.include_usage` is on).
+//! - Anthropic JSON: `usage.input_tokens` / `usage.output_tokens`; streams: `message_start`
+//!   (`message.usage`) and `message_delta` (`usage.output_tokens`, cumulative).
+//!
+//! Streams are scanned line by line without delaying or copying what the client receives: only
+//! the unfinished tail of a frame is kept to join it with the next one, and only lines that
+//! mention `usage` are parsed. A response without usage counts nothing — never a guess.
+//!
+//! With `track_usage`, the scanner also removes the usage-only chunk the proxy asked for on the
+//! client's behalf; then complete lines pass at once and only an unfinished line waits for its
+//! end (an SSE client cannot act on half a line anyway), so the stream is otherwise
+//! byte-identical.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+}
+
+impl Usage {
+    pub fn is_empty(&self) -> bool {
+        self.prompt.is_none() && self.completion.is_none()
+    }
+}
+
+/// A line longer than this is not a usage event; it is skipped rather than buffered.
+const MAX_LINE: usize = 1024 * 1024;
+/// JSON bodies larger than this are not parsed for usage (their frames are not retained).
+const MAX_JSON: usize = 2 * 1024 * 1024;
+
+enum Mode {
+    Sse { partial: Vec<u8>, overlong: bool, dropping_event: bool },
+    Json { frames: Vec<Bytes>, size: usize },
+}
+
+pub struct UsageScanner {
+    mode: Mode,
+    usage: Usage,
+    model: Option<String>,
+    /// Remove the usage-only chunk (`"choices": []` with `usage`) from the client stream.
+    strip: bool,
+}
+
+impl UsageScanner {
+    /// A scanner for a response of `content_type`, or `None` when it cannot carry usage.
+    pub fn for_content_type(content_type: &str, strip: bool) -> Option<Self> {
+        let ct = content_type.to_ascii_lowercase();
+        let mode = if ct.starts_with("text/event-stream") {
+            Mode::Sse { partial: Vec::new(), overlong: false, dropping_event: false }
+        } else if ct.starts_with("application/json") {
+            Mode::Json { frames: Vec::new(), size: 0 }
+        } else {
+            return None;
+        };
+        Some(UsageScanner { mode, usage: Usage::default(), model: None, strip })
+    }
+
+    /// Observes one data frame and returns what the client should receive: the frame itself
+    /// unless usage chunks are being stripped.
+    pub fn frame(&mut self, data: Bytes) -> Bytes {
+        match &mut self.mode {
+            Mode::Json { frames, size } => {
+                if *size + data.len() <= MAX_JSON {
+                    *size += data.len();
+                    frames.push(data.clone()); // a reference count, not a copy
+                } else {
+                    frames.clear();
+                    *size = usize::MAX / 2;
+                }
+                data
+            }
+            Mode::Sse { .. } if self.strip => self.strip_lines(data),
+            Mode::Sse { .. } => {
+                self.scan_lines(&data);
+                data
+            }
+        }
+    }
+
+    fn scan_lines(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(nl + 1);
+            rest = tail;
+            let Mode::Sse { partial, overlong, .. } = &mut self.mode else { return };
+            if partial.is_empty() && !*overlong {
+                self.line(line);
+            } else {
+                let complete = !*overlong;
+                if complete {
+                    partial.extend_from_slice(line);
+                }
+                let joined = std::mem::take(partial);
+                *overlong = false;
+                if complete {
+                    self.line(&joined);
+                }
+            }
+        }
+        if let Mode::Sse { partial, overlong, .. } = &mut self.mode {
+            if !*overlong && partial.len() + rest.len() <= MAX_LINE {
+                partial.extend_from_slice(rest);
+            } else if !rest.is_empty() {
+                partial.clear();
+                *overlong = true;
+            }
+        }
+    }
+
+    /// Like `scan_lines`, but builds the client's bytes without the usage-only event.
+    fn strip_lines(&mut self, data: Bytes) -> Bytes {
+        let mut out = BytesMut::with_capacity(data.len());
+        let mut rest: &[u8] = &data;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (piece, tail) = rest.split_at(nl + 1);
+            rest = tail;
+            let line = match &mut self.mode {
+                Mode::Sse { partial, .. } if !partial.is_empty() => {
+                    partial.extend_from_slice(piece);
+                    std::mem::take(partial)
+                }
+                _ => piece.to_vec(),
+            };
+            let dropping = matches!(self.mode, Mode::Sse { dropping_event: true, .. });
+            if dropping {
+                if is_blank(&line) {
+                    if let Mode::Sse { dropping_event, .. } = &mut self.mode {
+                        *dropping_event = false;
+                    }
+                }
+                continue;
+            }
+            if self.line(&line) {
+                if let Mode::Sse { dropping_event, .. } = &mut self.mode {
+                    *dropping_event = true;
+                }
+                continue;
+            }
+            out.extend_from_slice(&line);
+        }
+        if let Mode::Sse { partial, .. } = &mut self.mode {
+            partial.extend_from_slice(rest);
+        }
+        out.freeze()
+    }
+
+    /// Handles one complete line; returns true when it is a usage-only chunk.
+    fn line(&mut self, line: &[u8]) -> bool {
+        let Some(payload) = line.strip_prefix(b"data:") else { return false };
+        if !contains(payload, b"usage") && !contains(payload, b"\"model\"") {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(payload.trim_ascii()) else { return false };
+        self.event(&v)
+    }
+
+    fn event(&mut self, v: &Value) -> bool {
+        if self.model.is_none() {
+            let model = v.get("model").or_else(|| v.pointer("/message/model")).and_then(Value::as_str);
+            self.model = model.map(str::to_string);
+        }
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => self.read(v.pointer("/message/usage")),
+            Some("message_delta") => self.read(v.get("usage")),
+            _ => {
+                let found = self.read(v.get("usage"));
+                return found && v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+            }
+        };
+        false
+    }
+
+    /// Reads OpenAI or Anthropic field names; later values replace earlier ones (Anthropic's
+    /// counts are cumulative). Returns whether a usage object was there.
+    fn read(&mut self, usage: Option<&Value>) -> bool {
+        let Some(u) = usage.filter(|u| u.is_object()) else { return false };
+        let field = |names: [&str; 2]| names.iter().find_map(|n| u.get(*n).and_then(Value::as_u64));
+        if let Some(p) = field(["prompt_tokens", "input_tokens"]) {
+            self.usage.prompt = Some(p);
+        }
+        if let Some(c) = field(["completion_tokens", "output_tokens"]) {
+            self.usage.completion = Some(c);
+        }
+        true
+    }
+
+    /// Usage and the model the upstream reported, once the body has ended.
+    pub fn finish(&mut self) -> (Usage, Option<String>) {
+        if let Mode::Json { frames, size } = &mut self.mode {
+            let frames = std::mem::take(frames);
+            if *size <= MAX_JSON && !frames.is_empty() {
+                let body: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).collect();
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    self.event(&v);
+                }
+            }
+        }
+        (self.usage, self.model.take())
+    }
+}
+
+/// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
+/// behalf — an OpenAI-style streaming chat request that does not ask for it — or `None`.
+/// Without a `stream_options` key the field is inserted textually, so every other byte of the
+/// request stays as the client wrote it.
+pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
+    if !path.trim_end_matches('/').ends_with("/chat/completions") {
+        return None;
+    }
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("stream").and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    match obj.get("stream_options") {
+        Some(o) if o.get("include_usage").and_then(Value::as_bool) == Some(true) => None,
+        None => {
+            let open = body.iter().position(|&b| b == b'{')?;
+            let mut out = Vec::with_capacity(body.len() + 40);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&body[open + 1..]);
+            Some(out.into())
+        }
+        Some(_) => {
+            let options = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+            if !options.is_object() {
+                *options = Value::Object(Default::default());
+            }
+            options["include_usage"] = Value::Bool(true);
+            serde_json::to_vec(&v).ok().map(Bytes::from)
+        }
+    }
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line == b"\n" || line == b"\r\n"
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_in_pieces(ct: &str, body: &str, piece: usize, strip: bool) -> (Usage, Option<String>, String) {
+        let mut s = UsageScanner::for_content_type(ct, strip).unwrap();
+        let mut out = Vec::new();
+        for chunk in body.as_bytes().chunks(piece) {
+            out.extend_from_slice(&s.frame(Bytes::copy_from_slice(chunk)));
+        }
+        let (u, m) = s.finish();
+        (u, m, String::from_utf8(out).unwrap())
+    }
+
+    const OPENAI_SSE: &str = "data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n\
+data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":34,\"total_tokens\":46}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn openai_stream_usage_in_any_framing() {
+        for piece in [1, 3, 7, 64, 10_000] {
+            let (u, m, out) = scan_in_pieces("text/event-stream", OPENAI_SSE, piece, false);
+            assert_eq!(u, Usage { prompt: Some(12), completion: Some(34) }, "piece {piece}");
+            assert_eq!(m.as_deref(), Some("gpt-4o"));
+            assert_eq!(out, OPENAI_SSE, "untouched");
+        }
+    }
+
+    #[test]
+    fn stripping_removes_exactly_the_usage_chunk() {
+        let without: String = OPENAI_SSE
+            .split("\n\n")
+            .filter(|e| !e.contains("\"choices\":[]"))
+            .map(|e| if e.is_empty() { String::new() } else { format!("{e}\n\n") })
+            .collect();
+        for piece in [1, 5, 64, 10_000] {
+            let (u, _, out) = scan_in_pieces("text/event-stream", OPENAI_SSE, piece, true);
+            assert_eq!(u.completion, Some(34), "still counted");
+            assert_eq!(out, without, "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn anthropic_stream_and_json() {
+        let sse = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"usage is a word\"}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n";
+        let (u, m, _) = scan_in_pieces("text/event-stream; charset=utf-8", sse, 4, false);
+        assert_eq!(u, Usage { prompt: Some(25), completion: Some(15) });
+        assert_eq!(m.as_deref(), Some("claude-x"));
+        let json = r#"{"id":"m","type":"message","model":"claude-x","usage":{"input_tokens":9,"output_tokens":3}}"#;
+        let (u, _, _) = scan_in_pieces("application/json", json, 5, false);
+        assert_eq!(u, Usage { prompt: Some(9), completion: Some(3) });
+    }
+
+    #[test]
+    fn asks_for_usage_only_when_the_client_did_not() {
+        let p = "/v1/chat/completions";
+        let added = ask_for_usage(p, br#"{"model":"m","stream":true,"messages":[]}"#).unwrap();
+        assert_eq!(&added[..], br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#);
+        let v: Value = serde_json::from_slice(
+            &ask_for_usage(p, br#"{"stream":true,"stream_options":{"include_usage":false}}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(ask_for_usage(p, br#"{"stream":true,"stream_options":{"include_usage":true}}"#).is_none());
+        assert!(ask_for_usage(p, br#"{"stream":false}"#).is_none());
+        assert!(ask_for_usage("/v1/embeddings", br#"{"stream":true}"#).is_none());
+        assert!(ask_for_usage(p, b"not json").is_none());
+    }
+
+    #[test]
+    fn openai_json_and_no_usage() {
+        let json =
+            r#"{"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        assert_eq!(
+            scan_in_pieces("application/json", json, 3, false).0,
+            Usage { prompt: Some(5), completion: Some(7) }
+        );
+        let none = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n";
+        assert!(scan_in_pieces("text/event-stream", none, 2, false).0.is_empty(), "no usage, nothing counted");
+        assert!(UsageScanner::for_content_type("text/plain", false).is_none());
+    }
+}
