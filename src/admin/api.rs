@@ -66,6 +66,11 @@ fn route(shared: &Shared, method: &Method, segments: &[&str], body: &[u8]) -> Re
         }
         (["forwards", name, "routes", id], &Method::PUT) => replace_route(shared, name, id, body),
         (["forwards", name, "routes", id], &Method::DELETE) => delete_route(shared, name, id),
+        (["forwards", name, "keys"], &Method::GET) => {
+            ok(forward(&rt, name)?.auth.iter().flat_map(|a| &a.keys).map(masked).collect())
+        }
+        (["forwards", name, "keys"], &Method::POST) => add_key(shared, name, body),
+        (["forwards", name, "keys", key], &Method::DELETE) => delete_key(shared, name, key),
         (["upstream-groups"], &Method::GET) => ok(rt.config.upstream_groups.iter().map(masked).collect()),
         (["upstream-groups", name], &Method::GET) => ok(masked(group(&rt, name)?)),
         (["upstream-groups", name], &Method::PATCH) => patch_group(shared, name, body),
@@ -74,7 +79,10 @@ fn route(shared: &Shared, method: &Method, segments: &[&str], body: &[u8]) -> Re
         (["upstreams", name], &Method::GET) => ok(upstream_json(&rt, upstream(&rt, name)?)),
         (["upstreams", name], &Method::PUT) => replace_upstream(shared, name, body),
         (["upstreams", name], &Method::DELETE) => delete_upstream(shared, name),
-        (["forwards"] | ["forwards", _] | ["forwards", _, "routes"] | ["forwards", _, "routes", _], _)
+        (
+            ["forwards"] | ["forwards", _] | ["forwards", _, "routes" | "keys"] | ["forwards", _, "routes" | "keys", _],
+            _,
+        )
         | (["upstream-groups"] | ["upstream-groups", _] | ["upstreams"] | ["upstreams", _], _) => {
             Err(ApiError::method_not_allowed(format!("{method} is not supported on /api/v1/{}", segments.join("/"))))
         }
@@ -349,6 +357,61 @@ fn delete_route(shared: &Shared, name: &str, id: &str) -> Reply {
         Ok(())
     })?;
     ok(json!({ "deleted": path }))
+}
+
+fn keys_mut<'a>(tree: &'a mut Yaml, forward: &str) -> Result<&'a mut Vec<Yaml>, ApiError> {
+    let forwards = list_mut(tree, &["http_server", "forwards"])?;
+    let i = position(forwards, "name", forward)
+        .ok_or_else(|| ApiError::not_found(format!("no forward named \"{forward}\"")))?;
+    let f = forwards[i].as_mapping_mut().ok_or_else(|| ApiError::invalid_config("forward is not a mapping"))?;
+    let auth = f.entry(Yaml::String("auth".into())).or_insert_with(|| Yaml::Mapping(Default::default()));
+    if !auth.is_mapping() {
+        *auth = Yaml::Mapping(Default::default());
+    }
+    let keys = auth
+        .as_mapping_mut()
+        .map(|a| a.entry(Yaml::String("keys".into())).or_insert_with(|| Yaml::Sequence(Vec::new())));
+    keys.and_then(Yaml::as_sequence_mut).ok_or_else(|| ApiError::invalid_config("auth.keys is not a list"))
+}
+
+/// Adds a client key; the response shows it masked like every other secret.
+fn add_key(shared: &Shared, forward_name: &str, body: &[u8]) -> Reply {
+    let item = Value::Object(parse_object(body)?);
+    let name = item
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("\"name\" is required"))?
+        .to_string();
+    let yaml = to_yaml(&item)?;
+    change(shared, format!("forward {forward_name}: client key {name} added"), |tree| {
+        let keys = keys_mut(tree, forward_name)?;
+        if position(keys, "name", &name).is_some() {
+            return Err(ApiError::conflict(format!("forward \"{forward_name}\" already has a key named \"{name}\"")));
+        }
+        keys.push(yaml);
+        Ok(())
+    })?;
+    let mut shown = item;
+    redact(&mut shown);
+    Ok((StatusCode::CREATED, shown))
+}
+
+/// Removes a client key by name. Removing the last key leaves the forward open (no `auth`).
+fn delete_key(shared: &Shared, forward_name: &str, name: &str) -> Reply {
+    change(shared, format!("forward {forward_name}: client key {name} removed"), |tree| {
+        let keys = keys_mut(tree, forward_name)?;
+        let i = position(keys, "name", name)
+            .ok_or_else(|| ApiError::not_found(format!("forward \"{forward_name}\" has no key named \"{name}\"")))?;
+        keys.remove(i);
+        if keys.is_empty() {
+            let forwards = list_mut(tree, &["http_server", "forwards"])?;
+            if let Some(f) = position(forwards, "name", forward_name).and_then(|i| forwards[i].as_mapping_mut()) {
+                f.remove("auth");
+            }
+        }
+        Ok(())
+    })?;
+    ok(json!({ "deleted": name }))
 }
 
 /// Decodes `%XX` escapes in a path segment (names may contain characters a URL must escape).

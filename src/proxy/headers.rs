@@ -47,6 +47,9 @@ pub struct ForwardedFor<'a> {
 pub fn to_upstream(headers: &mut HeaderMap, upstream: &Upstream, fwd: &ForwardedFor) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
+    // The body is buffered (and may be rewritten, e.g. by track_usage): its length is set from
+    // what is actually sent, never copied from the client.
+    headers.remove(header::CONTENT_LENGTH);
     if let Ok(host) = HeaderValue::from_str(fwd.host) {
         headers.insert(header::HOST, host);
     }

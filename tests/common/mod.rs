@@ -63,6 +63,9 @@ pub struct UpstreamLog {
     /// Status served at `…/health`.
     pub health_status: std::sync::atomic::AtomicU16,
     flaky_seen: AtomicUsize,
+    /// The last request's headers and body, as the upstream received them.
+    pub last_headers: std::sync::Mutex<hyper::HeaderMap>,
+    pub last_body: std::sync::Mutex<Bytes>,
 }
 
 impl UpstreamLog {
@@ -80,6 +83,9 @@ impl UpstreamLog {
 /// - `status?code=C`: that status with a JSON body
 /// - `slow-head?ms=M`: the head after M ms
 /// - `flaky?fail=N&code=C&retry_after=S`: the first N requests get C (with Retry-After S), then 200
+/// - `openai-stream?gap_ms=G` (or any path under `/openai-stream/`): an OpenAI chat stream (3 tokens); the usage chunk only when the
+///   request asked for it with `stream_options.include_usage`
+/// - `split?gap_ms=G`: two SSE events, each sent in two halves G ms apart
 /// - any path under `/always503/`: 503
 /// - `health`: the status in `log.health_status` (not counted in `requests`)
 pub struct TestUpstream {
@@ -133,6 +139,7 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
         return json(code, serde_json::json!({"health": code.as_u16()}));
     }
     log.requests.fetch_add(1, Ordering::SeqCst);
+    *log.last_headers.lock().unwrap() = req.headers().clone();
     if req.uri().path().starts_with("/always503/") {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -142,6 +149,8 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
     let q = query(&req);
     let num = |k: &str, d: u64| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
     let last = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
+    // Under /openai-stream/ every path (…/chat/completions included) is the OpenAI stream script.
+    let last = if req.uri().path().starts_with("/openai-stream/") { "openai-stream".to_string() } else { last };
     match last.as_str() {
         "echo" => {
             let mut headers: HashMap<String, Vec<String>> = HashMap::new();
@@ -160,11 +169,25 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             Response::new(llmproxy::body::full(body))
         }
-        "stream" => {
-            sse(Script { remaining: num("n", 5), gap: Duration::from_millis(num("gap_ms", 50)), end: End::Clean }, log)
+        "stream" => sse(Script::numbered(num("n", 5), num("gap_ms", 50), End::Clean), log),
+        "stall" => sse(Script::numbered(num("after", 2), 10, End::Stall), log),
+        "reset" => sse(Script::numbered(num("after", 2), 10, End::Reset), log),
+        "openai-stream" => {
+            let gap = num("gap_ms", 10);
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            *log.last_body.lock().unwrap() = body.clone();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let usage = v.pointer("/stream_options/include_usage").and_then(|u| u.as_bool()) == Some(true);
+            sse(
+                Script { frames: openai_stream_frames(usage).into(), gap: Duration::from_millis(gap), end: End::Clean },
+                log,
+            )
         }
-        "stall" => sse(Script { remaining: num("after", 2), gap: Duration::from_millis(10), end: End::Stall }, log),
-        "reset" => sse(Script { remaining: num("after", 2), gap: Duration::from_millis(10), end: End::Reset }, log),
+        "split" => {
+            let frames = vec!["data: {\"part\":", "1}\n\n", "data: {\"part\":", "2}\n\n"];
+            let frames = frames.into_iter().map(|f: &'static str| Bytes::from_static(f.as_bytes())).collect();
+            sse(Script { frames, gap: Duration::from_millis(num("gap_ms", 100)), end: End::Clean }, log)
+        }
         "status" => {
             let code = StatusCode::from_u16(num("code", 500) as u16).unwrap();
             json(code, serde_json::json!({"error": {"message": "scripted", "type": "upstream", "code": code.as_u16()}}))
@@ -207,13 +230,39 @@ enum End {
 }
 
 struct Script {
-    remaining: u64,
+    frames: std::collections::VecDeque<Bytes>,
     gap: Duration,
     end: End,
 }
 
+impl Script {
+    fn numbered(n: u64, gap_ms: u64, end: End) -> Script {
+        let frames = (1..=n).map(|i| Bytes::from(format!("data: {{\"n\":{i}}}\n\n"))).collect();
+        Script { frames, gap: Duration::from_millis(gap_ms), end }
+    }
+}
+
+/// The chunks of a three-token OpenAI chat stream, as `openai-stream` sends them.
+pub fn openai_stream_frames(with_usage: bool) -> Vec<Bytes> {
+    let chunk = |delta: &str, finish: &str| {
+        format!("data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n")
+    };
+    let mut frames = vec![
+        chunk(r#"{"role":"assistant","content":""}"#, "null"),
+        chunk(r#"{"content":"Hello"}"#, "null"),
+        chunk(r#"{"content":" there"}"#, "null"),
+        chunk(r#"{"content":"!"}"#, "null"),
+        chunk("{}", "\"stop\""),
+    ];
+    if with_usage {
+        frames.push("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-test\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":3,\"total_tokens\":14}}\n\n".to_string());
+    }
+    frames.push("data: [DONE]\n\n".to_string());
+    frames.into_iter().map(Bytes::from).collect()
+}
+
 fn sse(script: Script, log: Arc<UpstreamLog>) -> Response<ProxyBody> {
-    let body = ScriptedBody { script, sent: 0, timer: Box::pin(tokio::time::sleep(Duration::ZERO)), log };
+    let body = ScriptedBody { script, timer: Box::pin(tokio::time::sleep(Duration::ZERO)), log };
     let mut r = Response::new(body.boxed_unsync());
     r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
     r
@@ -221,14 +270,13 @@ fn sse(script: Script, log: Arc<UpstreamLog>) -> Response<ProxyBody> {
 
 struct ScriptedBody {
     script: Script,
-    sent: u64,
     timer: Pin<Box<tokio::time::Sleep>>,
     log: Arc<UpstreamLog>,
 }
 
 impl Drop for ScriptedBody {
     fn drop(&mut self) {
-        if self.sent < self.script.remaining || self.script.end != End::Clean {
+        if !self.script.frames.is_empty() || self.script.end != End::Clean {
             self.log.stream_dropped.store(true, Ordering::SeqCst);
         }
     }
@@ -240,7 +288,7 @@ impl Body for ScriptedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use std::future::Future;
-        if self.sent == self.script.remaining {
+        if self.script.frames.is_empty() {
             return match self.script.end {
                 End::Clean => Poll::Ready(None),
                 End::Stall => Poll::Pending,
@@ -256,8 +304,7 @@ impl Body for ScriptedBody {
         }
         let gap = self.script.gap;
         self.timer.as_mut().reset(tokio::time::Instant::now() + gap);
-        self.sent += 1;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {{\"n\":{}}}\n\n", self.sent))))))
+        Poll::Ready(self.script.frames.pop_front().map(|f| Ok(Frame::data(f))))
     }
 }
 

@@ -1,0 +1,309 @@
+//! LLM-aware features end to end: model and header routing, client keys, access lists, token
+//! accounting, track_usage and SSE keep-alive.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use std::time::Instant;
+
+const RULES: &str = r#"
+http_server:
+  forwards:
+    - name: main
+      port: 0
+      address: 127.0.0.1
+      default_group: fallback
+      routing:
+        - {path: "/v1/embeddings", model: "text-embedding-3-*", target_group: embed}
+        - {model: "claude-*", target_group: anthropic}
+        - {model: "gpt-4*", headers: {x-tenant: "acme-*"}, target_group: acme}
+        - {path: "/v1/chat/completions", target_group: openai}
+  admin: {port: 0, address: 127.0.0.1}
+upstreams:
+  - {name: a, url: "mock://", mock: {model: served-by-anthropic, ttft_ms: 0}}
+  - {name: o, url: "mock://", mock: {model: served-by-openai, ttft_ms: 0}}
+  - {name: e, url: "mock://", mock: {model: served-by-embed, ttft_ms: 0}}
+  - {name: t, url: "mock://", mock: {model: served-by-acme, ttft_ms: 0}}
+  - {name: f, url: "mock://", mock: {model: served-by-fallback, ttft_ms: 0}}
+upstream_groups:
+  - {name: anthropic, upstreams: [{name: a}]}
+  - {name: openai, upstreams: [{name: o}]}
+  - {name: embed, upstreams: [{name: e}]}
+  - {name: acme, upstreams: [{name: t}]}
+  - {name: fallback, upstreams: [{name: f}]}
+"#;
+
+#[tokio::test]
+async fn model_rules_take_precedence_and_need_every_condition() {
+    let server = start(RULES).await;
+    let addr = server.forward_addr("main").unwrap();
+    // Which upstream served is read from its attempt counter.
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        // model glob beats the static path rule
+        ("/v1/chat/completions", r#"{"model":"claude-3-opus","messages":[]}"#, &[], "a"),
+        // no model rule matches: the path rule
+        ("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[]}"#, &[], "o"),
+        // model and header both match
+        ("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[]}"#, &[("x-tenant", "acme-eu")], "t"),
+        // header does not match its glob
+        ("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[]}"#, &[("x-tenant", "other")], "o"),
+        // path and model must both match
+        ("/v1/embeddings", r#"{"model":"text-embedding-3-small","input":"x"}"#, &[], "e"),
+        ("/v1/embeddings", r#"{"model":"ada-002","input":"x"}"#, &[], "f"),
+        // non-JSON body, or no model: no model rule matches
+        ("/v1/chat/completions", "not json at all", &[], "o"),
+        ("/v1/chat/completions", r#"{"messages":[]}"#, &[], "o"),
+        ("/v2/other", r#"{"messages":[]}"#, &[], "f"),
+    ];
+    for (path, body, headers, want) in cases {
+        let mut req = Request::post(format!("http://{addr}{path}"));
+        for (k, v) in *headers {
+            req = req.header(*k, *v);
+        }
+        let before: Vec<u64> = ["a", "o", "e", "t", "f"].iter().map(|u| upstream_requests(&server, u)).collect();
+        let (_, _, _) = send(addr, req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await;
+        let after: Vec<u64> = ["a", "o", "e", "t", "f"].iter().map(|u| upstream_requests(&server, u)).collect();
+        let served: Vec<&str> = ["a", "o", "e", "t", "f"]
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| a > b)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(served, vec![*want], "{path} {body} {headers:?}");
+    }
+}
+
+fn upstream_requests(server: &llmproxy::server::Server, name: &str) -> u64 {
+    let rt = server.shared.runtime();
+    rt.groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .filter(|m| m.upstream.name == name)
+        .map(|m| m.metrics.requests.get())
+        .sum()
+}
+
+fn keyed_config(url: &str) -> String {
+    format!(
+        r#"
+http_server:
+  forwards:
+    - name: main
+      port: 0
+      address: 127.0.0.1
+      default_group: g
+      auth:
+        keys:
+          - {{name: team-a, key: sk-team-a-secret, ratelimit: {{per_second: 1, burst: 2}}}}
+          - {{name: team-b, key: sk-team-b-secret}}
+  admin: {{port: 0, address: 127.0.0.1}}
+upstreams:
+  - {{name: up, url: "{url}", auth: {{type: bearer, token: sk-upstream}}}}
+upstream_groups:
+  - {{name: g, upstreams: [{{name: up}}]}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn client_keys_via_either_header_never_reach_the_upstream() {
+    let up = TestUpstream::start().await;
+    let server = start(&keyed_config(&up.url("/v1"))).await;
+    let addr = server.forward_addr("main").unwrap();
+    let call = |headers: Vec<(&'static str, &'static str)>| async move {
+        let mut req = Request::get(format!("http://{addr}/v1/echo"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        send(addr, req.body(Full::default()).unwrap()).await
+    };
+    let (status, _, body) = call(vec![]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error_message(&body).contains("API key is required"));
+    let (status, _, body) = call(vec![("authorization", "Bearer sk-wrong")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error_message(&body).contains("not valid"));
+    assert_eq!(up.log.requests(), 0, "refused requests never reach the upstream");
+
+    let (status, _, body) = call(vec![("authorization", "Bearer sk-team-b-secret")]).await;
+    assert_eq!(status, 200);
+    let seen = json_of(&body);
+    assert_eq!(seen["headers"]["authorization"][0], "Bearer sk-upstream", "the upstream's own key replaces it");
+    let (status, _, body) = call(vec![("x-api-key", "sk-team-b-secret")]).await;
+    assert_eq!(status, 200);
+    let seen = json_of(&body);
+    assert!(seen["headers"]["x-api-key"].is_null(), "x-api-key removed: {seen}");
+    assert!(!body.windows(16).any(|w| w == b"sk-team-b-secret"));
+
+    // team-a: burst 2 at 1/s.
+    assert_eq!(call(vec![("x-api-key", "sk-team-a-secret")]).await.0, 200);
+    assert_eq!(call(vec![("x-api-key", "sk-team-a-secret")]).await.0, 200);
+    let (status, headers, _) = call(vec![("x-api-key", "sk-team-a-secret")]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(call(vec![("x-api-key", "sk-team-b-secret")]).await.0, 200, "limits are per key");
+
+    let (_, _, metrics) = get(server.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(text.contains("llmproxy_client_requests_total{forward=\"main\",key=\"team-a\"} 2"), "{text}");
+    assert!(
+        text.contains("llmproxy_http_request_errors_total{forward=\"main\",error=\"unauthorized\",status=\"401\"} 2")
+    );
+    assert!(!text.contains("sk-team"), "keys never in metrics");
+}
+
+#[tokio::test]
+async fn client_keys_are_listed_masked_added_and_removed_through_the_api() {
+    let up = TestUpstream::start().await;
+    let server = start(&keyed_config(&up.url("/v1"))).await;
+    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    let (status, _, body) = get(admin, "/api/v1/forwards/main/keys").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert!(text.contains("team-a") && !text.contains("sk-team-a-secret"), "{text}");
+    let (status, _, body) =
+        post(admin, "/api/v1/forwards/main/keys", r#"{"name":"team-c","key":"sk-team-c-secret"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    assert!(!String::from_utf8_lossy(&body).contains("sk-team-c-secret"));
+    let with_c = Request::get(format!("http://{addr}/v1/echo"))
+        .header("x-api-key", "sk-team-c-secret")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(addr, with_c).await.0, 200);
+    let del =
+        Request::delete(format!("http://{admin}/api/v1/forwards/main/keys/team-c")).body(Full::default()).unwrap();
+    assert_eq!(send(admin, del).await.0, 200);
+    let with_c = Request::get(format!("http://{addr}/v1/echo"))
+        .header("x-api-key", "sk-team-c-secret")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(addr, with_c).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn access_lists_answer_403_before_anything_else() {
+    for (access, want) in [
+        ("{allow: [\"10.0.0.0/8\"]}", StatusCode::FORBIDDEN),
+        ("{allow: [\"127.0.0.0/8\"], deny: [\"127.0.0.1\"]}", StatusCode::FORBIDDEN),
+        ("{allow: [\"127.0.0.1\", \"::1\"]}", StatusCode::OK),
+        ("{deny: [\"192.168.0.0/16\"]}", StatusCode::OK),
+    ] {
+        let yaml = single_upstream_config("mock://", "    mock: {ttft_ms: 0}", "").replace(
+            "timeout: {connect: 1}",
+            &format!("timeout: {{connect: 1}}\n      access: {access}\n      ratelimit: {{per_second: 1, burst: 1}}"),
+        );
+        let server = start(&yaml).await;
+        let addr = server.forward_addr("main").unwrap();
+        let (status, _, body) = get(addr, "/v1/models").await;
+        assert_eq!(status, want, "{access}");
+        if want == StatusCode::FORBIDDEN {
+            assert!(error_message(&body).contains("127.0.0.1 is not allowed"));
+            // 403 comes first: the rate limiter never saw these requests.
+            assert_eq!(get(addr, "/v1/models").await.0, StatusCode::FORBIDDEN);
+        }
+    }
+}
+
+async fn tokens(server: &llmproxy::server::Server) -> String {
+    let (_, _, body) = get(server.admin, "/metrics").await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with("llmproxy_tokens_total"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn tokens_are_counted_for_openai_and_anthropic_json_and_sse() {
+    let server =
+        start(&single_upstream_config("mock://", "    mock: {ttft_ms: 0, token_delay_ms: 0, tokens: 7}", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    // The mock reports one prompt token per 4 request bytes and 7 completion tokens.
+    let mut expected = Vec::new();
+    for (path, model, stream) in [
+        ("/v1/chat/completions", "m-openai-json", false),
+        ("/v1/messages", "m-anthropic-json", false),
+        ("/v1/chat/completions", "m-openai-sse", true),
+        ("/v1/messages", "m-anthropic-sse", true),
+    ] {
+        let body = format!("{{\"model\":\"{model}\",\"stream\":{stream}}}");
+        expected.push((model, body.len() / 4));
+        let (status, headers, _) = post(addr, path, body).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"), stream);
+    }
+    let t = tokens(&server).await;
+    for (model, prompt) in expected {
+        let line = |kind: &str| {
+            format!("llmproxy_tokens_total{{forward=\"main\",group=\"g\",upstream=\"up\",model=\"{model}\",type=\"{kind}\"}}")
+        };
+        assert!(
+            t.contains(&format!("{} {prompt}\n", line("prompt")))
+                || t.ends_with(&format!("{} {prompt}", line("prompt"))),
+            "{model} prompt:\n{t}"
+        );
+        assert!(t.contains(&format!("{} 7", line("completion"))), "{model} completion:\n{t}");
+    }
+    // A response without usage counts nothing.
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(&up.url("/v1"), "", "")).await;
+    assert_eq!(get(server.forward_addr("main").unwrap(), "/v1/stream?n=3&gap_ms=5").await.0, 200);
+    assert_eq!(tokens(&server).await, "");
+}
+
+#[tokio::test]
+async fn track_usage_adds_and_strips_exactly_one_chunk() {
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(&up.url("/openai-stream/v1"), "", "      track_usage: true")).await;
+    let addr = server.forward_addr("main").unwrap();
+    let request = r#"{"model":"gpt-test","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, body) = post(addr, "/v1/chat/completions?gap_ms=5", request).await;
+    assert_eq!(status, 200);
+    let without_usage: Vec<u8> = openai_stream_frames(false).iter().flat_map(|b| b.to_vec()).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        String::from_utf8_lossy(&without_usage),
+        "the client sees the stream it asked for"
+    );
+    let sent = up.log.last_body.lock().unwrap().clone();
+    let v: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(v["stream_options"]["include_usage"], true, "usage was asked for upstream");
+    assert!(tokens(&server).await.contains("model=\"gpt-test\",type=\"completion\"} 3"));
+
+    // A client that asks for usage itself gets the chunk untouched.
+    let asking = r#"{"model":"gpt-test","stream":true,"stream_options":{"include_usage":true}}"#;
+    let (_, _, body) = post(addr, "/v1/chat/completions?gap_ms=5", asking).await;
+    let with_usage: Vec<u8> = openai_stream_frames(true).iter().flat_map(|b| b.to_vec()).collect();
+    assert_eq!(body.to_vec(), with_usage);
+    assert_eq!(&up.log.last_body.lock().unwrap()[..], asking.as_bytes(), "its request is forwarded byte for byte");
+}
+
+#[tokio::test]
+async fn sse_keepalive_comments_only_in_silence_between_events() {
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(&up.url("/v1"), "", "      sse_keepalive: 1")).await;
+    let addr = server.forward_addr("main").unwrap();
+    // Three events 2.5 s apart: two silent seconds between each.
+    let started = Instant::now();
+    let (_, _, body) = get(addr, "/v1/stream?n=3&gap_ms=2500").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let comments = text.matches(": keep-alive\n\n").count();
+    assert!((3..=6).contains(&comments), "{comments} comments in {:?}: {text:?}", started.elapsed());
+    assert_eq!(text.replace(": keep-alive\n\n", ""), "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: {\"n\":3}\n\n");
+    // Silence in the middle of an event is not interrupted.
+    let (_, _, body) = get(addr, "/v1/split?gap_ms=1500").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(!text.contains("\"part\":: keep-alive"), "{text:?}");
+    assert_eq!(text.replace(": keep-alive\n\n", ""), "data: {\"part\":1}\n\ndata: {\"part\":2}\n\n");
+    assert!(text.matches(": keep-alive").count() >= 1, "the silence between the events got one: {text:?}");
+    // Non-SSE bodies never get comments.
+    let (_, _, body) = get(addr, "/v1/slow-head?ms=1500").await;
+    assert!(!String::from_utf8_lossy(&body).contains("keep-alive"));
+    let resp =
+        client().request(Request::get(format!("http://{addr}/v1/echo")).body(Full::default()).unwrap()).await.unwrap();
+    assert!(!String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).contains("keep-alive"));
+}
