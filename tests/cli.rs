@@ -243,15 +243,24 @@ fn secrets_never_reach_the_logs() {
     let yaml = format!(
         r#"
 http_server:
-  forwards: [{{name: main, port: 0, address: 127.0.0.1, default_group: g}}]
+  forwards:
+    - {{name: main, port: 0, address: 127.0.0.1, default_group: g}}
+    - name: keyed
+      port: 0
+      address: 127.0.0.1
+      default_group: m
+      access_log: true
+      auth: {{keys: [{{name: team-log, key: sk-client-key-value}}]}}
   admin: {{port: 0, address: 127.0.0.1}}
 upstreams:
   - name: up
     url: "http://{dead}/v1"
     auth: {{type: bearer, token: "${{LOG_TEST_TOKEN}}"}}
     headers: [{{op: replace, key: x-api-key, value: header-secret-value}}]
+  - {{name: mocked, url: "mock://", mock: {{ttft_ms: 30, token_delay_ms: 1, tokens: 5}}}}
 upstream_groups:
   - {{name: g, upstreams: [{{name: up}}], http_client: {{retry: {{attempts: 1, initial: 100}}}}}}
+  - {{name: m, upstreams: [{{name: mocked}}]}}
 "#
     );
     let path = temp_config("secrets.yaml", &yaml);
@@ -273,11 +282,14 @@ upstream_groups:
         }
     });
     let mut log = Vec::new();
-    let (mut forward, mut admin) = (None, None);
-    while forward.is_none() || admin.is_none() {
+    let (mut forward, mut keyed, mut admin) = (None, None, None);
+    while forward.is_none() || keyed.is_none() || admin.is_none() {
         let line = lines.recv_timeout(Duration::from_secs(20)).expect("startup");
         if let Some(a) = line.split("forward main listening on http://").nth(1) {
             forward = Some(a.parse::<SocketAddr>().unwrap());
+        }
+        if let Some(a) = line.split("forward keyed listening on http://").nth(1) {
+            keyed = Some(a.parse::<SocketAddr>().unwrap());
         }
         if let Some(a) = line.split("admin listening on http://").nth(1) {
             admin = Some(a.parse::<SocketAddr>().unwrap());
@@ -286,6 +298,13 @@ upstream_groups:
     }
     let reply = http(forward.unwrap(), "{}").unwrap();
     assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    // A client key on a forward with an access log.
+    let mut s = TcpStream::connect(keyed.unwrap()).unwrap();
+    let body = r#"{"model":"gpt-logged","stream":true}"#;
+    write!(s, "POST /v1/chat/completions?secret=query-secret HTTP/1.1\r\nHost: x\r\nx-api-key: sk-client-key-value\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("[DONE]"), "{resp}");
     // An admin API change is logged too (without values).
     let mut s = TcpStream::connect(admin.unwrap()).unwrap();
     let body = r#"{"name":"extra","url":"mock://","auth":{"type":"bearer","token":"sk-posted-secret"}}"#;
@@ -300,7 +319,32 @@ upstream_groups:
     let log = log.join("\n");
     assert!(log.contains("admin API: upstream extra created"), "{log}");
     assert!(log.contains("cannot connect to upstream up"), "debug logging was on: {log}");
-    for secret in ["sk-token-in-env", "header-secret-value", "admin-token-value", "sk-posted-secret"] {
+    let access =
+        log.lines().find(|l| l.contains("access forward=keyed")).unwrap_or_else(|| panic!("no access line:\n{log}"));
+    for field in [
+        "key=team-log",
+        "method=POST",
+        "path=/v1/chat/completions ",
+        "model=gpt-logged",
+        "group=m",
+        "upstream=mocked",
+        "status=200",
+        "prompt_tokens=9",
+        "completion_tokens=5",
+    ] {
+        assert!(access.contains(field), "{field} missing from {access}");
+    }
+    let ttft: u64 = access.split("ttft_ms=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let duration: u64 = access.split("duration_ms=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(ttft >= 30 && duration >= ttft, "{access}");
+    for secret in [
+        "sk-token-in-env",
+        "header-secret-value",
+        "admin-token-value",
+        "sk-posted-secret",
+        "sk-client-key-value",
+        "query-secret",
+    ] {
         assert!(!log.contains(secret), "{secret} reached the logs:\n{log}");
     }
 }

@@ -425,7 +425,15 @@ http_server:
         - {path: "/v1/{model:gpt-.*}/x", target_group: pool}
         - {path: "/v1/:kind/y", target_group: pool}
         - {path: "/files/*", target_group: embed}
+        - {model: "claude-*", target_group: embed}
+        - {path: "/v1/embeddings", model: "text-embedding-3-*", headers: {x-tenant: "acme-*"}, target_group: embed}
       ratelimit: {enabled: true, per_second: 10, burst: 20}
+      auth:
+        keys:
+          - {name: team-a, key: sk-a, ratelimit: {per_second: 5, burst: 10}}
+          - {name: team-b, key: sk-b}
+      access: {allow: ["10.0.0.0/8", "127.0.0.1", "::1"], deny: ["10.6.0.0/16"]}
+      access_log: true
       timeout: {connect: 5}
       max_body_size: 2097152
       tls: {cert: /etc/cert.pem, key: /etc/key.pem}
@@ -445,6 +453,8 @@ upstreams:
     breaker: {threshold: 0.25, cooldown: 12}
     ratelimit: {per_second: 7, burst: 9}
     weight: 4
+    max_concurrency: 16
+    health_check: {path: /v1/models, interval: 15, timeout: 3}
   - name: b
     url: "http://10.0.0.2:8000"
     auth: {type: basic, username: u, password: p}
@@ -462,6 +472,8 @@ upstream_groups:
       timeout: {connect: 2, request: 30, idle: 15}
       retry: {attempts: 5, initial: 200}
       proxy: {url: "socks5://user:pw@127.0.0.1:1080"}
+      track_usage: true
+      sse_keepalive: 15
   - name: embed
     upstreams: [{name: m}]
     balance: {strategy: failover}
@@ -494,4 +506,49 @@ fn default_config_file_validates() {
 fn missing_file_names_the_path() {
     let err = config::load(std::path::Path::new("/nonexistent/llmproxy.yaml"), &no_env()).unwrap_err().to_string();
     assert!(err.starts_with("/nonexistent/llmproxy.yaml: cannot read configuration: no such file"), "{err}");
+}
+
+#[test]
+fn llm_gateway_keys_are_validated_with_paths() {
+    let rule = |yaml: &str| with("http_server.forwards.0.routing", serde_yaml::from_str(yaml).unwrap());
+    let err = rule("[{target_group: g}]").unwrap_err();
+    assert!(err.contains("http_server.forwards[0].routing[0]: a routing rule needs a `path` or a `model`"), "{err}");
+    let err = rule("[{headers: {x-tenant: a}, target_group: g}]").unwrap_err();
+    assert!(err.contains("needs a `path` or a `model`"), "{err}");
+    let c = rule("[{model: 'gpt-*', headers: {X-Tenant: 'acme-*'}, target_group: g}]").unwrap();
+    assert_eq!(c.http_server.forwards[0].routing[0].headers, vec![("x-tenant".to_string(), "acme-*".to_string())]);
+    let err = rule("[{model: 'gpt-*', path: 'v1', target_group: g}]").unwrap_err();
+    assert!(err.contains("routing[0].path"), "{err}");
+
+    let err =
+        with("http_server.forwards.0.access", serde_yaml::from_str("{allow: [10.0.0.0/8, 10.0.0.0/33]}").unwrap())
+            .unwrap_err();
+    assert!(
+        err.starts_with("http_server.forwards[0].access.allow[1]: \"10.0.0.0/33\": prefix length must be 0-32"),
+        "{err}"
+    );
+    let err =
+        with("http_server.forwards.0.access", serde_yaml::from_str("{deny: [example.com]}").unwrap()).unwrap_err();
+    assert!(err.contains("access.deny[0]") && err.contains("not an IP address"), "{err}");
+
+    let keys = |yaml: &str| with("http_server.forwards.0.auth", serde_yaml::from_str(yaml).unwrap());
+    let err = keys("{keys: [{name: a, key: k1}, {name: a, key: k2}]}").unwrap_err();
+    assert!(err.contains("auth.keys[1].name: duplicate key name \"a\""), "{err}");
+    let err = keys("{keys: [{name: a, key: k1}, {name: b, key: k1}]}").unwrap_err();
+    assert!(err.contains("auth.keys[1].key: the same key is also given to \"a\""), "{err}");
+    let err = keys("{keys: [{name: a, key: '${UNSET_CLIENT_KEY}'}]}").unwrap_err();
+    assert!(err.contains("auth.keys[0].key: is empty: environment variable UNSET_CLIENT_KEY"), "{err}");
+    let err = keys("{keys: []}").unwrap_err();
+    assert!(err.contains("auth.keys: needs at least one key"), "{err}");
+
+    for (v, ok) in [(0, false), (1, true), (3600, true), (3601, false)] {
+        assert_eq!(
+            with("upstream_groups.0.http_client.sse_keepalive", Value::from(v)).is_ok(),
+            ok,
+            "sse_keepalive {v}"
+        );
+    }
+    let c = parse(MINIMAL).unwrap();
+    assert!(!c.upstream_groups[0].http_client.track_usage && c.upstream_groups[0].http_client.sse_keepalive.is_none());
+    assert!(!c.http_server.forwards[0].access_log && c.http_server.forwards[0].auth.is_none());
 }
