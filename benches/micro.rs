@@ -87,6 +87,42 @@ fn main() {
         black_box(breaker.record(a, true, i * 1000));
     });
 
+    let h = llmproxy::metrics::Histogram::default();
+    bench("metrics: histogram observe", N, |i| {
+        h.observe(black_box((i % 1000) as f64 / 100.0));
+    });
+    let c = llmproxy::metrics::Counter::default();
+    bench("metrics: counter inc", N, |_| {
+        black_box(&c).inc();
+    });
+    let big = runtime("roundrobin", 64);
+    let rt100 = {
+        // 100 upstreams across two groups (a group holds at most 64).
+        let ups: String = (0..100).map(|i| format!("  - {{name: u{i}, url: \"mock://\", breaker: {{}}}}\n")).collect();
+        let a: String = (0..50).map(|i| format!("{{name: u{i}}}, ")).collect();
+        let b: String = (50..100).map(|i| format!("{{name: u{i}}}, ")).collect();
+        let yaml = format!(
+            "http_server:\n  forwards: [{{name: f, port: 0, default_group: a}}]\n  admin: {{port: 0}}\nupstreams:\n{ups}upstream_groups:\n  - {{name: a, upstreams: [{a}]}}\n  - {{name: b, upstreams: [{b}]}}\n"
+        );
+        match llmproxy::config::from_str(&yaml, &std::collections::HashMap::<String, String>::new()).map(Runtime::build)
+        {
+            Ok(Ok(rt)) => rt,
+            other => panic!("bench config: {:?}", other.err()),
+        }
+    };
+    for g in &rt100.groups {
+        for m in &g.members {
+            m.metrics.requests.add(12345);
+            m.metrics.duration.observe(0.4);
+            m.metrics.ttft.observe(0.2);
+        }
+    }
+    let scrape_len = llmproxy::metrics::families::scrape(&rt100).len();
+    bench(&format!("metrics: full scrape, 100 upstreams ({} KiB)", scrape_len / 1024), 2_000, |_| {
+        black_box(llmproxy::metrics::families::scrape(&rt100));
+    });
+    drop(big);
+
     for strategy in ["roundrobin", "weighted_roundrobin", "random", "response_aware", "failover"] {
         let rt = runtime(strategy, 8);
         let g = &rt.groups[0];
