@@ -4,7 +4,7 @@ CARGO  ?= cargo
 CONFIG ?= config.default.yaml
 BIN     = target/release/llmproxyd
 
-.PHONY: help build release run test lint ci bench clean
+.PHONY: help build release run test lint ci bench fuzz clean
 
 help:
 	@echo "make build    debug build"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint     rustfmt --check and clippy -D warnings"
 	@echo "make ci       lint + test + release build + config check (what CI runs)"
 	@echo "make bench    micro benchmarks (ns/op of router, limiter, breaker, pick)"
+	@echo "make fuzz     run each cargo-fuzz target for FUZZ_SECONDS (nightly; installs cargo-fuzz)"
 
 build:
 	$(CARGO) build --locked
@@ -36,6 +37,17 @@ ci: lint test release
 
 bench:
 	$(CARGO) bench --locked --bench micro
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = router config sse
+
+fuzz:
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p work/$$t && \
+	  $(CARGO) +nightly fuzz run $$t work/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

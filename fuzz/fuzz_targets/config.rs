@@ -1,0 +1,4 @@
+//! See `llmproxy::fuzzing::config` for the input format and the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| llmproxy::fuzzing::config(data));

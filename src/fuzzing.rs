@@ -1,0 +1,152 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and by `make ci`, which replays the
+//! committed corpus through them on stable Rust, so the targets can never rot.
+//!
+//! Each function must never panic on any input except to report a broken invariant: panicking
+//! is how a fuzzer learns of one, so the crate-wide ban on panics is lifted here (nothing in the
+//! server calls these functions).
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use crate::router::pattern::{self, Segment};
+use crate::router::Router;
+use std::cmp::Ordering;
+
+/// Patterns and paths as text: lines up to the first empty line are patterns, the rest paths.
+/// Invariant: the trie agrees with a naive matcher that tries every rule and keeps the
+/// highest-priority match.
+pub fn router(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let mut trie = Router::new();
+    let mut rules: Vec<Vec<Segment>> = Vec::new();
+    for line in lines.by_ref().take_while(|l| !l.is_empty()).take(32) {
+        // Long regexes make compilation, not matching, the subject; keep rules short.
+        if line.len() > 64 {
+            continue;
+        }
+        if trie.insert(line, rules.len()).is_ok() {
+            match pattern::parse(line) {
+                Ok(segments) => rules.push(segments),
+                Err(e) => panic!("the trie accepted {line:?} that the parser rejects: {e}"),
+            }
+        }
+    }
+    for path in lines.take(64) {
+        let want = reference(&rules, path);
+        let got = trie.lookup(path).copied();
+        assert_eq!(got, want, "path {path:?} over rules {rules:?}");
+    }
+}
+
+/// The naive matcher: every rule, in full, then the best by priority.
+fn reference(rules: &[Vec<Segment>], path: &str) -> Option<usize> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let matching: Vec<usize> = (0..rules.len()).filter(|&i| matches(&rules[i], &segs)).collect();
+    matching.into_iter().min_by(|&a, &b| priority(rules, a, b))
+}
+
+fn matches(rule: &[Segment], segs: &[&str]) -> bool {
+    let mut i = 0;
+    for seg in rule {
+        match seg {
+            Segment::Rest => return i < segs.len(),
+            _ if i >= segs.len() => return false,
+            Segment::Static(s) if s != segs[i] => return false,
+            Segment::Regex { regex, .. } if !regex.is_match(segs[i]) => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    i == segs.len()
+}
+
+fn kind(s: &Segment) -> u8 {
+    match s {
+        Segment::Static(_) => 0,
+        Segment::Regex { .. } => 1,
+        Segment::Param => 2,
+        Segment::Wildcard => 3,
+        Segment::Rest => 4,
+    }
+}
+
+fn same_shape(a: &Segment, b: &Segment) -> bool {
+    match (a, b) {
+        (Segment::Static(x), Segment::Static(y)) => x == y,
+        (Segment::Regex { source: x, .. }, Segment::Regex { source: y, .. }) => x == y,
+        _ => kind(a) == kind(b),
+    }
+}
+
+/// Compares two matching rules at their first differing segment: by kind, and between two
+/// regexes by which one was declared first at that position (after the same prefix).
+fn priority(rules: &[Vec<Segment>], a: usize, b: usize) -> Ordering {
+    let (ra, rb) = (&rules[a], &rules[b]);
+    let Some(i) = (0..ra.len().min(rb.len())).find(|&i| !same_shape(&ra[i], &rb[i])) else {
+        return ra.len().cmp(&rb.len());
+    };
+    match kind(&ra[i]).cmp(&kind(&rb[i])) {
+        Ordering::Equal => {
+            let first = |rule: &[Segment]| {
+                rules
+                    .iter()
+                    .position(|r| r.len() > i && (0..=i).all(|j| same_shape(&r[j], &rule[j])))
+                    .unwrap_or(usize::MAX)
+            };
+            first(ra).cmp(&first(rb))
+        }
+        other => other,
+    }
+}
+
+/// Arbitrary bytes as a configuration file: either an error (with a message) or a configuration
+/// that compiles into a runtime and survives a write/read round trip unchanged.
+pub fn config(data: &[u8]) {
+    let env: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let text = String::from_utf8_lossy(data);
+    match crate::config::from_str(&text, &env) {
+        Err(e) => assert!(!e.message.is_empty(), "an error without a reason"),
+        Ok(config) => {
+            let written = serde_yaml::to_string(&config).unwrap_or_else(|e| panic!("cannot write a valid config: {e}"));
+            let again = crate::config::from_str(&written, &crate::config::Literal);
+            assert_eq!(again.as_ref().ok(), Some(&config), "round trip changed the config: {written}");
+            if let Err(e) = crate::runtime::Runtime::build(config) {
+                panic!("a validated config failed to compile: {e}");
+            }
+        }
+    }
+}
+
+/// Arbitrary bytes as a response body, cut into frames of varying sizes: the usage scanner never
+/// panics, passes bytes through unchanged, reads the same usage whatever the framing, and when
+/// stripping removes only whole lines.
+pub fn sse(data: &[u8]) {
+    use crate::usage::UsageScanner;
+    use bytes::Bytes;
+    let _ = crate::router::model::extract(data);
+    let Some((&step, body)) = data.split_first() else { return };
+    let step = usize::from(step % 17) + 1;
+    let run = |content_type: &str, strip: bool, chunk: usize| {
+        let mut s = UsageScanner::for_content_type(content_type, strip).unwrap_or_else(|| panic!("{content_type}"));
+        let mut out = Vec::new();
+        for piece in body.chunks(chunk.max(1)) {
+            out.extend_from_slice(&s.frame(Bytes::copy_from_slice(piece)));
+        }
+        (s.finish(), out)
+    };
+    for ct in ["text/event-stream", "application/json"] {
+        let (whole, out) = run(ct, false, body.len());
+        assert_eq!(out, body, "{ct}: bytes changed");
+        let (pieces, out) = run(ct, false, step);
+        assert_eq!(out, body, "{ct}: bytes changed in pieces");
+        assert_eq!(whole, pieces, "{ct}: framing changed the usage read");
+    }
+    let (_, stripped) = run("text/event-stream", true, step);
+    // Complete lines of the output appear in the input in the same order.
+    let input: Vec<&[u8]> = body.split_inclusive(|&b| b == b'\n').collect();
+    let mut at = 0;
+    for line in stripped.split_inclusive(|&b| b == b'\n').filter(|l| l.ends_with(b"\n")) {
+        let found = input[at..].iter().position(|l| *l == line);
+        let Some(k) = found else { panic!("stripping produced a line that was not in the input: {line:?}") };
+        at += k + 1;
+    }
+}
