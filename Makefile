@@ -4,7 +4,7 @@ CARGO  ?= cargo
 CONFIG ?= config.default.yaml
 BIN     = target/release/llmproxyd
 
-.PHONY: help build release run test lint ci bench fuzz clean
+.PHONY: help build release run test lint ci bench fuzz static install install-check clean
 
 help:
 	@echo "make build    debug build"
@@ -15,6 +15,8 @@ help:
 	@echo "make ci       lint + test + release build + config check (what CI runs)"
 	@echo "make bench    micro benchmarks (ns/op of router, limiter, breaker, pick)"
 	@echo "make fuzz     run each cargo-fuzz target for FUZZ_SECONDS (nightly; installs cargo-fuzz)"
+	@echo "make static   static musl binary ($(STATIC_BIN)), checked and measured"
+	@echo "make install  binary, systemd unit and /etc/llmproxy/config.yaml (PREFIX, DESTDIR)"
 
 build:
 	$(CARGO) build --locked
@@ -32,7 +34,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-ci: lint test release
+ci: lint test release install-check
 	$(BIN) -t -c $(CONFIG)
 
 bench:
@@ -48,6 +50,51 @@ fuzz:
 	  mkdir -p work/$$t && \
 	  $(CARGO) +nightly fuzz run $$t work/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
 	done
+
+MUSL_TARGET = x86_64-unknown-linux-musl
+STATIC_BIN  = target/$(MUSL_TARGET)/dist/llmproxyd
+
+static:
+	rustup target list --installed | grep -q '^$(MUSL_TARGET)$$' || rustup target add $(MUSL_TARGET)
+	command -v musl-gcc >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-tools)
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --locked --profile dist --target $(MUSL_TARGET)
+	@ldd $(STATIC_BIN) 2>&1 | grep -qE 'statically linked|not a dynamic executable' || { echo "$(STATIC_BIN) is dynamically linked" >&2; exit 1; }
+	@echo "static: $(STATIC_BIN) is statically linked, $$(stat -c %s $(STATIC_BIN) | awk '{printf "%.1f MiB", $$1/1048576}')"
+	$(STATIC_BIN) -t -c $(CONFIG)
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
+
+# Installs the static binary when built (`make static`), else the release build. An existing
+# /etc/llmproxy/config.yaml is never overwritten.
+install:
+	@bin=$(STATIC_BIN); [ -x "$$bin" ] || bin=$(BIN); [ -x "$$bin" ] || { $(CARGO) build --release --locked && bin=$(BIN); }; \
+	install -D -m 0755 "$$bin" $(DESTDIR)$(PREFIX)/bin/llmproxyd
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/llmproxy $(DESTDIR)/etc/sysctl.d $(DESTDIR)$(PREFIX)/share/doc/llmproxy
+	sed 's|/usr/local/|$(PREFIX)/|g' deploy/llmproxy.service > $(DESTDIR)$(UNITDIR)/llmproxy.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/llmproxy.service
+	install -m 0644 deploy/sysctl.conf $(DESTDIR)/etc/sysctl.d/60-llmproxy.conf
+	install -m 0644 README.md config.default.yaml $(DESTDIR)$(PREFIX)/share/doc/llmproxy/
+	@if [ -e $(DESTDIR)/etc/llmproxy/config.yaml ]; then \
+	  echo "keeping existing $(DESTDIR)/etc/llmproxy/config.yaml"; \
+	else \
+	  install -m 0644 config.default.yaml $(DESTDIR)/etc/llmproxy/config.yaml; \
+	fi
+	@if command -v systemd-analyze >/dev/null; then \
+	  sed 's|$(PREFIX)/bin/llmproxyd|$(abspath $(DESTDIR)$(PREFIX))/bin/llmproxyd|g' $(DESTDIR)$(UNITDIR)/llmproxy.service > $(DESTDIR)/etc/llmproxy/.verify.service && \
+	  systemd-analyze verify $(DESTDIR)/etc/llmproxy/.verify.service && echo "systemd-analyze verify: ok"; \
+	  rc=$$?; rm -f $(DESTDIR)/etc/llmproxy/.verify.service; exit $$rc; \
+	fi
+
+# Installs into a scratch DESTDIR twice: the unit verifies, and a changed config survives.
+install-check: release
+	rm -rf target/install-check
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/target/install-check
+	echo "# edited" >> target/install-check/etc/llmproxy/config.yaml
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/target/install-check > target/install-check.log
+	grep -q "keeping existing" target/install-check.log
+	grep -q "# edited" target/install-check/etc/llmproxy/config.yaml
 
 clean:
 	$(CARGO) clean
