@@ -4,7 +4,7 @@ CARGO  ?= cargo
 CONFIG ?= config.default.yaml
 BIN     = target/release/llmproxyd
 
-.PHONY: help build release run test lint ci bench fuzz static install install-check clean
+.PHONY: help build release run test lint ci bench bench-compare fuzz static install install-check clean
 
 help:
 	@echo "make build    debug build"
@@ -13,7 +13,8 @@ help:
 	@echo "make test     all unit and integration tests"
 	@echo "make lint     rustfmt --check and clippy -D warnings"
 	@echo "make ci       lint + test + release build + config check (what CI runs)"
-	@echo "make bench    micro benchmarks (ns/op of router, limiter, breaker, pick)"
+	@echo "make bench    micro benchmarks (ns/op) and the latency benchmark (direct vs proxied)"
+	@echo "make bench-compare  llmproxyd vs nginx, pinned cores, interleaved rounds (installs nginx)"
 	@echo "make fuzz     run each cargo-fuzz target for FUZZ_SECONDS (nightly; installs cargo-fuzz)"
 	@echo "make static   static musl binary ($(STATIC_BIN)), checked and measured"
 	@echo "make install  binary, systemd unit and /etc/llmproxy/config.yaml (PREFIX, DESTDIR)"
@@ -37,8 +38,15 @@ lint:
 ci: lint test release install-check
 	$(BIN) -t -c $(CONFIG)
 
+# Benchmarks print figures; they assert nothing. BENCH_SECONDS sets the length of each case.
 bench:
 	$(CARGO) bench --locked --bench micro
+	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency
+
+bench-compare:
+	command -v nginx >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx)
+	command -v taskset >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q util-linux)
+	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency -- compare
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS = router config sse

@@ -33,7 +33,7 @@ pub struct Runtime {
 const CLIENT_LIMITER_CAPACITY: usize = 16_384;
 
 pub struct Forward {
-    pub name: String,
+    pub name: Arc<str>,
     /// Values are indexes into [`Runtime::groups`].
     pub router: Router<usize>,
     /// Model and header rules, tried first in declaration order.
@@ -141,7 +141,7 @@ impl Runtime {
             let old = previous.and_then(|p| p.forward(&f.name));
             let metrics = old.map(|o| o.metrics.clone()).unwrap_or_default();
             forwards.push(Forward {
-                name: f.name.clone(),
+                name: f.name.as_str().into(),
                 router,
                 needs_model: f.routing.iter().any(|r| r.model.is_some()),
                 rules,
@@ -158,7 +158,7 @@ impl Runtime {
     }
 
     pub fn forward(&self, name: &str) -> Option<&Forward> {
-        self.forwards.iter().find(|f| f.name == name)
+        self.forwards.iter().find(|f| &*f.name == name)
     }
 
     pub fn group(&self, name: &str) -> Option<&Group> {

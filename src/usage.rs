@@ -16,6 +16,7 @@
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -156,53 +157,81 @@ impl UsageScanner {
         if !contains(payload, b"usage") && !contains(payload, b"\"model\"") {
             return false;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(payload.trim_ascii()) else { return false };
-        self.event(&v)
+        self.report(payload.trim_ascii())
     }
 
-    fn event(&mut self, v: &Value) -> bool {
+    /// Reads one JSON event or body; returns true for a usage-only chunk (`"choices": []`).
+    fn report(&mut self, json: &[u8]) -> bool {
+        let Ok(r) = serde_json::from_slice::<Report>(json) else { return false };
         if self.model.is_none() {
-            let model = v.get("model").or_else(|| v.pointer("/message/model")).and_then(Value::as_str);
+            let model = r.model.as_deref().or(r.message.as_ref().and_then(|m| m.model.as_deref()));
             self.model = model.map(str::to_string);
         }
-        match v.get("type").and_then(Value::as_str) {
-            Some("message_start") => self.read(v.pointer("/message/usage")),
-            Some("message_delta") => self.read(v.get("usage")),
-            _ => {
-                let found = self.read(v.get("usage"));
-                return found && v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
-            }
+        let usage = match r.kind.as_deref() {
+            Some("message_start") => r.message.and_then(|m| m.usage),
+            _ => r.usage,
         };
-        false
-    }
-
-    /// Reads OpenAI or Anthropic field names; later values replace earlier ones (Anthropic's
-    /// counts are cumulative). Returns whether a usage object was there.
-    fn read(&mut self, usage: Option<&Value>) -> bool {
-        let Some(u) = usage.filter(|u| u.is_object()) else { return false };
-        let field = |names: [&str; 2]| names.iter().find_map(|n| u.get(*n).and_then(Value::as_u64));
-        if let Some(p) = field(["prompt_tokens", "input_tokens"]) {
+        let Some(u) = usage else { return false };
+        // Later values replace earlier ones: Anthropic's counts are cumulative.
+        if let Some(p) = u.prompt_tokens.or(u.input_tokens) {
             self.usage.prompt = Some(p);
         }
-        if let Some(c) = field(["completion_tokens", "output_tokens"]) {
+        if let Some(c) = u.completion_tokens.or(u.output_tokens) {
             self.usage.completion = Some(c);
         }
-        true
+        r.kind.is_none() && r.choices.is_some_and(|c| c.is_empty())
     }
 
     /// Usage and the model the upstream reported, once the body has ended.
     pub fn finish(&mut self) -> (Usage, Option<String>) {
         if let Mode::Json { frames, size } = &mut self.mode {
             let frames = std::mem::take(frames);
-            if *size <= MAX_JSON && !frames.is_empty() {
-                let body: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).collect();
-                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                    self.event(&v);
+            if *size <= MAX_JSON {
+                match frames.as_slice() {
+                    [] => {}
+                    [one] => {
+                        self.report(one);
+                    }
+                    many => {
+                        let body: Vec<u8> = many.iter().flat_map(|b| b.iter().copied()).collect();
+                        self.report(&body);
+                    }
                 }
             }
         }
         (self.usage, self.model.take())
     }
+}
+
+/// Only the fields accounting needs; serde skips everything else without building it, and the
+/// model name is borrowed from the input when it has no escapes.
+#[derive(serde::Deserialize)]
+struct Report<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    usage: Option<Counts>,
+    #[serde(borrow)]
+    message: Option<Message<'a>>,
+    /// Elements are ignored (zero-sized), only the count matters.
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    usage: Option<Counts>,
+}
+
+/// OpenAI (`prompt_tokens`/`completion_tokens`) or Anthropic (`input_tokens`/`output_tokens`).
+#[derive(serde::Deserialize)]
+struct Counts {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
 }
 
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's

@@ -60,7 +60,7 @@ where
             }
             resp.body_mut().deliver(Delivery {
                 forward: fwd.metrics.clone(),
-                forward_name: fwd.name.as_str().into(),
+                forward_name: fwd.name.clone(),
                 method,
                 started,
                 group: routed.group,
