@@ -135,16 +135,10 @@ async fn socks5_proxy_carries_upstream_traffic_with_credentials() {
 
 #[tokio::test]
 async fn unreachable_proxy_is_a_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
     let up = TestUpstream::start().await;
-    let server = start(&single_upstream_config(
-        &up.url("/v1"),
-        "",
-        &format!("      proxy: {{url: \"http://127.0.0.1:{port}\"}}"),
-    ))
-    .await;
+    let proxy_url = closed_port_url();
+    let server =
+        start(&single_upstream_config(&up.url("/v1"), "", &format!("      proxy: {{url: \"{proxy_url}\"}}"))).await;
     let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
     assert_eq!(status, 502);
     error_message(&body);

@@ -228,16 +228,12 @@ async fn slow_model_is_not_cut_by_the_header_timeout() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_json() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let server = start(&single_upstream_config(&format!("http://127.0.0.1:{port}/v1"), "", "")).await;
+    let server = start(&single_upstream_config(&format!("{}/v1", closed_port_url()), "", "")).await;
     let (status, headers, body) = get(server.forward_addr("main").unwrap(), "/v1/models").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(headers["content-type"], "application/json");
     let msg = error_message(&body);
-    assert!(msg.contains("cannot connect to upstream up"), "{msg}");
-    assert!(!msg.contains(&port.to_string()) || msg.contains("up"), "names the upstream");
+    assert!(msg.contains("cannot connect to upstream up"), "names the upstream: {msg}");
 }
 
 #[tokio::test]

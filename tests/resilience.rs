@@ -6,13 +6,6 @@ use common::*;
 use hyper::StatusCode;
 use std::time::{Duration, Instant};
 
-fn closed_port_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("http://127.0.0.1:{port}")
-}
-
 #[tokio::test]
 async fn retry_moves_to_another_upstream_at_once() {
     let bad = TestUpstream::start().await;

@@ -188,14 +188,17 @@ fn position(list: &[Yaml], key: &str, value: &str) -> Option<usize> {
     list.iter().position(|item| item.get(key).and_then(Yaml::as_str) == Some(value))
 }
 
-fn create_upstream(shared: &Shared, body: &[u8]) -> Reply {
+/// A JSON object with a required `name`, and its YAML form for the configuration tree.
+fn named_body(body: &[u8]) -> Result<(Value, String, Yaml), ApiError> {
     let item = Value::Object(parse_object(body)?);
-    let name = item
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("\"name\" is required"))?
-        .to_string();
+    let name = item.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("\"name\" is required"))?;
+    let name = name.to_string();
     let yaml = to_yaml(&item)?;
+    Ok((item, name, yaml))
+}
+
+fn create_upstream(shared: &Shared, body: &[u8]) -> Reply {
+    let (_, name, yaml) = named_body(body)?;
     let rt = change(shared, format!("upstream {name} created"), |tree| {
         let list = list_mut(tree, &["upstreams"])?;
         if position(list, "name", &name).is_some() {
@@ -376,13 +379,7 @@ fn keys_mut<'a>(tree: &'a mut Yaml, forward: &str) -> Result<&'a mut Vec<Yaml>, 
 
 /// Adds a client key; the response shows it masked like every other secret.
 fn add_key(shared: &Shared, forward_name: &str, body: &[u8]) -> Reply {
-    let item = Value::Object(parse_object(body)?);
-    let name = item
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("\"name\" is required"))?
-        .to_string();
-    let yaml = to_yaml(&item)?;
+    let (item, name, yaml) = named_body(body)?;
     change(shared, format!("forward {forward_name}: client key {name} added"), |tree| {
         let keys = keys_mut(tree, forward_name)?;
         if position(keys, "name", &name).is_some() {

@@ -149,6 +149,15 @@ pub(super) fn route(node: &Node) -> Result<Route, ConfigError> {
     Ok(Route { path, model, headers, target_group: f.required_string("target_group")? })
 }
 
+/// A `{per_second, burst}` request rate (upstreams and client keys).
+fn rate(node: &Node) -> Result<UpstreamRateLimit, ConfigError> {
+    let r = node.fields(&["per_second", "burst"])?;
+    Ok(UpstreamRateLimit {
+        per_second: r.u64_or("per_second", 100, 1..=10_000)? as u32,
+        burst: r.u64_or("burst", 200, 1..=20_000)? as u32,
+    })
+}
+
 fn forward_auth(node: &Node) -> Result<ForwardAuth, ConfigError> {
     let f = node.fields(&["keys"])?;
     let list = f.require("keys")?;
@@ -169,16 +178,7 @@ fn forward_auth(node: &Node) -> Result<ForwardAuth, ConfigError> {
                 ),
             ));
         }
-        let ratelimit = match kf.get("ratelimit") {
-            None => None,
-            Some(n) => {
-                let r = n.fields(&["per_second", "burst"])?;
-                Some(UpstreamRateLimit {
-                    per_second: r.u64_or("per_second", 100, 1..=10_000)? as u32,
-                    burst: r.u64_or("burst", 200, 1..=20_000)? as u32,
-                })
-            }
-        };
+        let ratelimit = kf.get("ratelimit").map(|n| rate(&n)).transpose()?;
         keys.push(ClientKey { name, key, ratelimit });
     }
     if keys.is_empty() {
@@ -286,16 +286,7 @@ fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
             })
         }
     };
-    let ratelimit = match f.get("ratelimit") {
-        None => None,
-        Some(n) => {
-            let r = n.fields(&["per_second", "burst"])?;
-            Some(UpstreamRateLimit {
-                per_second: r.u64_or("per_second", 100, 1..=10_000)? as u32,
-                burst: r.u64_or("burst", 200, 1..=20_000)? as u32,
-            })
-        }
-    };
+    let ratelimit = f.get("ratelimit").map(|n| rate(&n)).transpose()?;
     let mock = match (f.get("mock"), is_mock) {
         (Some(n), false) => return Err(n.error(format!("a mock block needs url: \"{MOCK_SCHEME}\""))),
         (Some(n), true) => Some(mock(&n)?),

@@ -368,6 +368,14 @@ pub fn error_message(b: &Bytes) -> String {
     v["error"]["message"].as_str().unwrap_or_default().to_string()
 }
 
+/// A URL whose port nothing listens on (bound, then released).
+pub fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
 /// Polls `cond` every 10 ms for up to `limit`.
 pub async fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
