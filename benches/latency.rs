@@ -662,7 +662,8 @@ mod compare {
             "         open-loop p99 at {rate}/s: nginx {np:.0} µs, llmproxyd {lp:.0} µs → ratio {:.2} (target ≤ 1.00)",
             lp / np
         );
-        let _ = nginx.kill();
+        // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked politely.
+        let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
         let _ = nginx.wait();
         let _ = upstream.kill();
         let _ = upstream.wait();

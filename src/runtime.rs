@@ -13,6 +13,7 @@ use crate::ratelimit::{Gcra, KeyedLimiter};
 use crate::router::rules::ConditionalRule;
 use crate::router::Router;
 use crate::upstream::client::HttpClient;
+use crate::upstream::direct::DirectPool;
 use crate::upstream::Upstream;
 use hyper::header::HeaderValue;
 use std::net::IpAddr;
@@ -94,6 +95,8 @@ pub struct Member {
     pub upstream: Arc<Upstream>,
     pub weight: u32,
     pub metrics: Arc<MemberMetrics>,
+    /// Request-driven connections for plain-HTTP upstreams reached without an outbound proxy.
+    pub direct: Option<Arc<DirectPool>>,
 }
 
 impl Runtime {
@@ -197,7 +200,12 @@ fn build_group(
                 .and_then(|og| og.members.iter().find(|om| om.upstream.name == m.name))
                 .map(|om| om.metrics.clone())
                 .unwrap_or_default();
-            Ok(Member { upstream: upstreams[i].clone(), weight: m.weight, metrics })
+            let direct = direct_pool(
+                &upstreams[i],
+                &g.http_client,
+                old_group.and_then(|og| og.members.iter().find(|om| om.upstream.name == m.name)),
+            );
+            Ok(Member { upstream: upstreams[i].clone(), weight: m.weight, metrics, direct })
         })
         .collect::<Result<Vec<_>, String>>()?;
     let agent = HeaderValue::from_str(&g.http_client.agent).map_err(|_| format!("group {}: invalid agent", g.name))?;
@@ -219,6 +227,33 @@ fn build_group(
         sse_keepalive: g.http_client.sse_keepalive.map(Duration::from_secs),
         config: g.clone(),
     })
+}
+
+/// A direct pool for an `http://` upstream without outbound proxy (kept across swaps when the
+/// upstream and the group's client settings are unchanged).
+fn direct_pool(upstream: &Arc<Upstream>, client: &config::HttpClient, old: Option<&Member>) -> Option<Arc<DirectPool>> {
+    let crate::upstream::Target::Http(t) = &upstream.target else { return None };
+    if client.proxy.is_some() || t.scheme != hyper::http::uri::Scheme::HTTP {
+        return None;
+    }
+    if let Some(old) = old.filter(|o| Arc::ptr_eq(&o.upstream, upstream)) {
+        if old.direct.is_some() {
+            return old.direct.clone();
+        }
+    }
+    let host = t.authority.host();
+    let port = t.authority.port_u16().unwrap_or(80);
+    let address = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Some(DirectPool::new(
+        address,
+        Duration::from_secs(client.timeout.connect),
+        (client.keepalive > 0).then(|| Duration::from_secs(client.keepalive)),
+        Duration::from_secs(client.timeout.idle),
+    ))
 }
 
 /// The live runtime, shared by every listener. A read lock is held only long enough to clone

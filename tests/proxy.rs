@@ -497,3 +497,27 @@ async fn client_disconnect_before_the_head_drops_the_upstream_request() {
     let hung_up = tokio::time::timeout(Duration::from_secs(3), closed_rx).await;
     assert!(hung_up.is_ok(), "the proxy must abandon the upstream request when its client leaves");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_a_closed_one_is_replaced() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/v1/echo").await.0, 200);
+    }
+    assert_eq!(up.log.connections.load(Ordering::SeqCst), 1, "sequential requests share one upstream connection");
+    // The upstream closes after each answer: every next request still succeeds on a new one.
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/v1/close").await.0, 200);
+    }
+    assert!(up.log.connections.load(Ordering::SeqCst) >= 5);
+    // HEAD has no body to drain: the connection still goes back to the pool.
+    let before = up.log.connections.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let req = Request::head(format!("http://{addr}/v1/echo")).body(Full::default()).unwrap();
+        assert_eq!(send(addr, req).await.0, 200);
+    }
+    assert_eq!(get(addr, "/v1/echo").await.0, 200);
+    assert!(up.log.connections.load(Ordering::SeqCst) <= before + 1, "HEAD answers do not leak connections");
+}

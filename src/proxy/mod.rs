@@ -352,17 +352,41 @@ async fn attempt(
             }
         }
         Target::Http(target) => {
-            let req = match build_request(group, upstream, target, parts, body, conn) {
+            let req = match build_request(group, upstream, target, parts, body.clone(), conn) {
                 Ok(r) => r,
                 Err(e) => return Outcome::Invalid(e),
             };
-            match tokio::time::timeout(group.request_timeout, group.client.send(req)).await {
-                Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
-                Ok(Err(e)) => Err(upstream_error(upstream, &e)),
-                Ok(Ok(resp)) => {
-                    let (mut head, body) = resp.into_parts();
-                    headers::strip_hop_by_hop(&mut head.headers);
-                    Ok(Response::from_parts(head, UpstreamBody::Http(body)))
+            if let Some(pool) = &member.direct {
+                let mut first = Some(req);
+                // Deterministic: it built once, it builds again (for a resend on a fresh connection).
+                let make = || {
+                    first.take().unwrap_or_else(|| {
+                        build_request(group, upstream, target, parts, body.clone(), conn)
+                            .unwrap_or_else(|_| Request::new(Full::default()))
+                    })
+                };
+                match tokio::time::timeout(group.request_timeout, pool.send(make)).await {
+                    Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
+                    Ok(Err(e)) => Err(direct_error(upstream, &e)),
+                    Ok(Ok((resp, mut driver))) => {
+                        let (mut head, body) = resp.into_parts();
+                        headers::strip_hop_by_hop(&mut head.headers);
+                        // A body that is empty from the start (HEAD, 204, 304) is never polled.
+                        if hyper::body::Body::is_end_stream(&body) {
+                            driver.release();
+                        }
+                        Ok(Response::from_parts(head, UpstreamBody::Direct(body, driver)))
+                    }
+                }
+            } else {
+                match tokio::time::timeout(group.request_timeout, group.client.send(req)).await {
+                    Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
+                    Ok(Err(e)) => Err(upstream_error(upstream, &e)),
+                    Ok(Ok(resp)) => {
+                        let (mut head, body) = resp.into_parts();
+                        headers::strip_hop_by_hop(&mut head.headers);
+                        Ok(Response::from_parts(head, UpstreamBody::Http(body)))
+                    }
                 }
             }
         }
@@ -450,6 +474,18 @@ fn timeout_error(upstream: &Upstream, limit: Duration) -> ApiError {
         upstream.name,
         limit.as_secs()
     ))
+}
+
+fn direct_error(upstream: &Upstream, e: &crate::upstream::direct::SendError) -> (Failure, ApiError) {
+    use crate::upstream::direct::SendError;
+    match e {
+        SendError::Connect(why) => {
+            (Failure::Connect, ApiError::bad_gateway(format!("cannot connect to upstream {}: {why}", upstream.name)))
+        }
+        SendError::Http(_) => {
+            (Failure::Reset, ApiError::bad_gateway(format!("upstream {} failed before answering: {e}", upstream.name)))
+        }
+    }
 }
 
 fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> (Failure, ApiError) {

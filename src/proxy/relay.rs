@@ -21,6 +21,7 @@
 
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::families::{ForwardMetrics, MemberMetrics};
+use crate::upstream::direct::Driver;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::Upstream;
 use crate::usage::UsageScanner;
@@ -42,8 +43,13 @@ pub enum Timer {
 }
 
 /// An upstream's body: from the network, or from the in-process mock.
+// Lives inside the (boxed) relay body; boxing the large variant would add an allocation per
+// request for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum UpstreamBody {
     Http(Incoming),
+    /// A body read over a request-driven connection, which is polled along with it.
+    Direct(Incoming, Driver),
     Mock(ProxyBody),
 }
 
@@ -54,20 +60,32 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Direct(b, driver) => {
+                driver.poll(cx);
+                let frame = Pin::new(&mut *b).poll_frame(cx).map_err(BoxError::from);
+                // hyper stops polling a body that says it has ended, so the connection goes back
+                // to the pool as soon as the last frame is out, not on a final `None`.
+                if matches!(frame, Poll::Ready(None))
+                    || (matches!(frame, Poll::Ready(Some(Ok(_)))) && b.is_end_stream())
+                {
+                    driver.release();
+                }
+                frame
+            }
             UpstreamBody::Mock(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Http(b) => b.is_end_stream(),
+            UpstreamBody::Http(b) | UpstreamBody::Direct(b, _) => b.is_end_stream(),
             UpstreamBody::Mock(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Http(b) => b.size_hint(),
+            UpstreamBody::Http(b) | UpstreamBody::Direct(b, _) => b.size_hint(),
             UpstreamBody::Mock(b) => b.size_hint(),
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod breaker;
 pub mod client;
+pub mod direct;
 pub mod health_check;
 pub mod load;
 pub mod target;

@@ -63,6 +63,8 @@ pub struct UpstreamLog {
     /// Status served at `…/health`.
     pub health_status: std::sync::atomic::AtomicU16,
     flaky_seen: AtomicUsize,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
     /// The last request's headers and body, as the upstream received them.
     pub last_headers: std::sync::Mutex<hyper::HeaderMap>,
     pub last_body: std::sync::Mutex<Bytes>,
@@ -87,6 +89,7 @@ impl UpstreamLog {
 ///   request asked for it with `stream_options.include_usage`
 /// - `split?gap_ms=G`: two SSE events, each sent in two halves G ms apart
 /// - any path under `/always503/`: 503
+/// - `close`: 200 with `Connection: close` (the upstream hangs up after answering)
 /// - `health`: the status in `log.health_status` (not counted in `requests`)
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -103,6 +106,7 @@ impl TestUpstream {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                l.connections.fetch_add(1, Ordering::SeqCst);
                 let log = l.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -164,6 +168,11 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
                 StatusCode::OK,
                 serde_json::json!({"method": method, "path": path, "headers": headers, "body_len": body}),
             )
+        }
+        "close" => {
+            let mut r = json(StatusCode::OK, serde_json::json!({"closing": true}));
+            r.headers_mut().insert("connection", "close".parse().unwrap());
+            r
         }
         "echo-body" => {
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
