@@ -32,9 +32,16 @@ const MAX_IDLE: usize = 512;
 
 type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
-struct Idle {
+/// A connection and its request handle. Boxed once when dialled: the pair is large (hyper's
+/// connection state), and it moves between the pool, the request and the relay body on every
+/// request — as a pointer, not as kilobytes.
+struct Pair {
     sender: SendRequest<Full<Bytes>>,
     conn: Conn,
+}
+
+struct Idle {
+    pair: Box<Pair>,
     since: Instant,
 }
 
@@ -92,14 +99,14 @@ impl DirectPool {
         None
     }
 
-    fn put(&self, sender: SendRequest<Full<Bytes>>, conn: Conn) {
+    fn put(&self, pair: Box<Pair>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, conn, since: Instant::now() });
+            idle.push(Idle { pair, since: Instant::now() });
         }
     }
 
-    async fn dial(&self) -> Result<(SendRequest<Full<Bytes>>, Conn), SendError> {
+    async fn dial(&self) -> Result<Box<Pair>, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
             .map_err(|_| SendError::Connect(format!("connect to {} timed out", self.address)))?
@@ -108,7 +115,8 @@ impl DirectPool {
         if let Some(idle) = self.keepalive {
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
         }
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(SendError::Http)
+        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(SendError::Http)?;
+        Ok(Box::new(Pair { sender, conn }))
     }
 
     /// Sends the request built by `make` and returns the response head with the connection that
@@ -121,13 +129,14 @@ impl DirectPool {
         let mut reused = self.take();
         loop {
             let was_pooled = reused.is_some();
-            let (mut sender, mut conn) = match reused.take() {
-                Some(c) => (c.sender, c.conn),
+            let mut pair = match reused.take() {
+                Some(c) => c.pair,
                 None => self.dial().await?,
             };
             // Ready to send? Polling the connection also notices a close by the upstream.
             let ready = poll_fn(|cx| {
-                if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+                let Pair { sender, conn } = &mut *pair;
+                if let Poll::Ready(r) = Pin::new(conn).poll(cx) {
                     return Poll::Ready(Err(r.err()));
                 }
                 sender.poll_ready(cx).map_err(Some)
@@ -139,19 +148,17 @@ impl DirectPool {
                 Err(Some(e)) => return Err(SendError::Http(e)),
                 Err(None) => return Err(SendError::Connect(format!("{} closed the connection", self.address))),
             }
-            let mut response = Box::pin(sender.send_request(make()));
+            let mut response = std::pin::pin!(pair.sender.send_request(make()));
             let mut conn_done = false;
             let result = poll_fn(|cx| {
-                if !conn_done && Pin::new(&mut conn).poll(cx).is_ready() {
+                if !conn_done && Pin::new(&mut pair.conn).poll(cx).is_ready() {
                     conn_done = true;
                 }
                 response.as_mut().poll(cx)
             })
             .await;
             match result {
-                Ok(resp) => {
-                    return Ok((resp, Driver { pool: self.clone(), sender: Some(sender), conn: Some(conn), conn_done }))
-                }
+                Ok(resp) => return Ok((resp, Driver { pool: self.clone(), pair: Some(pair), conn_done })),
                 Err(e) if was_pooled && e.is_canceled() => continue,
                 Err(e) => return Err(SendError::Http(e)),
             }
@@ -163,8 +170,7 @@ impl DirectPool {
 /// been read to its end, closed when dropped earlier.
 pub struct Driver {
     pool: Arc<DirectPool>,
-    sender: Option<SendRequest<Full<Bytes>>>,
-    conn: Option<Conn>,
+    pair: Option<Box<Pair>>,
     conn_done: bool,
 }
 
@@ -174,8 +180,8 @@ impl Driver {
         if self.conn_done {
             return;
         }
-        if let Some(conn) = &mut self.conn {
-            if Pin::new(conn).poll(cx).is_ready() {
+        if let Some(pair) = &mut self.pair {
+            if Pin::new(&mut pair.conn).poll(cx).is_ready() {
                 self.conn_done = true;
             }
         }
@@ -186,8 +192,8 @@ impl Driver {
         if self.conn_done {
             return;
         }
-        if let (Some(sender), Some(conn)) = (self.sender.take(), self.conn.take()) {
-            self.pool.put(sender, conn);
+        if let Some(pair) = self.pair.take() {
+            self.pool.put(pair);
         }
     }
 }
