@@ -18,11 +18,12 @@ use crate::upstream::{note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, UpstreamBody};
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -93,6 +94,9 @@ where
 /// What every attempt of a request sends.
 struct Outgoing<'a> {
     parts: &'a Parts,
+    /// The request headers, taken out of `parts`: the last attempt moves them instead of
+    /// copying them.
+    headers: HeaderMap,
     body: Bytes,
     conn: ClientConn,
     /// The proxy asked for stream usage on the client's behalf: remove that chunk again.
@@ -167,7 +171,9 @@ where
     let usage_added = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
     let strip_usage = usage_added.is_some();
     let body = usage_added.unwrap_or(body);
-    let resp = forward_with_retries(group, &Outgoing { parts: &parts, body, conn, strip_usage }).await?;
+    let headers = std::mem::take(&mut parts.headers);
+    let mut out = Outgoing { parts: &parts, headers, body, conn, strip_usage };
+    let resp = forward_with_retries(group, &mut out).await?;
     Ok((resp, Routed { group: group.name.clone(), model, key }))
 }
 
@@ -210,14 +216,14 @@ enum Outcome {
 
 /// Attempts the request on the group's upstreams per its retry policy. Every attempt happens
 /// before any byte reaches the client, so nothing that was relayed is ever replayed.
-async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Response<RelayBody>, ApiError> {
+async fn forward_with_retries(group: &Group, out: &mut Outgoing<'_>) -> Result<Response<RelayBody>, ApiError> {
     let policy = group.retry;
     let mut tried = 0u64;
     let mut reuses = 0u32;
     let mut last: Option<Failed> = None;
     // The member whose failure the next attempt retries, why, and what it asked for.
     let mut cause: Option<(usize, Failure, Option<Duration>)> = None;
-    for _ in 0..policy.max_attempts {
+    for attempt_no in 1..=policy.max_attempts {
         let picked = match balance::pick(group, tried, false, clock::now()) {
             Ok(p) => p,
             Err(_) if policy.may_reuse && tried != 0 => {
@@ -244,7 +250,8 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Respo
             group.members[i].metrics.retries[kind as usize].inc();
         }
         tried |= 1 << picked.index;
-        match attempt(group, &group.members[picked.index], out, picked.admission, picked.guard).await {
+        let final_attempt = attempt_no == policy.max_attempts;
+        match attempt(group, &group.members[picked.index], out, final_attempt, picked.admission, picked.guard).await {
             Outcome::Final(resp) => return Ok(resp),
             Outcome::Invalid(e) => return Err(e),
             Outcome::Retryable { failed, kind, retry_after } => {
@@ -324,12 +331,11 @@ impl Drop for Verdict<'_> {
 async fn attempt(
     group: &Group,
     member: &Member,
-    out: &Outgoing<'_>,
+    out: &mut Outgoing<'_>,
+    last: bool,
     admission: Admission,
     guard: InflightGuard,
 ) -> Outcome {
-    let Outgoing { parts, conn, strip_usage, .. } = *out;
-    let body = out.body.clone();
     let upstream = &member.upstream;
     member.metrics.requests.inc();
     let sent_at = Instant::now();
@@ -339,36 +345,27 @@ async fn attempt(
     } else {
         Timer::Deadline(sent_at + group.request_timeout)
     };
+    // One timer per attempt: it bounds the wait for the head, then the relay re-arms it.
+    let mut sleep = Box::pin(tokio::time::sleep(group.request_timeout));
     let head = match &upstream.target {
         Target::Mock(mock) => {
-            match tokio::time::timeout(
-                group.request_timeout,
-                crate::mock::respond(mock, &parts.method, parts.uri.path(), &body),
-            )
-            .await
-            {
-                Ok(resp) => Ok(resp.map(UpstreamBody::Mock)),
-                Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
+            let parts = out.parts;
+            match within(&mut sleep, crate::mock::respond(mock, &parts.method, parts.uri.path(), &out.body)).await {
+                Some(resp) => Ok(resp.map(UpstreamBody::Mock)),
+                None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
             }
         }
         Target::Http(target) => {
-            let req = match build_request(group, upstream, target, parts, body.clone(), conn) {
+            let headers = if last { std::mem::take(&mut out.headers) } else { out.headers.clone() };
+            let req = match build_request(group, upstream, target, out, headers) {
                 Ok(r) => r,
                 Err(e) => return Outcome::Invalid(e),
             };
             if let Some(pool) = &member.direct {
-                let mut first = Some(req);
-                // Deterministic: it built once, it builds again (for a resend on a fresh connection).
-                let make = || {
-                    first.take().unwrap_or_else(|| {
-                        build_request(group, upstream, target, parts, body.clone(), conn)
-                            .unwrap_or_else(|_| Request::new(Full::default()))
-                    })
-                };
-                match tokio::time::timeout(group.request_timeout, pool.send(make)).await {
-                    Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
-                    Ok(Err(e)) => Err(direct_error(upstream, &e)),
-                    Ok(Ok((resp, mut driver))) => {
+                match within(&mut sleep, pool.send(req)).await {
+                    None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
+                    Some(Err(e)) => Err(direct_error(upstream, &e)),
+                    Some(Ok((resp, mut driver))) => {
                         let (mut head, body) = resp.into_parts();
                         headers::strip_hop_by_hop(&mut head.headers);
                         // A body that is empty from the start (HEAD, 204, 304) is never polled.
@@ -379,10 +376,10 @@ async fn attempt(
                     }
                 }
             } else {
-                match tokio::time::timeout(group.request_timeout, group.client.send(req)).await {
-                    Err(_) => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
-                    Ok(Err(e)) => Err(upstream_error(upstream, &e)),
-                    Ok(Ok(resp)) => {
+                match within(&mut sleep, group.client.send(req)).await {
+                    None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
+                    Some(Err(e)) => Err(upstream_error(upstream, &e)),
+                    Some(Ok(resp)) => {
                         let (mut head, body) = resp.into_parts();
                         headers::strip_hop_by_hop(&mut head.headers);
                         Ok(Response::from_parts(head, UpstreamBody::Http(body)))
@@ -416,9 +413,10 @@ async fn attempt(
     let is_sse = content_type.starts_with("text/event-stream");
     let options = RelayOptions {
         timer,
+        sleep,
         // Usage is read from successful answers only; error bodies carry none.
         scanner: if failure.is_none() && status < 300 {
-            UsageScanner::for_content_type(content_type, strip_usage)
+            UsageScanner::for_content_type(content_type, out.strip_usage)
         } else {
             None
         },
@@ -438,34 +436,45 @@ fn build_request(
     group: &Group,
     upstream: &Upstream,
     target: &crate::upstream::HttpTarget,
-    parts: &Parts,
-    body: Bytes,
-    conn: ClientConn,
+    out: &Outgoing<'_>,
+    mut headers: HeaderMap,
 ) -> Result<Request<Full<Bytes>>, ApiError> {
+    let parts = out.parts;
     let uri = Uri::builder()
         .scheme(target.scheme.clone())
         .authority(target.authority.clone())
         .path_and_query(target.path_and_query(parts.uri.path(), parts.uri.query()))
         .build()
         .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
-    let mut headers = parts.headers.clone();
     headers::to_upstream(
         &mut headers,
         upstream,
         &headers::ForwardedFor {
-            client_ip: conn.peer.ip(),
-            proto: if conn.tls { "https" } else { "http" },
+            client_ip: out.conn.peer.ip(),
+            proto: if out.conn.tls { "https" } else { "http" },
             host: target.host_header(),
             agent: &group.agent,
         },
     );
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(Full::new(out.body.clone()));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     // The pool speaks HTTP/2 to upstreams that negotiate it by ALPN, whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// Runs `f` until it finishes or `sleep` fires (`None`), leaving `sleep` to be re-armed.
+async fn within<F: Future>(sleep: &mut std::pin::Pin<Box<tokio::time::Sleep>>, f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 fn timeout_error(upstream: &Upstream, limit: Duration) -> ApiError {

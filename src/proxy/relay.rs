@@ -166,6 +166,8 @@ pub struct RelayBody {
 /// How the relay treats the body beyond passing it on.
 pub struct RelayOptions {
     pub timer: Timer,
+    /// The attempt's timer, re-armed here rather than allocating another one.
+    pub sleep: Pin<Box<Sleep>>,
     pub scanner: Option<UsageScanner>,
     /// SSE keep-alive interval (applied only to `text/event-stream` responses).
     pub keepalive: Option<Duration>,
@@ -184,6 +186,8 @@ impl RelayBody {
             Timer::Idle(d) => Instant::now() + d,
             Timer::Deadline(at) => at,
         };
+        let mut sleep = options.sleep;
+        sleep.as_mut().reset(at);
         let keepalive = options.keepalive.map(|every| KeepAlive {
             every,
             sleep: Box::pin(tokio::time::sleep(every)),
@@ -193,7 +197,7 @@ impl RelayBody {
         RelayBody {
             inner,
             timer: options.timer,
-            sleep: Box::pin(tokio::time::sleep_until(at)),
+            sleep,
             upstream,
             telemetry,
             status,
@@ -384,7 +388,8 @@ mod tests {
         let guard = upstream.load.try_begin(None).unwrap();
         let body = UpstreamBody::Mock(ScheduledBody::new(frames, gap).boxed_unsync());
         let telemetry = Telemetry { member: member.clone(), sent_at: Instant::now(), first_byte_ms: None };
-        let options = RelayOptions { timer, scanner: None, keepalive: None };
+        let options =
+            RelayOptions { timer, sleep: Box::pin(tokio::time::sleep(Duration::ZERO)), scanner: None, keepalive: None };
         (RelayBody::new(body, 200, options, upstream, telemetry, guard), member)
     }
 

@@ -119,13 +119,11 @@ impl DirectPool {
         Ok(Box::new(Pair { sender, conn }))
     }
 
-    /// Sends the request built by `make` and returns the response head with the connection that
-    /// must be polled while its body is read. `make` may be called twice: when a pooled
-    /// connection turns out to be closed, the request goes again on a fresh one.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut make: impl FnMut() -> Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Driver), SendError> {
+    /// Sends the request and returns the response head with the connection that must be polled
+    /// while its body is read. When a pooled connection turns out to be closed before the request
+    /// was written, hyper hands the request back and it goes again on a fresh connection.
+    pub async fn send(self: &Arc<Self>, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Driver), SendError> {
+        let mut req = Some(req);
         let mut reused = self.take();
         loop {
             let was_pooled = reused.is_some();
@@ -148,7 +146,10 @@ impl DirectPool {
                 Err(Some(e)) => return Err(SendError::Http(e)),
                 Err(None) => return Err(SendError::Connect(format!("{} closed the connection", self.address))),
             }
-            let mut response = std::pin::pin!(pair.sender.send_request(make()));
+            let Some(request) = req.take() else {
+                return Err(SendError::Connect(format!("{}: the request could not be resent", self.address)));
+            };
+            let mut response = std::pin::pin!(pair.sender.try_send_request(request));
             let mut conn_done = false;
             let result = poll_fn(|cx| {
                 if !conn_done && Pin::new(&mut pair.conn).poll(cx).is_ready() {
@@ -159,8 +160,12 @@ impl DirectPool {
             .await;
             match result {
                 Ok(resp) => return Ok((resp, Driver { pool: self.clone(), pair: Some(pair), conn_done })),
-                Err(e) if was_pooled && e.is_canceled() => continue,
-                Err(e) => return Err(SendError::Http(e)),
+                Err(mut e) => {
+                    req = e.take_message();
+                    if !(was_pooled && req.is_some()) {
+                        return Err(SendError::Http(e.into_error()));
+                    }
+                }
             }
         }
     }
