@@ -155,6 +155,8 @@ pub struct RelayBody {
     upstream: Arc<Upstream>,
     telemetry: Telemetry,
     status: u16,
+    /// When the last upstream frame arrived (for the idle timer).
+    last_frame: Instant,
     first_byte_seen: bool,
     scanner: Option<UsageScanner>,
     keepalive: Option<KeepAlive>,
@@ -201,6 +203,7 @@ impl RelayBody {
             upstream,
             telemetry,
             status,
+            last_frame: Instant::now(),
             first_byte_seen: false,
             scanner: options.scanner,
             keepalive,
@@ -277,8 +280,10 @@ impl Body for RelayBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Timer::Idle(d) = this.timer {
-                    this.sleep.as_mut().reset(Instant::now() + d);
+                if matches!(this.timer, Timer::Idle(_)) {
+                    // Only noted here: the timer is moved when it fires (below), not on every
+                    // frame — a token stream would otherwise re-file it hundreds of times.
+                    this.last_frame = Instant::now();
                 }
                 let frame = match frame.into_data() {
                     Ok(mut data) => {
@@ -325,17 +330,26 @@ impl Body for RelayBody {
                         }
                     }
                 }
-                match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.telemetry.member.stream_errors[STREAM_TIMEOUT].inc();
-                        let err = RelayTimeout {
-                            upstream: this.upstream.name.clone(),
-                            idle: matches!(this.timer, Timer::Idle(_)),
-                        };
-                        crate::warn!("{err}");
-                        Poll::Ready(Some(Err(Box::new(err))))
+                loop {
+                    if this.sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    Poll::Pending => Poll::Pending,
+                    if let Timer::Idle(d) = this.timer {
+                        let silent_until = this.last_frame + d;
+                        if silent_until > Instant::now() {
+                            // Frames came since the timer was set: it fires again after the
+                            // silence that follows the latest one.
+                            this.sleep.as_mut().reset(silent_until);
+                            continue;
+                        }
+                    }
+                    this.telemetry.member.stream_errors[STREAM_TIMEOUT].inc();
+                    let err = RelayTimeout {
+                        upstream: this.upstream.name.clone(),
+                        idle: matches!(this.timer, Timer::Idle(_)),
+                    };
+                    crate::warn!("{err}");
+                    return Poll::Ready(Some(Err(Box::new(err))));
                 }
             }
         }
