@@ -97,21 +97,33 @@ struct TokenSeries {
     completion: Counter,
 }
 
-/// Token counts by label set. Updated once per response (not per frame) under a mutex; labels
-/// are allocated only the first time a combination is seen.
+/// Token counts by label set, updated once per response (not per frame): a shared read lock
+/// finds the series and the counters are atomics, so responses do not queue behind each other;
+/// the write lock (and the label allocation) is taken only the first time a combination is seen.
 #[derive(Default)]
 pub struct TokenCounters {
-    series: std::sync::Mutex<Vec<TokenSeries>>,
+    series: std::sync::RwLock<Vec<TokenSeries>>,
 }
 
 impl TokenCounters {
     pub fn add(&self, group: &str, upstream: &str, model: &str, key: Option<&str>, usage: crate::usage::Usage) {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let find = |series: &[TokenSeries], model: &str| {
             series.iter().position(|s| {
                 &*s.group == group && &*s.upstream == upstream && &*s.model == model && s.key.as_deref() == key
             })
         };
+        let count = |s: &TokenSeries| {
+            s.prompt.add(usage.prompt.unwrap_or(0));
+            s.completion.add(usage.completion.unwrap_or(0));
+        };
+        {
+            let series = self.series.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = find(&series, model) {
+                count(&series[i]);
+                return;
+            }
+        }
+        let mut series = self.series.write().unwrap_or_else(|p| p.into_inner());
         let model = if find(&series, model).is_none() && series.len() >= MAX_TOKEN_SERIES { "other" } else { model };
         let i = match find(&series, model) {
             Some(i) => i,
@@ -127,12 +139,11 @@ impl TokenCounters {
                 series.len() - 1
             }
         };
-        series[i].prompt.add(usage.prompt.unwrap_or(0));
-        series[i].completion.add(usage.completion.unwrap_or(0));
+        count(&series[i]);
     }
 
     fn encode(&self, e: &mut Encoder, forward: &str) {
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = self.series.read().unwrap_or_else(|p| p.into_inner());
         for s in series.iter() {
             for (kind, c) in [("prompt", &s.prompt), ("completion", &s.completion)] {
                 let base = [

@@ -1,6 +1,8 @@
 //! The pooled HTTP client of an upstream group: HTTP/1.1 and HTTP/2 (by ALPN), TLS with the
 //! webpki roots compiled in (a static binary on a bare host trusts public CAs), connect timeout,
 //! TCP keepalive, pool idle timeout, and an optional outbound proxy (HTTP CONNECT or SOCKS5).
+//! Plain `http://` upstreams reached without a proxy use [`super::direct`] instead, which is
+//! cheaper per request; everything else goes through this client.
 
 use crate::config;
 use bytes::Bytes;
