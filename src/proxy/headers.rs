@@ -96,9 +96,22 @@ pub fn apply_upstream_headers(headers: &mut HeaderMap, upstream: &Upstream) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    use std::io::Write;
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        // The common case: the address alone, formatted on the stack (an IPv6 address with a
+        // zone fits in 64 bytes).
+        let mut buf = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        if write!(cursor, "{ip}").is_ok() {
+            let n = cursor.position() as usize;
+            if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+        }
+        return;
+    }
     let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let value = if prior.is_empty() { ip.to_string() } else { format!("{}, {ip}", prior.join(", ")) };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
