@@ -191,6 +191,7 @@ mod tests {
         rewrite(&mut h, &upstream(Auth::Bearer { token: "sk-up".into() }, ops));
         let auths: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
         assert_eq!(auths, vec!["Bearer sk-up"]);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7", "without a prior value: the client address alone");
         assert_eq!(h["x-present"], "client");
         assert_eq!(h["x-absent"], "proxy");
         assert_eq!(h["x-new"], "set");
