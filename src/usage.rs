@@ -14,6 +14,7 @@
 //! end (an SSE client cannot act on half a line anyway), so the stream is otherwise
 //! byte-identical.
 
+use crate::json_scan::Scanner;
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -161,25 +162,22 @@ impl UsageScanner {
     }
 
     /// Reads one JSON event or body; returns true for a usage-only chunk (`"choices": []`).
+    /// A malformed document changes nothing.
     fn report(&mut self, json: &[u8]) -> bool {
-        let Ok(r) = serde_json::from_slice::<Report>(json) else { return false };
+        let Some(r) = Report::read(json) else { return false };
         if self.model.is_none() {
-            let model = r.model.as_deref().or(r.message.as_ref().and_then(|m| m.model.as_deref()));
-            self.model = model.map(str::to_string);
+            self.model = r.model.or(r.message_model).map(Cow::into_owned);
         }
-        let usage = match r.kind.as_deref() {
-            Some("message_start") => r.message.and_then(|m| m.usage),
-            _ => r.usage,
-        };
+        let usage = if r.kind == Some(b"message_start") { r.message_usage } else { r.usage };
         let Some(u) = usage else { return false };
         // Later values replace earlier ones: Anthropic's counts are cumulative.
-        if let Some(p) = u.prompt_tokens.or(u.input_tokens) {
+        if let Some(p) = u.prompt {
             self.usage.prompt = Some(p);
         }
-        if let Some(c) = u.completion_tokens.or(u.output_tokens) {
+        if let Some(c) = u.completion {
             self.usage.completion = Some(c);
         }
-        r.kind.is_none() && r.choices.is_some_and(|c| c.is_empty())
+        r.kind.is_none() && r.choices_empty == Some(true)
     }
 
     /// Usage and the model the upstream reported, once the body has ended.
@@ -203,35 +201,67 @@ impl UsageScanner {
     }
 }
 
-/// Only the fields accounting needs; serde skips everything else without building it, and the
-/// model name is borrowed from the input when it has no escapes.
-#[derive(serde::Deserialize)]
+/// The fields accounting needs from one event or body, read without building the document
+/// (see `json_scan`: a full deserialization cost more than the rest of the proxying).
+#[derive(Default)]
 struct Report<'a> {
-    #[serde(borrow)]
     model: Option<Cow<'a, str>>,
-    #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
-    usage: Option<Counts>,
-    #[serde(borrow)]
-    message: Option<Message<'a>>,
-    /// Elements are ignored (zero-sized), only the count matters.
-    choices: Option<Vec<serde::de::IgnoredAny>>,
+    /// `type`, when it is a plain string (Anthropic events).
+    kind: Option<&'a [u8]>,
+    usage: Option<Usage>,
+    /// `message.model` and `message.usage` (Anthropic `message_start`).
+    message_model: Option<Cow<'a, str>>,
+    message_usage: Option<Usage>,
+    /// Whether `choices` is an empty array, when it is an array.
+    choices_empty: Option<bool>,
 }
 
-#[derive(serde::Deserialize)]
-struct Message<'a> {
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
-    usage: Option<Counts>,
+impl<'a> Report<'a> {
+    fn read(json: &'a [u8]) -> Option<Self> {
+        let mut r = Report::default();
+        Scanner::new(json).object(|s, key, escaped| {
+            match key {
+                _ if escaped => s.skip_value()?,
+                b"model" => r.model = s.string_or_null()?,
+                b"type" => {
+                    r.kind = match s.string_or_null()? {
+                        Some(Cow::Borrowed(t)) => Some(t.as_bytes()),
+                        _ => None,
+                    }
+                }
+                b"usage" => r.usage = counts(s)?,
+                b"choices" => r.choices_empty = s.array_is_empty()?,
+                b"message" if s.peek_value()? == b'{' => s.object(|s, key, escaped| match key {
+                    _ if escaped => s.skip_value(),
+                    b"model" => s.string_or_null().map(|m| r.message_model = m),
+                    b"usage" => counts(s).map(|u| r.message_usage = u),
+                    _ => s.skip_value(),
+                })?,
+                _ => s.skip_value()?,
+            }
+            Some(())
+        })?;
+        Some(r)
+    }
 }
 
-/// OpenAI (`prompt_tokens`/`completion_tokens`) or Anthropic (`input_tokens`/`output_tokens`).
-#[derive(serde::Deserialize)]
-struct Counts {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
+/// OpenAI (`prompt_tokens`/`completion_tokens`) or Anthropic (`input_tokens`/`output_tokens`)
+/// counts; `Some(None)` for `null` or any value that is not an object.
+fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
+    if s.peek_value()? != b'{' {
+        s.skip_value()?;
+        return Some(None);
+    }
+    let mut u = Usage::default();
+    s.object(|s, key, _| {
+        match key {
+            b"prompt_tokens" | b"input_tokens" => u.prompt = u.prompt.or(s.u64_or_other()?),
+            b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(s.u64_or_other()?),
+            _ => s.skip_value()?,
+        }
+        Some(())
+    })?;
+    Some(Some(u))
 }
 
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's

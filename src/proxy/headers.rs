@@ -7,7 +7,6 @@
 
 use crate::upstream::Upstream;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
 
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -45,10 +44,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 pub struct ForwardedFor<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address, formatted.
+    pub client: &'a HeaderValue,
     /// "http" or "https": how the client reached us.
     pub proto: &'static str,
-    pub host: &'a str,
+    pub host: &'a HeaderValue,
     pub agent: &'a HeaderValue,
 }
 
@@ -59,10 +59,8 @@ pub fn to_upstream(headers: &mut HeaderMap, upstream: &Upstream, fwd: &Forwarded
     // The body is buffered (and may be rewritten, e.g. by track_usage): its length is set from
     // what is actually sent, never copied from the client.
     headers.remove(header::CONTENT_LENGTH);
-    if let Ok(host) = HeaderValue::from_str(fwd.host) {
-        headers.insert(header::HOST, host);
-    }
-    append_forwarded_for(headers, fwd.client_ip);
+    headers.insert(header::HOST, fwd.host.clone());
+    append_forwarded_for(headers, fwd.client);
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(fwd.proto));
     headers.insert(header::USER_AGENT, fwd.agent.clone());
     apply_upstream_headers(headers, upstream);
@@ -95,24 +93,24 @@ pub fn apply_upstream_headers(headers: &mut HeaderMap, upstream: &Upstream) {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    use std::io::Write;
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        // The common case: the address alone, formatted on the stack (an IPv6 address with a
-        // zone fits in 64 bytes).
-        let mut buf = [0u8; 64];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        if write!(cursor, "{ip}").is_ok() {
-            let n = cursor.position() as usize;
-            if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
-                headers.insert(X_FORWARDED_FOR, v);
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    use hyper::header::Entry;
+    match headers.entry(X_FORWARDED_FOR) {
+        // The common case: the address alone, already formatted for the connection.
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
+        Entry::Occupied(mut e) => {
+            let mut joined = Vec::new();
+            for prior in e.iter() {
+                joined.extend_from_slice(prior.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                e.insert(v);
             }
         }
-        return;
-    }
-    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    if let Ok(v) = HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))) {
-        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -143,9 +141,9 @@ mod tests {
             h,
             u,
             &ForwardedFor {
-                client_ip: "10.0.0.7".parse().unwrap(),
+                client: &HeaderValue::from_static("10.0.0.7"),
                 proto: "http",
-                host: "api.example.com",
+                host: &HeaderValue::from_static("api.example.com"),
                 agent: &agent,
             },
         );

@@ -18,8 +18,9 @@ use crate::upstream::{note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, UpstreamBody};
 use std::borrow::Cow;
@@ -30,10 +31,21 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// What the listener knows about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientConn {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer address as an `X-Forwarded-For` value, formatted once per connection instead
+    /// of once per request (shared bytes: each request's copy is a reference count).
+    pub forwarded_for: HeaderValue,
+}
+
+impl ClientConn {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let forwarded_for = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientConn { peer, tls, forwarded_for }
+    }
 }
 
 /// Handles one client request on forward `forward`. Never fails: every problem becomes a
@@ -443,16 +455,22 @@ fn build_request(
     let uri = Uri::builder()
         .scheme(target.scheme.clone())
         .authority(target.authority.clone())
-        .path_and_query(target.path_and_query(parts.uri.path(), parts.uri.query()))
+        .path_and_query(
+            match parts.uri.path_and_query() {
+                Some(pq) => target.upstream_path(pq),
+                None => target.upstream_path(&PathAndQuery::from_static("/")),
+            }
+            .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?,
+        )
         .build()
         .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
     headers::to_upstream(
         &mut headers,
         upstream,
         &headers::ForwardedFor {
-            client_ip: out.conn.peer.ip(),
+            client: &out.conn.forwarded_for,
             proto: if out.conn.tls { "https" } else { "http" },
-            host: target.host_header(),
+            host: &target.host_value,
             agent: &group.agent,
         },
     );

@@ -5,133 +5,21 @@
 //! itself contains escapes). Anything that is not a JSON object, or has no string `model`, yields
 //! `None`: such a request simply matches no model rule.
 
+use crate::json_scan::Scanner;
 use std::borrow::Cow;
 
 pub fn extract(body: &[u8]) -> Option<Cow<'_, str>> {
-    let mut s = Scanner { b: body, i: 0 };
-    s.ws();
-    s.eat(b'{')?;
-    loop {
-        s.ws();
-        if s.peek()? == b'}' {
+    let mut model = None;
+    let mut s = Scanner::new(body);
+    // The walk stops (`None`) at the first `model` key: nothing after it matters.
+    let _ = s.object(|s, key, escaped| {
+        if key == b"model" && !escaped {
+            model = s.string_or_null();
             return None;
         }
-        let (raw, escaped) = s.string()?;
-        s.ws();
-        s.eat(b':')?;
-        s.ws();
-        if raw == b"model" && !escaped {
-            if s.peek()? == b'"' {
-                let (value, escaped) = s.string()?;
-                return if escaped {
-                    unescape(value).map(Cow::Owned)
-                } else {
-                    std::str::from_utf8(value).ok().map(Cow::Borrowed)
-                };
-            }
-            return None;
-        }
-        s.skip_value(0)?;
-        s.ws();
-        match s.next()? {
-            b',' => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// Nesting deeper than this is not a chat request; giving up keeps the scan bounded.
-const MAX_DEPTH: usize = 128;
-
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Scanner<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek()?;
-        self.i += 1;
-        Some(c)
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        (self.next()? == c).then_some(())
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    /// A string's raw bytes (between the quotes) and whether it contained escapes.
-    fn string(&mut self) -> Option<(&'a [u8], bool)> {
-        self.eat(b'"')?;
-        let start = self.i;
-        let mut escaped = false;
-        loop {
-            match self.next()? {
-                b'"' => return Some((&self.b[start..self.i - 1], escaped)),
-                b'\\' => {
-                    escaped = true;
-                    self.next()?;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn skip_value(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            b'"' => self.string().map(|_| ()),
-            open @ (b'{' | b'[') => {
-                let close = if open == b'{' { b'}' } else { b']' };
-                self.i += 1;
-                loop {
-                    self.ws();
-                    if self.peek()? == close {
-                        self.i += 1;
-                        return Some(());
-                    }
-                    if open == b'{' {
-                        self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        self.ws();
-                    }
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        c if c == close => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            _ => {
-                // number, true, false, null
-                let start = self.i;
-                while matches!(self.peek(), Some(c) if !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                {
-                    self.i += 1;
-                }
-                (self.i > start).then_some(())
-            }
-        }
-    }
-}
-
-fn unescape(raw: &[u8]) -> Option<String> {
-    let quoted = [b"\"", raw, b"\""].concat();
-    serde_json::from_slice::<String>(&quoted).ok()
+        s.skip_value()
+    });
+    model.flatten()
 }
 
 #[cfg(test)]

@@ -244,7 +244,7 @@ fn serve(
     let role = l.role.clone();
     let builder = builder.clone();
     let shared = shared.clone();
-    let conn = ClientConn { peer, tls: l.tls.is_some() };
+    let conn = ClientConn::new(peer, l.tls.is_some());
     match l.tls.clone() {
         None => {
             tokio::spawn(serve_io(stream, role, builder, shared, conn, watcher));
@@ -272,9 +272,11 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = conn.peer;
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let role = role.clone();
+        let conn = conn.clone();
         async move {
             let resp = match &role {
                 Role::Forward(name) => crate::proxy::handle(&shared.runtime(), name, conn, req).await,
@@ -284,6 +286,6 @@ async fn serve_io<I>(
         }
     });
     if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned()).await {
-        crate::debug!("connection from {} ended: {e}", conn.peer);
+        crate::debug!("connection from {peer} ended: {e}");
     }
 }

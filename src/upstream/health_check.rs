@@ -79,9 +79,7 @@ pub async fn check(upstream: &Upstream, cfg: &config::HealthCheck, client: &Http
                 };
                 let mut req = Request::new(Full::new(Bytes::new()));
                 *req.uri_mut() = uri;
-                if let Ok(host) = HeaderValue::from_str(t.host_header()) {
-                    req.headers_mut().insert(HOST, host);
-                }
+                req.headers_mut().insert(HOST, t.host_value.clone());
                 req.headers_mut().insert(USER_AGENT, HeaderValue::from_static(crate::config::parse::DEFAULT_AGENT));
                 crate::proxy::headers::apply_upstream_headers(req.headers_mut(), upstream);
                 match client.send(req).await {

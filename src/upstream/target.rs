@@ -16,7 +16,8 @@
 //! use still reach exactly that endpoint when the client calls it. Queries are merged: the
 //! upstream URL's query first (Azure's `?api-version=…`), then the client's.
 
-use hyper::http::uri::{Authority, Scheme};
+use hyper::header::HeaderValue;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 
 #[derive(Debug, Clone)]
 pub struct HttpTarget {
@@ -27,6 +28,8 @@ pub struct HttpTarget {
     /// The URL's path without a trailing slash ("" for the root).
     base_path: String,
     base_query: Option<String>,
+    /// The `Host` header for this upstream, built once.
+    pub host_value: HeaderValue,
 }
 
 impl HttpTarget {
@@ -41,7 +44,31 @@ impl HttpTarget {
         };
         let base_path = path.trim_end_matches('/').to_string();
         let base_segments = base_path.split('/').filter(|s| !s.is_empty()).map(Into::into).collect();
-        Ok(HttpTarget { scheme, authority, base_segments, base_path, base_query: query.map(str::to_string) })
+        let host = authority.as_str().rsplit('@').next().unwrap_or(authority.as_str());
+        let host_value = HeaderValue::from_str(host).map_err(|e| format!("{url:?} has an invalid host: {e}"))?;
+        Ok(HttpTarget {
+            scheme,
+            authority,
+            base_segments,
+            base_path,
+            base_query: query.map(str::to_string),
+            host_value,
+        })
+    }
+
+    /// The upstream path and query for a client request. When the join leaves the client's
+    /// unchanged (an upstream URL without a path, or whose path the client's starts with, and
+    /// without a query of its own) the client's is reused as it is: no string is built or
+    /// parsed again.
+    pub fn upstream_path(&self, client: &PathAndQuery) -> Result<PathAndQuery, String> {
+        let path = client.path();
+        if self.base_query.is_none() && path.starts_with('/') {
+            let end = self.overlap_end(path);
+            if path[..end].trim_end_matches('/') == self.base_path {
+                return Ok(client.clone());
+            }
+        }
+        PathAndQuery::try_from(self.path_and_query(path, client.query())).map_err(|e| e.to_string())
     }
 
     /// The upstream path and query for a client request (written into one new string).
@@ -74,10 +101,6 @@ impl HttpTarget {
         }
         0
     }
-
-    pub fn host_header(&self) -> &str {
-        self.authority.as_str().rsplit('@').next().unwrap_or(self.authority.as_str())
-    }
 }
 
 /// Byte offset just past the `k`-th non-empty segment of `path`.
@@ -104,8 +127,17 @@ fn offset_after_segments(path: &str, k: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// Joins both ways — building the string, and `upstream_path`, which reuses the client's
+    /// path when it can — and checks they agree.
     fn join(url: &str, path: &str, query: Option<&str>) -> String {
-        HttpTarget::parse(url).unwrap().path_and_query(path, query)
+        let target = HttpTarget::parse(url).unwrap();
+        let built = target.path_and_query(path, query);
+        let client: PathAndQuery = match query {
+            Some(q) => format!("{path}?{q}").parse().unwrap(),
+            None => path.parse().unwrap(),
+        };
+        assert_eq!(target.upstream_path(&client).unwrap().as_str(), built, "{url} + {client}");
+        built
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! A forward-only JSON scanner for reading a few fields out of a document without building it.
+//!
+//! The gateway reads JSON on the hot path in two places: the `model` of a request (routing
+//! rules) and the `usage` of a response (token accounting). Both want two or three fields out of
+//! a document whose bulk (messages, choices, images) is irrelevant. Deserializing — even with
+//! serde skipping into `IgnoredAny` — costs several thousand instructions per response; walking
+//! the bytes and skipping what is not asked for costs a few per byte and allocates nothing.
+//!
+//! The scanner is lenient where leniency is harmless (a skipped number is not validated) and
+//! strict where it matters: every structural error yields `None`, so a caller never acts on half
+//! a document. Nesting is bounded, so hostile input cannot recurse without limit.
+
+use std::borrow::Cow;
+
+/// Nesting deeper than this is not an API payload; giving up keeps the scan bounded.
+const MAX_DEPTH: usize = 128;
+
+pub struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Scanner { b, i: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// The next value's first byte, after whitespace.
+    pub fn peek_value(&mut self) -> Option<u8> {
+        self.ws();
+        self.peek()
+    }
+
+    /// Walks the object at the cursor, calling `field` with each key (its raw bytes, and whether
+    /// it contained escapes) while the cursor is on the value; `field` must consume the value.
+    pub fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8], bool) -> Option<()>) -> Option<()> {
+        self.ws();
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let (key, escaped) = self.raw_string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            field(self, key, escaped)?;
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A string's raw bytes (between the quotes) and whether it contained escapes.
+    fn raw_string(&mut self) -> Option<(&'a [u8], bool)> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            // Most bytes are neither a quote nor a backslash: find the next one of those at once.
+            let rest = self.b.get(self.i..)?;
+            let at = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+            self.i += at + 1;
+            if rest[at] == b'"' {
+                return Some((&self.b[start..self.i - 1], escaped));
+            }
+            escaped = true;
+            self.next()?;
+        }
+    }
+
+    /// The string value at the cursor (`Ok(None)` for `null`); any other value is skipped and
+    /// also yields `Ok(None)`.
+    pub fn string_or_null(&mut self) -> Option<Option<Cow<'a, str>>> {
+        self.ws();
+        if self.peek()? != b'"' {
+            self.skip_value()?;
+            return Some(None);
+        }
+        let (raw, escaped) = self.raw_string()?;
+        Some(if escaped { unescape(raw).map(Cow::Owned) } else { std::str::from_utf8(raw).ok().map(Cow::Borrowed) })
+    }
+
+    /// The non-negative integer at the cursor, or `None` inside `Some` for any other value
+    /// (which is skipped).
+    pub fn u64_or_other(&mut self) -> Option<Option<u64>> {
+        self.ws();
+        let start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let digits = &self.b[start..self.i];
+        let ends_here = matches!(self.peek(), Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
+        if !digits.is_empty() && ends_here {
+            let n = digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+            if n.is_some() {
+                return Some(n);
+            }
+        }
+        self.i = start;
+        self.skip_value()?;
+        Some(None)
+    }
+
+    /// Whether the array at the cursor is empty, or `None` inside `Some` for any other value.
+    /// The value is skipped either way.
+    pub fn array_is_empty(&mut self) -> Option<Option<bool>> {
+        self.ws();
+        let start = self.i;
+        let empty = if self.peek()? == b'[' {
+            self.i += 1;
+            self.ws();
+            Some(self.peek()? == b']')
+        } else {
+            None
+        };
+        self.i = start;
+        self.skip_value()?;
+        Some(empty)
+    }
+
+    /// Skips the value at the cursor, whatever it is.
+    pub fn skip_value(&mut self) -> Option<()> {
+        self.skip(0)
+    }
+
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        match self.peek()? {
+            b'"' => self.raw_string().map(|_| ()),
+            open @ (b'{' | b'[') => {
+                let close = if open == b'{' { b'}' } else { b']' };
+                self.i += 1;
+                self.ws();
+                if self.peek()? == close {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    if open == b'{' {
+                        self.raw_string()?;
+                        self.ws();
+                        self.eat(b':')?;
+                    }
+                    self.skip(depth + 1)?;
+                    self.ws();
+                    match self.next()? {
+                        b',' => continue,
+                        c if c == close => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            _ => {
+                // number, true, false, null: the bytes they can be made of
+                let start = self.i;
+                while matches!(self.peek(), Some(b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'+' | b'-' | b'.')) {
+                    self.i += 1;
+                }
+                (self.i > start).then_some(())
+            }
+        }
+    }
+}
+
+/// Decodes a string with escapes (rare in model names; never on the hot path).
+fn unescape(raw: &[u8]) -> Option<String> {
+    let quoted = [b"\"", raw, b"\""].concat();
+    serde_json::from_slice::<String>(&quoted).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(doc: &str) -> Option<Vec<(String, String)>> {
+        let mut s = Scanner::new(doc.as_bytes());
+        let mut out = Vec::new();
+        s.object(|s, key, _| {
+            let start = s.i;
+            s.skip_value()?;
+            out.push((String::from_utf8_lossy(key).into_owned(), doc[start..s.i].trim().to_string()));
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    #[test]
+    fn walks_top_level_keys_and_skips_nested_values() {
+        let doc = r#" { "a" : 1 , "b":{"c":[1,{"d":"}"}]}, "e":"x\"y", "f":[], "g":{} ,"h":null} "#;
+        let got = fields(doc).unwrap();
+        let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "e", "f", "g", "h"]);
+        assert_eq!(got[1].1, r#"{"c":[1,{"d":"}"}]}"#);
+        assert_eq!(got[2].1, r#""x\"y""#);
+        assert_eq!(fields("{}"), Some(vec![]));
+    }
+
+    #[test]
+    fn malformed_documents_yield_none() {
+        for doc in
+            ["", "[1]", "{", r#"{"a":}"#, r#"{"a":1"#, r#"{"a" 1}"#, r#"{"a":[1,}"#, r#"{"a":"x}"#, r#"{"a":1;}"#]
+        {
+            assert_eq!(fields(doc), None, "{doc}");
+        }
+        let deep = format!("{{\"x\":{}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(fields(&deep), None, "nesting is bounded");
+    }
+
+    #[test]
+    fn typed_values() {
+        let doc = r#"{"s":"gpt-4o","e":"a\"b","n":null,"k":7,"u":18446744073709551615,"neg":-1,"f":1.5,"o":{"x":1},"z":[],"y":[0]}"#;
+        let mut s = Scanner::new(doc.as_bytes());
+        let mut seen = Vec::new();
+        s.object(|s, key, _| {
+            let v = match key {
+                b"s" | b"e" | b"n" | b"o" => format!("{:?}", s.string_or_null()?),
+                b"z" | b"y" => format!("{:?}", s.array_is_empty()?),
+                _ => format!("{:?}", s.u64_or_other()?),
+            };
+            seen.push(v);
+            Some(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                r#"Some("gpt-4o")"#,
+                r#"Some("a\"b")"#,
+                "None",
+                "Some(7)",
+                "Some(18446744073709551615)",
+                "None",
+                "None",
+                "None",
+                "Some(true)",
+                "Some(false)"
+            ]
+        );
+    }
+}
