@@ -14,7 +14,7 @@ use crate::ratelimit::Gcra;
 use crate::runtime::{Forward, Group, Member, Runtime};
 use crate::upstream::breaker::Admission;
 use crate::upstream::load::InflightGuard;
-use crate::upstream::{note_transition, Target, Upstream};
+use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -369,25 +369,27 @@ async fn attempt(
         }
         Target::Http(target) => {
             let headers = if last { std::mem::take(&mut out.headers) } else { out.headers.clone() };
-            let req = match build_request(group, upstream, target, out, headers) {
-                Ok(r) => r,
+            let (path, headers) = match upstream_head(group, upstream, target, out, headers) {
+                Ok(h) => h,
                 Err(e) => return Outcome::Invalid(e),
             };
             if let Some(pool) = &member.direct {
-                match within(&mut sleep, pool.send(req)).await {
+                let request =
+                    direct::Outgoing { method: &out.parts.method, path: &path, headers: &headers, body: &out.body };
+                match within(&mut sleep, pool.send(request)).await {
                     None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                     Some(Err(e)) => Err(direct_error(upstream, &e)),
-                    Some(Ok((resp, mut driver))) => {
+                    Some(Ok(resp)) => {
                         let (mut head, body) = resp.into_parts();
                         headers::strip_hop_by_hop(&mut head.headers);
-                        // A body that is empty from the start (HEAD, 204, 304) is never polled.
-                        if hyper::body::Body::is_end_stream(&body) {
-                            driver.release();
-                        }
-                        Ok(Response::from_parts(head, UpstreamBody::Direct(body, driver)))
+                        Ok(Response::from_parts(head, UpstreamBody::Direct(body)))
                     }
                 }
             } else {
+                let req = match client_request(target, out, path, headers) {
+                    Ok(r) => r,
+                    Err(e) => return Outcome::Invalid(e),
+                };
                 match within(&mut sleep, group.client.send(req)).await {
                     None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                     Some(Err(e)) => Err(upstream_error(upstream, &e)),
@@ -444,26 +446,19 @@ async fn attempt(
     }
 }
 
-fn build_request(
+/// The upstream's path and the client's headers rewritten for it.
+fn upstream_head(
     group: &Group,
     upstream: &Upstream,
     target: &crate::upstream::HttpTarget,
     out: &Outgoing<'_>,
     mut headers: HeaderMap,
-) -> Result<Request<Full<Bytes>>, ApiError> {
-    let parts = out.parts;
-    let uri = Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(
-            match parts.uri.path_and_query() {
-                Some(pq) => target.upstream_path(pq),
-                None => target.upstream_path(&PathAndQuery::from_static("/")),
-            }
-            .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?,
-        )
-        .build()
-        .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
+) -> Result<(PathAndQuery, HeaderMap), ApiError> {
+    let path = match out.parts.uri.path_and_query() {
+        Some(pq) => target.upstream_path(pq),
+        None => target.upstream_path(&PathAndQuery::from_static("/")),
+    }
+    .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
     headers::to_upstream(
         &mut headers,
         upstream,
@@ -474,8 +469,24 @@ fn build_request(
             agent: &group.agent,
         },
     );
+    Ok((path, headers))
+}
+
+/// The request for the pooled (hyper) client, which wants an absolute URI.
+fn client_request(
+    target: &crate::upstream::HttpTarget,
+    out: &Outgoing<'_>,
+    path: PathAndQuery,
+    headers: HeaderMap,
+) -> Result<Request<Full<Bytes>>, ApiError> {
+    let uri = Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
     let mut req = Request::new(Full::new(out.body.clone()));
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = out.parts.method.clone();
     *req.uri_mut() = uri;
     // The pool speaks HTTP/2 to upstreams that negotiate it by ALPN, whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;
@@ -509,7 +520,7 @@ fn direct_error(upstream: &Upstream, e: &crate::upstream::direct::SendError) -> 
         SendError::Connect(why) => {
             (Failure::Connect, ApiError::bad_gateway(format!("cannot connect to upstream {}: {why}", upstream.name)))
         }
-        SendError::Http(_) => {
+        SendError::Io(_) | SendError::Protocol(_) => {
             (Failure::Reset, ApiError::bad_gateway(format!("upstream {} failed before answering: {e}", upstream.name)))
         }
     }

@@ -21,7 +21,7 @@
 
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::families::{ForwardMetrics, MemberMetrics};
-use crate::upstream::direct::Driver;
+use crate::upstream::direct::DirectBody;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::Upstream;
 use crate::usage::UsageScanner;
@@ -48,8 +48,8 @@ pub enum Timer {
 #[allow(clippy::large_enum_variant)]
 pub enum UpstreamBody {
     Http(Incoming),
-    /// A body read over a request-driven connection, which is polled along with it.
-    Direct(Incoming, Driver),
+    /// A body read straight from a plain-HTTP/1.1 upstream connection.
+    Direct(DirectBody),
     Mock(ProxyBody),
 }
 
@@ -60,32 +60,23 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            UpstreamBody::Direct(b, driver) => {
-                driver.poll(cx);
-                let frame = Pin::new(&mut *b).poll_frame(cx).map_err(BoxError::from);
-                // hyper stops polling a body that says it has ended, so the connection goes back
-                // to the pool as soon as the last frame is out, not on a final `None`.
-                if matches!(frame, Poll::Ready(None))
-                    || (matches!(frame, Poll::Ready(Some(Ok(_)))) && b.is_end_stream())
-                {
-                    driver.release();
-                }
-                frame
-            }
+            UpstreamBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             UpstreamBody::Mock(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Http(b) | UpstreamBody::Direct(b, _) => b.is_end_stream(),
+            UpstreamBody::Http(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
             UpstreamBody::Mock(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Http(b) | UpstreamBody::Direct(b, _) => b.size_hint(),
+            UpstreamBody::Http(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
             UpstreamBody::Mock(b) => b.size_hint(),
         }
     }

@@ -1,47 +1,59 @@
-//! Plain-HTTP/1.1 upstream connections driven by the request that uses them.
+//! Plain-HTTP/1.1 upstream connections, spoken directly by the request that uses them.
 //!
-//! hyper-util's pooled client runs every connection in a task of its own and hands requests and
-//! responses to it through channels: two extra task wake-ups per request, which on a busy core
-//! cost more than the proxying itself. For `http://` upstreams without an outbound proxy (the
-//! vLLM/Ollama/sidecar case, and every benchmark), this pool instead keeps idle
-//! `(SendRequest, Connection)` pairs and lets the request's own task poll the connection while
-//! it waits for the head, and the relay body poll it while the body streams. When the body ends
-//! the pair goes back to the pool; when the client goes away it is dropped, which closes the
-//! upstream connection. HTTPS, HTTP/2 and proxied upstreams keep the pooled client.
+//! For `http://` upstreams without an outbound proxy (the vLLM/Ollama/sidecar case, and every
+//! benchmark) the proxy is an HTTP/1.1 client of the simplest kind: one request at a time per
+//! connection, a buffered body, a response relayed frame by frame. hyper's client is built for
+//! the general case — a connection task, a request channel and a response callback per
+//! request, a header map walked through `fmt` — and on a busy core that machinery cost more
+//! than the proxying itself. Here the request's own task writes the head and body with one
+//! `writev`, parses the response head with `httparse` (hyper's own parser), and the response body
+//! reads the socket as the client consumes it; the connection goes back to the pool the moment
+//! the last byte is read. HTTPS, HTTP/2 and proxied upstreams keep hyper's pooled client.
 //!
-//! An idle connection is not polled, so a close by the upstream is noticed when it is taken:
-//! it is polled once, and a request that an already-closed connection refused unsent is sent
-//! again on a fresh one.
+//! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; chunked when the
+//! final transfer coding is chunked; else `Content-Length` (conflicting values are an error);
+//! else the body runs to the close. A connection is reused only after a complete, exactly framed
+//! response that did not ask to close.
+//!
+//! An idle connection is not read, so a close by the upstream is noticed when it is taken (from
+//! the readiness the event loop already has — no system call); a request whose write fails on
+//! a pooled connection was not received and goes again on a fresh one.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use std::future::{poll_fn, Future};
+use super::chunked::{Chunked, Step};
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Response, StatusCode, Version};
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Idle connections kept per upstream: enough for bursts, bounded so a spike cannot pin
 /// thousands of sockets.
 const MAX_IDLE: usize = 512;
+/// A response head larger than this is refused (hyper's default limit is similar).
+const MAX_HEAD: usize = 64 * 1024;
+/// Response headers beyond this count are refused.
+const MAX_HEADERS: usize = 128;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
 
-type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
-/// A connection and its request handle. Boxed once when dialled: the pair is large (hyper's
-/// connection state), and it moves between the pool, the request and the relay body on every
-/// request — as a pointer, not as kilobytes.
-struct Pair {
-    sender: SendRequest<Full<Bytes>>,
-    conn: Conn,
+/// One upstream connection and its buffers, reused from request to request.
+struct Conn {
+    io: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
 }
 
 struct Idle {
-    pair: Box<Pair>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -54,29 +66,33 @@ pub struct DirectPool {
     idle: Mutex<Vec<Idle>>,
 }
 
-/// Why a request could not be sent.
+/// Why a request got no response head.
 #[derive(Debug)]
 pub enum SendError {
     Connect(String),
-    /// The connection failed before a response head arrived.
-    Http(hyper::Error),
+    /// The connection failed while the request was written or the head awaited.
+    Io(io::Error),
+    /// The upstream's answer is not HTTP/1.x as it must be.
+    Protocol(&'static str),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Connect(e) => f.write_str(e),
-            SendError::Http(e) => {
-                write!(f, "{e}")?;
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    write!(f, ": {s}")?;
-                    source = s.source();
-                }
-                Ok(())
-            }
+            SendError::Io(e) => write!(f, "{e}"),
+            SendError::Protocol(e) => write!(f, "invalid HTTP response: {e}"),
         }
     }
+}
+
+/// What is sent: the request line's parts, the headers (already rewritten for the upstream)
+/// and the buffered body.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    pub path: &'a PathAndQuery,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
 }
 
 impl DirectPool {
@@ -89,116 +105,378 @@ impl DirectPool {
         Arc::new(DirectPool { address, connect_timeout, keepalive, idle_timeout, idle: Mutex::new(Vec::new()) })
     }
 
-    fn take(&self) -> Option<Idle> {
+    fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if c.since.elapsed() < self.idle_timeout {
-                return Some(c);
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put(&self, pair: Box<Pair>) {
+    fn put(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { pair, since: Instant::now() });
+            idle.push(Idle { conn, since: Instant::now() });
         }
     }
 
-    async fn dial(&self) -> Result<Box<Pair>, SendError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
+    async fn dial(&self) -> Result<Conn, SendError> {
+        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
             .map_err(|_| SendError::Connect(format!("connect to {} timed out", self.address)))?
             .map_err(|e| SendError::Connect(format!("connect to {}: {e}", self.address)))?;
-        let _ = stream.set_nodelay(true);
+        let _ = io.set_nodelay(true);
         if let Some(idle) = self.keepalive {
-            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
+            let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
         }
-        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(SendError::Http)?;
-        Ok(Box::new(Pair { sender, conn }))
+        Ok(Conn { io, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024) })
     }
 
-    /// Sends the request and returns the response head with the connection that must be polled
-    /// while its body is read. When a pooled connection turns out to be closed before the request
-    /// was written, hyper hands the request back and it goes again on a fresh connection.
-    pub async fn send(self: &Arc<Self>, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Driver), SendError> {
-        let mut req = Some(req);
-        let mut reused = self.take();
+    /// Sends the request and returns the response head; the body is read from the connection
+    /// as it is polled, and the connection returns to the pool when the body has been read.
+    pub async fn send(self: &Arc<Self>, out: Outgoing<'_>) -> Result<Response<DirectBody>, SendError> {
+        let head_request = out.method == Method::HEAD;
         loop {
-            let was_pooled = reused.is_some();
-            let mut pair = match reused.take() {
-                Some(c) => c.pair,
-                None => self.dial().await?,
+            let (mut conn, pooled) = match self.take() {
+                Some(conn) if conn.closed_while_idle() => continue,
+                Some(conn) => (conn, true),
+                None => (self.dial().await?, false),
             };
-            // Ready to send? Polling the connection also notices a close by the upstream.
-            let ready = poll_fn(|cx| {
-                let Pair { sender, conn } = &mut *pair;
-                if let Poll::Ready(r) = Pin::new(conn).poll(cx) {
-                    return Poll::Ready(Err(r.err()));
-                }
-                sender.poll_ready(cx).map_err(Some)
-            })
-            .await;
-            match ready {
+            conn.encode_head(&out);
+            match conn.write_request(out.body).await {
                 Ok(()) => {}
-                Err(_) if was_pooled => continue,
-                Err(Some(e)) => return Err(SendError::Http(e)),
-                Err(None) => return Err(SendError::Connect(format!("{} closed the connection", self.address))),
+                // The upstream closed it between our check and the write: nothing was received.
+                Err(_) if pooled => continue,
+                Err(e) => return Err(SendError::Io(e)),
             }
-            let Some(request) = req.take() else {
-                return Err(SendError::Connect(format!("{}: the request could not be resent", self.address)));
-            };
-            let mut response = std::pin::pin!(pair.sender.try_send_request(request));
-            let mut conn_done = false;
-            let result = poll_fn(|cx| {
-                if !conn_done && Pin::new(&mut pair.conn).poll(cx).is_ready() {
-                    conn_done = true;
-                }
-                response.as_mut().poll(cx)
-            })
-            .await;
-            match result {
-                Ok(resp) => return Ok((resp, Driver { pool: self.clone(), pair: Some(pair), conn_done })),
-                Err(mut e) => {
-                    req = e.take_message();
-                    if !(was_pooled && req.is_some()) {
-                        return Err(SendError::Http(e.into_error()));
-                    }
-                }
+            let (head, framing) = conn.read_head(head_request).await?;
+            let mut body = DirectBody { conn: Some(conn), pool: self.clone(), framing };
+            if body.framing.is_complete() {
+                body.finish();
+            }
+            return Ok(Response::from_parts(head, body));
+        }
+    }
+}
+
+impl Conn {
+    /// Whether the upstream closed (or wrote to) the connection while it sat in the pool. Only
+    /// readiness the event loop already recorded leads to a read, so a live connection costs no
+    /// system call here.
+    fn closed_while_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn encode_head(&mut self, out: &Outgoing<'_>) {
+        let w = &mut self.write;
+        w.clear();
+        w.extend_from_slice(out.method.as_str().as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(out.path.as_str().as_bytes());
+        w.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in out.headers {
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        // The length of what is actually sent (the client's was removed: the body may have been
+        // rewritten). Methods that define a body get one even when empty.
+        let defines_body = !matches!(*out.method, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS);
+        if !out.body.is_empty() || defines_body {
+            w.extend_from_slice(b"content-length: ");
+            let mut digits = [0u8; 20];
+            w.extend_from_slice(format_u64(out.body.len() as u64, &mut digits));
+            w.extend_from_slice(b"\r\n");
+        }
+        w.extend_from_slice(b"\r\n");
+    }
+
+    /// Head and body in as few `writev` calls as the socket allows (one, normally).
+    async fn write_request(&mut self, body: &[u8]) -> io::Result<()> {
+        let (mut head_sent, mut body_sent) = (0, 0);
+        while head_sent < self.write.len() || body_sent < body.len() {
+            let parts = [IoSlice::new(&self.write[head_sent..]), IoSlice::new(&body[body_sent..])];
+            let n = self.io.write_vectored(&parts).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(self.write.len() - head_sent);
+            head_sent += from_head;
+            body_sent += n - from_head;
+        }
+        Ok(())
+    }
+
+    async fn read_head(&mut self, head_request: bool) -> Result<(hyper::http::response::Parts, Framing), SendError> {
+        loop {
+            if let Some(parsed) = parse_head(&mut self.read, head_request)? {
+                return Ok(parsed);
+            }
+            if self.read.len() >= MAX_HEAD {
+                return Err(SendError::Protocol("response head too large"));
+            }
+            self.read.reserve(READ_CHUNK);
+            let n = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.read).await.map_err(SendError::Io)?;
+            if n == 0 {
+                return Err(SendError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before answering",
+                )));
             }
         }
     }
 }
 
-/// The connection behind a response body: polled with the body, pooled again when the body has
-/// been read to its end, closed when dropped earlier.
-pub struct Driver {
+/// Parses a complete response head at the start of `buf` and removes it (skipping interim 1xx
+/// answers); `Ok(None)` while the head is incomplete. Header values share the read buffer's
+/// memory instead of being copied.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<(hyper::http::response::Parts, Framing)>, SendError> {
+    loop {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(SendError::Protocol("too many headers")),
+            Err(_) => return Err(SendError::Protocol("malformed response head")),
+        };
+        let code = resp.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| SendError::Protocol("invalid status code"))?;
+        if status.is_informational() {
+            if code == 101 {
+                return Err(SendError::Protocol("unexpected protocol switch"));
+            }
+            // 100 Continue, 103 Early Hints: the real answer follows.
+            buf.advance(len);
+            continue;
+        }
+        let version = if resp.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        // Offsets of each name and value, so the values can be cut from the frozen head.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = resp.headers.len();
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| SendError::Protocol("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| SendError::Protocol("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let framing = Framing::of(&headers, version, status, head_request)?;
+        let mut parts = Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        return Ok(Some((parts, framing)));
+    }
+}
+
+/// Where the response body ends.
+#[derive(Debug)]
+enum Delimiter {
+    Empty,
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+/// How the response body is delimited, and whether the connection survives it.
+#[derive(Debug)]
+struct Framing {
+    body: Delimiter,
+    keep_alive: bool,
+}
+
+impl Framing {
+    fn of(headers: &HeaderMap, version: Version, status: StatusCode, head_request: bool) -> Result<Self, SendError> {
+        let close = has_token(headers, "close");
+        let mut keep_alive = if version == Version::HTTP_10 { has_token(headers, "keep-alive") } else { !close };
+        let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Delimiter::Empty
+        } else if let Some(te) = headers.get_all(hyper::header::TRANSFER_ENCODING).iter().next_back() {
+            // Transfer-Encoding overrides Content-Length; a message with both is suspect, so the
+            // connection is not reused after it.
+            keep_alive &= !headers.contains_key(hyper::header::CONTENT_LENGTH);
+            let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+            if last.eq_ignore_ascii_case(b"chunked") {
+                Delimiter::Chunked(Chunked::default())
+            } else {
+                Delimiter::UntilClose
+            }
+        } else if let Some(n) = content_length(headers)? {
+            Delimiter::Length(n)
+        } else {
+            Delimiter::UntilClose
+        };
+        if matches!(body, Delimiter::UntilClose) {
+            keep_alive = false;
+        }
+        Ok(Framing { body, keep_alive })
+    }
+
+    fn is_complete(&self) -> bool {
+        matches!(self.body, Delimiter::Empty | Delimiter::Length(0))
+    }
+}
+
+/// The one length all `Content-Length` values agree on; differing or malformed values are an
+/// error (RFC 9112 §6.3), since the body's end could not be known.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, SendError> {
+    let mut length = None;
+    for v in headers.get_all(hyper::header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(SendError::Protocol("invalid content-length"));
+            }
+            let n = digits
+                .iter()
+                .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                .ok_or(SendError::Protocol("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(SendError::Protocol("conflicting content-length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A response body read from its connection as it is polled. The connection returns to the
+/// pool when the body has been read to its exact end; dropped earlier (the client left, a
+/// timer fired), it is closed with the body.
+pub struct DirectBody {
+    conn: Option<Conn>,
     pool: Arc<DirectPool>,
-    pair: Option<Box<Pair>>,
-    conn_done: bool,
+    framing: Framing,
 }
 
-impl Driver {
-    /// Lets the connection read and dispatch; call before polling the body.
-    pub fn poll(&mut self, cx: &mut Context<'_>) {
-        if self.conn_done {
-            return;
-        }
-        if let Some(pair) = &mut self.pair {
-            if Pin::new(&mut pair.conn).poll(cx).is_ready() {
-                self.conn_done = true;
+impl DirectBody {
+    /// The body has been read to its end: the connection serves the next request, unless it
+    /// must close or holds bytes no request asked for.
+    fn finish(&mut self) {
+        self.framing.body = Delimiter::Empty;
+        if let Some(conn) = self.conn.take() {
+            if self.framing.keep_alive && conn.read.is_empty() {
+                self.pool.put(conn);
             }
         }
     }
 
-    /// The body was read to its end: the connection can serve the next request.
-    pub fn release(&mut self) {
-        if self.conn_done {
-            return;
+    /// The next piece of body already in the buffer, if any.
+    fn buffered(&mut self) -> Result<Option<Bytes>, &'static str> {
+        let Some(conn) = &mut self.conn else { return Ok(None) };
+        let buf = &mut conn.read;
+        match &mut self.framing.body {
+            Delimiter::Empty => Ok(None),
+            Delimiter::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                let data = buf.split_to(n).freeze();
+                if *left == 0 {
+                    self.finish();
+                }
+                Ok(Some(data))
+            }
+            Delimiter::Chunked(state) => match state.decode(buf)? {
+                Step::Data(data) => Ok(Some(data)),
+                Step::NeedMore => Ok(None),
+                Step::End => {
+                    self.finish();
+                    Ok(None)
+                }
+            },
+            Delimiter::UntilClose => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
         }
-        if let Some(pair) = self.pair.take() {
-            self.pool.put(pair);
+    }
+}
+
+impl Body for DirectBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.buffered() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) => {}
+                Err(why) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))));
+                }
+            }
+            if matches!(this.framing.body, Delimiter::Empty) {
+                return Poll::Ready(None);
+            }
+            let Some(conn) = &mut this.conn else { return Poll::Ready(None) };
+            if conn.read.capacity() - conn.read.len() < READ_CHUNK / 2 {
+                conn.read.reserve(READ_CHUNK);
+            }
+            // `read_buf` holds only references: a fresh one per poll is the same read.
+            let read = tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.read);
+            let n = ready!(std::pin::pin!(read).poll(cx))?;
+            if n == 0 {
+                if matches!(this.framing.body, Delimiter::UntilClose) {
+                    this.framing.body = Delimiter::Empty;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                this.conn = None;
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before the body was complete",
+                ))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing.body, Delimiter::Empty | Delimiter::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing.body {
+            Delimiter::Empty => SizeHint::with_exact(0),
+            Delimiter::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
         }
     }
 }
