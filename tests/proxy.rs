@@ -6,7 +6,7 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -520,4 +520,97 @@ async fn upstream_connections_are_reused_and_a_closed_one_is_replaced() {
     }
     assert_eq!(get(addr, "/v1/echo").await.0, 200);
     assert!(up.log.connections.load(Ordering::SeqCst) <= before + 1, "HEAD answers do not leak connections");
+}
+
+/// A raw TCP upstream for framing cases no HTTP library would produce on purpose: each request
+/// (on any connection) gets the next canned answer, written a few bytes at a time. A connection
+/// stays open after its answer unless the answer ends with the close.
+async fn raw_upstream(answers: Vec<(&'static [u8], bool)>) -> (std::net::SocketAddr, std::sync::Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(answers.into_iter()));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                loop {
+                    // Requests in these tests are GETs: a head and no body.
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    request.clear();
+                    let Some((answer, close)) = answers.lock().unwrap().next() else { return };
+                    for piece in answer.chunks(3) {
+                        if stream.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        stream.flush().await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn upstream_framing_chunked_interim_and_until_close() {
+    let (up, connections) = raw_upstream(vec![
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst", false),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+            false,
+        ),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", false),
+        (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", true),
+    ])
+    .await;
+    let server = start(&single_upstream_config(&format!("http://{up}"), "", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    let (status, _, body) = get(addr, "/a").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"first"[..]), "interim 100 skipped");
+    let (status, headers, body) = get(addr, "/b").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello, world"[..]), "chunked decoded, trailers dropped");
+    assert_eq!(headers["x-up"], "1");
+    assert_eq!(get(addr, "/c").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "exactly framed answers keep the connection");
+    let (status, _, body) = get(addr, "/d").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"until the end"[..]), "HTTP/1.0 body runs to the close");
+}
+
+#[tokio::test]
+async fn upstream_framing_errors_fail_the_request_instead_of_guessing() {
+    let (up, _) = raw_upstream(vec![
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", true),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", true),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", true),
+        (b"not http at all\r\n\r\n", true),
+    ])
+    .await;
+    let server = start(&single_upstream_config(&format!("http://{up}"), "", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    assert_eq!(get(addr, "/conflicting-length").await.0, StatusCode::BAD_GATEWAY);
+    // Once the head has been relayed, a broken body can only be cut: the client must see an
+    // error, never a short body that looks complete.
+    for path in ["/bad-chunk", "/short-body"] {
+        let resp = client().request(Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap()).await;
+        let cut = match resp {
+            Ok(r) => r.into_body().collect().await.is_err(),
+            Err(_) => true,
+        };
+        assert!(cut, "{path}: the client sees the failure");
+    }
+    assert_eq!(get(addr, "/garbage").await.0, StatusCode::BAD_GATEWAY);
 }
