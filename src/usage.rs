@@ -37,8 +37,18 @@ const MAX_LINE: usize = 1024 * 1024;
 const MAX_JSON: usize = 2 * 1024 * 1024;
 
 enum Mode {
-    Sse { partial: Vec<u8>, overlong: bool, dropping_event: bool },
-    Json { frames: Vec<Bytes>, size: usize },
+    Sse {
+        partial: Vec<u8>,
+        overlong: bool,
+        dropping_event: bool,
+    },
+    /// The body's frames (reference counts, not copies); the first is held apart because most
+    /// JSON answers arrive in one frame, which then costs no vector.
+    Json {
+        first: Option<Bytes>,
+        more: Vec<Bytes>,
+        size: usize,
+    },
 }
 
 pub struct UsageScanner {
@@ -52,11 +62,11 @@ pub struct UsageScanner {
 impl UsageScanner {
     /// A scanner for a response of `content_type`, or `None` when it cannot carry usage.
     pub fn for_content_type(content_type: &str, strip: bool) -> Option<Self> {
-        let ct = content_type.to_ascii_lowercase();
-        let mode = if ct.starts_with("text/event-stream") {
+        let is = |prefix: &str| content_type.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+        let mode = if is("text/event-stream") {
             Mode::Sse { partial: Vec::new(), overlong: false, dropping_event: false }
-        } else if ct.starts_with("application/json") {
-            Mode::Json { frames: Vec::new(), size: 0 }
+        } else if is("application/json") {
+            Mode::Json { first: None, more: Vec::new(), size: 0 }
         } else {
             return None;
         };
@@ -67,12 +77,15 @@ impl UsageScanner {
     /// unless usage chunks are being stripped.
     pub fn frame(&mut self, data: Bytes) -> Bytes {
         match &mut self.mode {
-            Mode::Json { frames, size } => {
+            Mode::Json { first, more, size } => {
                 if *size + data.len() <= MAX_JSON {
                     *size += data.len();
-                    frames.push(data.clone()); // a reference count, not a copy
+                    match first {
+                        None => *first = Some(data.clone()),
+                        Some(_) => more.push(data.clone()),
+                    }
                 } else {
-                    frames.clear();
+                    (*first, *more) = (None, Vec::new());
                     *size = usize::MAX / 2;
                 }
                 data
@@ -182,19 +195,17 @@ impl UsageScanner {
 
     /// Usage and the model the upstream reported, once the body has ended.
     pub fn finish(&mut self) -> (Usage, Option<String>) {
-        if let Mode::Json { frames, size } = &mut self.mode {
-            let frames = std::mem::take(frames);
-            if *size <= MAX_JSON {
-                match frames.as_slice() {
-                    [] => {}
-                    [one] => {
-                        self.report(one);
-                    }
-                    many => {
-                        let body: Vec<u8> = many.iter().flat_map(|b| b.iter().copied()).collect();
-                        self.report(&body);
-                    }
+        if let Mode::Json { first, more, size } = &mut self.mode {
+            let (first, more) = (first.take(), std::mem::take(more));
+            match first {
+                Some(one) if more.is_empty() => {
+                    self.report(&one);
                 }
+                Some(one) if *size <= MAX_JSON => {
+                    let body: Vec<u8> = one.iter().chain(more.iter().flatten()).copied().collect();
+                    self.report(&body);
+                }
+                _ => {}
             }
         }
         (self.usage, self.model.take())

@@ -175,8 +175,9 @@ impl RelayBody {
         telemetry: Telemetry,
         inflight: InflightGuard,
     ) -> Self {
+        let now = Instant::now();
         let at = match options.timer {
-            Timer::Idle(d) => Instant::now() + d,
+            Timer::Idle(d) => now + d,
             Timer::Deadline(at) => at,
         };
         let mut sleep = options.sleep;
@@ -194,7 +195,7 @@ impl RelayBody {
             upstream,
             telemetry,
             status,
-            last_frame: Instant::now(),
+            last_frame: now,
             first_byte_seen: false,
             scanner: options.scanner,
             keepalive,

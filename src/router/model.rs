@@ -48,8 +48,8 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_gives_up_instead_of_recursing_forever() {
-        let body = format!("{{\"x\":{}1{},\"model\":\"m\"}}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(extract(body.as_bytes()), None);
+    fn deep_nesting_is_skipped_in_one_pass() {
+        let body = format!("{{\"x\":{}1{},\"model\":\"m\"}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(extract(body.as_bytes()).as_deref(), Some("m"));
     }
 }

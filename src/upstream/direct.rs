@@ -40,8 +40,8 @@ use tokio::net::TcpStream;
 const MAX_IDLE: usize = 512;
 /// A response head larger than this is refused (hyper's default limit is similar).
 const MAX_HEAD: usize = 64 * 1024;
-/// Response headers beyond this count are refused.
-const MAX_HEADERS: usize = 128;
+/// Response headers beyond this count are refused (hyper's limit too).
+const MAX_HEADERS: usize = 100;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -260,17 +260,19 @@ fn parse_head(
         }
         let version = if resp.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         // Offsets of each name and value, so the values can be cut from the frozen head.
+        // (A head is at most MAX_HEAD plus one read long: u32 offsets keep this table small.)
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
         let count = resp.headers.len();
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
+            let name = (h.name.as_ptr() as usize - base) as u32;
+            let value = (h.value.as_ptr() as usize - base) as u32;
+            *span = [name, name + h.name.len() as u32, value, value + h.value.len() as u32];
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
-        for &(ns, ne, vs, ve) in &spans[..count] {
+        for &[ns, ne, vs, ve] in &spans[..count] {
+            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| SendError::Protocol("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| SendError::Protocol("invalid header value"))?;
