@@ -5,6 +5,7 @@
 //! replaced, never duplicated — LLMProxy sent both); an upstream with `auth: none` receives the
 //! client's, so pass-through setups keep working.
 
+use crate::upstream::header_plan::Outcome;
 use crate::upstream::Upstream;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -52,63 +53,115 @@ pub struct ForwardedFor<'a> {
     pub agent: &'a HeaderValue,
 }
 
-/// Rewrites the client's headers, in place, into the upstream request's headers.
-pub fn to_upstream(headers: &mut HeaderMap, upstream: &Upstream, fwd: &ForwardedFor) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
-    // The body is buffered (and may be rewritten, e.g. by track_usage): its length is set from
-    // what is actually sent, never copied from the client.
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(header::HOST, fwd.host.clone());
-    append_forwarded_for(headers, fwd.client);
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(fwd.proto));
-    headers.insert(header::USER_AGENT, fwd.agent.clone());
-    apply_upstream_headers(headers, upstream);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The upstream request's headers — the client's, rewritten — handed to `emit` one by one, in
+/// a single pass and without building a header map (the plain-HTTP client writes them straight
+/// into its buffer). The rules, in the order they apply:
+/// - hop-by-hop headers (and those `Connection` names), `Host` and `Content-Length` are not
+///   forwarded (the body's length is set from what is actually sent);
+/// - the proxy sets `Host` (the upstream's), `X-Forwarded-For` (prior values, then the
+///   client's address, in one value), `X-Forwarded-Proto`, `User-Agent`, and — when the
+///   upstream has `auth` — `Authorization`, replacing every value the client sent;
+/// - then the upstream's header operations apply, as planned at load time.
+pub fn for_each_upstream_header(
+    client: &HeaderMap,
+    upstream: &Upstream,
+    fwd: &ForwardedFor,
+    emit: &mut dyn FnMut(&HeaderName, &HeaderValue),
+) {
+    let plan = &upstream.header_plan;
+    // Which planned names the request has had so far (only allocated when there is a plan).
+    let mut present = vec![false; plan.len()];
+    let mut apply = |name: &HeaderName, value: &HeaderValue, emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
+        let Some(i) = plan.iter().position(|p| p.name == name) else { return emit(name, value) };
+        let first = !present[i];
+        present[i] = true;
+        match &plan[i].if_present {
+            Outcome::Keep => emit(name, value),
+            Outcome::Set(v) if first => emit(name, v),
+            Outcome::Set(_) | Outcome::Drop => {}
+        }
+    };
+    let replaces_authorization = upstream.authorization.is_some();
+    let mut prior_forwarded_for = false;
+    for (name, value) in client {
+        if is_hop_by_hop(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::USER_AGENT
+            || name == X_FORWARDED_PROTO
+            || (replaces_authorization && name == header::AUTHORIZATION)
+            || named_by_connection(client, name)
+        {
+            continue;
+        }
+        if name == X_FORWARDED_FOR {
+            prior_forwarded_for = true;
+            continue;
+        }
+        apply(name, value, emit);
+    }
+    apply(&header::HOST, fwd.host, emit);
+    if prior_forwarded_for {
+        let mut joined = Vec::new();
+        for prior in client.get_all(&X_FORWARDED_FOR) {
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(fwd.client.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            apply(&X_FORWARDED_FOR, &v, emit);
+        }
+    } else {
+        apply(&X_FORWARDED_FOR, fwd.client, emit);
+    }
+    apply(&X_FORWARDED_PROTO, &HeaderValue::from_static(fwd.proto), emit);
+    apply(&header::USER_AGENT, fwd.agent, emit);
+    if let Some(auth) = &upstream.authorization {
+        apply(&header::AUTHORIZATION, auth, emit);
+    }
+    for (p, seen) in plan.iter().zip(&present) {
+        if let (false, Outcome::Set(v)) = (seen, &p.if_absent) {
+            emit(&p.name, v);
+        }
+    }
 }
 
-/// The upstream's own credentials, then its header ops (also used by active health checks).
+/// The upstream request's headers as a map (for hyper's client).
+pub fn upstream_headers(client: &HeaderMap, upstream: &Upstream, fwd: &ForwardedFor) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client.len() + 5);
+    for_each_upstream_header(client, upstream, fwd, &mut |name, value| {
+        headers.append(name.clone(), value.clone());
+    });
+    headers
+}
+
+/// Whether the client's `Connection` header lists `name` (making it hop-by-hop too).
+fn named_by_connection(client: &HeaderMap, name: &HeaderName) -> bool {
+    client
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
+}
+
+/// The upstream's own credentials, then its header operations, applied to a request built by
+/// the proxy itself (active health checks).
 pub fn apply_upstream_headers(headers: &mut HeaderMap, upstream: &Upstream) {
     if let Some(auth) = &upstream.authorization {
-        // `insert` replaces every existing value: exactly one Authorization reaches the upstream.
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
-    for op in &upstream.header_ops {
-        use crate::config::HeaderOpKind::*;
-        match (op.kind, &op.value) {
-            (Insert, Some(v)) => {
-                if !headers.contains_key(&op.name) {
-                    headers.insert(op.name.clone(), v.clone());
-                }
+    for p in &upstream.header_plan {
+        let outcome = if headers.contains_key(&p.name) { &p.if_present } else { &p.if_absent };
+        match outcome {
+            Outcome::Keep => {}
+            Outcome::Drop => {
+                headers.remove(&p.name);
             }
-            (Replace, Some(v)) => {
-                headers.insert(op.name.clone(), v.clone());
-            }
-            (Remove, _) => {
-                headers.remove(&op.name);
-            }
-            (_, None) => {}
-        }
-    }
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    use hyper::header::Entry;
-    match headers.entry(X_FORWARDED_FOR) {
-        // The common case: the address alone, already formatted for the connection.
-        Entry::Vacant(e) => {
-            e.insert(client.clone());
-        }
-        Entry::Occupied(mut e) => {
-            let mut joined = Vec::new();
-            for prior in e.iter() {
-                joined.extend_from_slice(prior.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(client.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                e.insert(v);
+            Outcome::Set(v) => {
+                headers.insert(p.name.clone(), v.clone());
             }
         }
     }
@@ -137,7 +190,7 @@ mod tests {
 
     fn rewrite(h: &mut HeaderMap, u: &Upstream) {
         let agent = HeaderValue::from_static("LLMProxy/1.0");
-        to_upstream(
+        *h = upstream_headers(
             h,
             u,
             &ForwardedFor {
@@ -204,5 +257,25 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer passthrough"));
         rewrite(&mut h, &upstream(Auth::None, vec![]));
         assert_eq!(h[header::AUTHORIZATION], "Bearer passthrough");
+    }
+
+    #[test]
+    fn operations_also_apply_to_what_the_proxy_sets_and_what_it_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.append("x-multi", HeaderValue::from_static("1"));
+        h.append("x-multi", HeaderValue::from_static("2"));
+        let ops = vec![
+            HeaderOp { op: HeaderOpKind::Remove, key: "user-agent".into(), value: None },
+            HeaderOp { op: HeaderOpKind::Replace, key: "x-forwarded-for".into(), value: Some("hidden".into()) },
+            HeaderOp { op: HeaderOpKind::Insert, key: "te".into(), value: Some("trailers".into()) },
+            HeaderOp { op: HeaderOpKind::Replace, key: "x-multi".into(), value: Some("one".into()) },
+        ];
+        rewrite(&mut h, &upstream(Auth::None, ops));
+        assert!(!h.contains_key(header::USER_AGENT));
+        assert_eq!(h["x-forwarded-for"], "hidden");
+        assert_eq!(h[header::TE], "trailers", "the client's TE was stripped, then the insert applied");
+        assert_eq!(h.get_all("x-multi").iter().collect::<Vec<_>>(), ["one"], "replace leaves exactly one value");
+        assert_eq!(h[header::HOST], "api.example.com");
     }
 }

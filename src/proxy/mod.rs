@@ -18,7 +18,7 @@ use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -106,8 +106,8 @@ where
 /// What every attempt of a request sends.
 struct Outgoing<'a> {
     parts: &'a Parts,
-    /// The request headers, taken out of `parts`: the last attempt moves them instead of
-    /// copying them.
+    /// The client's request headers, taken out of `parts` (the upstream's are derived from
+    /// them on each attempt, never by changing them).
     headers: HeaderMap,
     body: Bytes,
     conn: ClientConn,
@@ -184,8 +184,8 @@ where
     let strip_usage = usage_added.is_some();
     let body = usage_added.unwrap_or(body);
     let headers = std::mem::take(&mut parts.headers);
-    let mut out = Outgoing { parts: &parts, headers, body, conn, strip_usage };
-    let resp = forward_with_retries(group, &mut out).await?;
+    let out = Outgoing { parts: &parts, headers, body, conn, strip_usage };
+    let resp = forward_with_retries(group, &out).await?;
     Ok((resp, Routed { group: group.name.clone(), model, key }))
 }
 
@@ -228,14 +228,14 @@ enum Outcome {
 
 /// Attempts the request on the group's upstreams per its retry policy. Every attempt happens
 /// before any byte reaches the client, so nothing that was relayed is ever replayed.
-async fn forward_with_retries(group: &Group, out: &mut Outgoing<'_>) -> Result<Response<RelayBody>, ApiError> {
+async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Response<RelayBody>, ApiError> {
     let policy = group.retry;
     let mut tried = 0u64;
     let mut reuses = 0u32;
     let mut last: Option<Failed> = None;
     // The member whose failure the next attempt retries, why, and what it asked for.
     let mut cause: Option<(usize, Failure, Option<Duration>)> = None;
-    for attempt_no in 1..=policy.max_attempts {
+    for _ in 0..policy.max_attempts {
         let picked = match balance::pick(group, tried, false, clock::now()) {
             Ok(p) => p,
             Err(_) if policy.may_reuse && tried != 0 => {
@@ -262,8 +262,7 @@ async fn forward_with_retries(group: &Group, out: &mut Outgoing<'_>) -> Result<R
             group.members[i].metrics.retries[kind as usize].inc();
         }
         tried |= 1 << picked.index;
-        let final_attempt = attempt_no == policy.max_attempts;
-        match attempt(group, &group.members[picked.index], out, final_attempt, picked.admission, picked.guard).await {
+        match attempt(group, &group.members[picked.index], out, picked.admission, picked.guard).await {
             Outcome::Final(resp) => return Ok(resp),
             Outcome::Invalid(e) => return Err(e),
             Outcome::Retryable { failed, kind, retry_after } => {
@@ -343,8 +342,7 @@ impl Drop for Verdict<'_> {
 async fn attempt(
     group: &Group,
     member: &Member,
-    out: &mut Outgoing<'_>,
-    last: bool,
+    out: &Outgoing<'_>,
     admission: Admission,
     guard: InflightGuard,
 ) -> Outcome {
@@ -368,12 +366,20 @@ async fn attempt(
             }
         }
         Target::Http(target) => {
-            let headers = if last { std::mem::take(&mut out.headers) } else { out.headers.clone() };
-            let (path, headers) = match upstream_head(group, upstream, target, out, headers) {
-                Ok(h) => h,
+            let path = match upstream_path(target, out.parts) {
+                Ok(p) => p,
                 Err(e) => return Outcome::Invalid(e),
             };
+            let fwd = headers::ForwardedFor {
+                client: &out.conn.forwarded_for,
+                proto: if out.conn.tls { "https" } else { "http" },
+                host: &target.host_value,
+                agent: &group.agent,
+            };
             if let Some(pool) = &member.direct {
+                let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
+                    headers::for_each_upstream_header(&out.headers, upstream, &fwd, emit)
+                };
                 let request =
                     direct::Outgoing { method: &out.parts.method, path: &path, headers: &headers, body: &out.body };
                 match within(&mut sleep, pool.send(request)).await {
@@ -386,6 +392,7 @@ async fn attempt(
                     }
                 }
             } else {
+                let headers = headers::upstream_headers(&out.headers, upstream, &fwd);
                 let req = match client_request(target, out, path, headers) {
                     Ok(r) => r,
                     Err(e) => return Outcome::Invalid(e),
@@ -446,30 +453,13 @@ async fn attempt(
     }
 }
 
-/// The upstream's path and the client's headers rewritten for it.
-fn upstream_head(
-    group: &Group,
-    upstream: &Upstream,
-    target: &crate::upstream::HttpTarget,
-    out: &Outgoing<'_>,
-    mut headers: HeaderMap,
-) -> Result<(PathAndQuery, HeaderMap), ApiError> {
-    let path = match out.parts.uri.path_and_query() {
+/// The path and query to request from the upstream.
+fn upstream_path(target: &crate::upstream::HttpTarget, parts: &Parts) -> Result<PathAndQuery, ApiError> {
+    match parts.uri.path_and_query() {
         Some(pq) => target.upstream_path(pq),
         None => target.upstream_path(&PathAndQuery::from_static("/")),
     }
-    .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
-    headers::to_upstream(
-        &mut headers,
-        upstream,
-        &headers::ForwardedFor {
-            client: &out.conn.forwarded_for,
-            proto: if out.conn.tls { "https" } else { "http" },
-            host: &target.host_value,
-            agent: &group.agent,
-        },
-    );
-    Ok((path, headers))
+    .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))
 }
 
 /// The request for the pooled (hyper) client, which wants an absolute URI.

@@ -86,12 +86,16 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// What is sent: the request line's parts, the headers (already rewritten for the upstream)
-/// and the buffered body.
+/// Hands each header of a request to the given function.
+pub type HeaderSource<'a> = &'a (dyn Fn(&mut dyn FnMut(&HeaderName, &HeaderValue)) + Sync);
+
+/// What is sent: the request line's parts, the headers and the buffered body. The headers are
+/// a function that hands each one over, so the proxy's rewrite streams straight into the
+/// connection's buffer without a header map in between.
 pub struct Outgoing<'a> {
     pub method: &'a Method,
     pub path: &'a PathAndQuery,
-    pub headers: &'a HeaderMap,
+    pub headers: HeaderSource<'a>,
     pub body: &'a Bytes,
 }
 
@@ -177,12 +181,12 @@ impl Conn {
         w.push(b' ');
         w.extend_from_slice(out.path.as_str().as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in out.headers {
+        (out.headers)(&mut |name, value| {
             w.extend_from_slice(name.as_str().as_bytes());
             w.extend_from_slice(b": ");
             w.extend_from_slice(value.as_bytes());
             w.extend_from_slice(b"\r\n");
-        }
+        });
         // The length of what is actually sent (the client's was removed: the body may have been
         // rewritten). Methods that define a body get one even when empty.
         let defines_body = !matches!(*out.method, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS);

@@ -4,15 +4,17 @@ pub mod breaker;
 pub mod chunked;
 pub mod client;
 pub mod direct;
+pub mod header_plan;
 pub mod health_check;
 pub mod load;
 pub mod target;
 
-use crate::config::{self, Auth, HeaderOpKind};
+use crate::config::{self, Auth};
 use crate::metrics::families::MemberMetrics;
 use crate::metrics::Counter;
 use crate::ratelimit::Gcra;
 use breaker::Breaker;
+use header_plan::{HeaderOp, PlannedHeader};
 use hyper::header::{HeaderName, HeaderValue};
 use load::Load;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -24,19 +26,14 @@ pub enum Target {
     Mock(config::Mock),
 }
 
-pub struct HeaderOp {
-    pub kind: HeaderOpKind,
-    pub name: HeaderName,
-    pub value: Option<HeaderValue>,
-}
-
 pub struct Upstream {
     pub name: String,
     pub target: Target,
     /// The complete `Authorization` value, built once (never per request) and marked sensitive
     /// so hyper keeps it out of HPACK tables and debug output.
     pub authorization: Option<HeaderValue>,
-    pub header_ops: Vec<HeaderOp>,
+    /// The `headers` operations, reduced to their net effect per header name.
+    pub header_plan: Vec<PlannedHeader>,
     pub breaker: Option<Breaker>,
     pub load: Arc<Load>,
     /// Request-rate cap towards this upstream: the limiter and its one word of state.
@@ -85,7 +82,7 @@ impl Upstream {
             name: cfg.name.clone(),
             target,
             authorization,
-            header_ops,
+            header_plan: header_plan::plan(&header_ops),
             breaker: cfg.breaker.as_ref().map(|b| Breaker::new(b.threshold, b.cooldown)),
             load: Arc::new(Load::default()),
             rate: cfg.ratelimit.as_ref().map(|r| (Gcra::new(r.per_second, r.burst), AtomicU64::new(0))),
