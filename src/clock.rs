@@ -10,6 +10,12 @@ pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// Nanoseconds since the first call in this process (monotonic; fits u64 for 584 years).
 pub fn now() -> u64 {
+    at(Instant::now())
+}
+
+/// `instant` on this clock: lets a caller that already read the time for another purpose (a
+/// latency measurement) reuse it instead of reading the clock again.
+pub fn at(instant: Instant) -> u64 {
     let origin = *ORIGIN.get_or_init(Instant::now);
-    Instant::now().saturating_duration_since(origin).as_nanos() as u64
+    instant.saturating_duration_since(origin).as_nanos() as u64
 }

@@ -179,6 +179,20 @@ async fn oversized_body_gets_413_without_touching_the_upstream() {
     assert_eq!(up.log.requests.load(Ordering::SeqCst), 0, "the upstream must not be contacted");
 }
 
+#[tokio::test]
+async fn chunked_upload_arrives_whole() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let pieces: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![b'a' + i; 3000 + usize::from(i)])).collect();
+    let whole: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = Request::post(format!("http://{addr}/v1/echo-body")).body(Chunks(pieces.into_iter().collect())).unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), whole, "frames joined in order");
+}
+
 /// A request body of several frames and no declared length (sent chunked).
 struct Chunks(std::collections::VecDeque<Bytes>);
 

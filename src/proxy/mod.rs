@@ -16,8 +16,8 @@ use crate::upstream::breaker::Admission;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
@@ -137,10 +137,9 @@ where
         return Err(ApiError::forbidden(format!("{client_ip} is not allowed to use this gateway")));
     }
     let (mut parts, body) = req.into_parts();
-    let now = clock::now();
     let key = match &fwd.keys {
         None => None,
-        Some(keys) => match keys.admit(&mut parts.headers, now) {
+        Some(keys) => match keys.admit(&mut parts.headers, clock::now()) {
             Ok(k) => Some(k.name.clone()),
             Err(Refusal::Missing) => {
                 return Err(ApiError::unauthorized("an API key is required (Authorization: Bearer <key> or x-api-key)"))
@@ -150,7 +149,7 @@ where
         },
     };
     if let Some(limiter) = &fwd.client_limiter {
-        if let Err(wait) = limiter.check(&client_ip, now) {
+        if let Err(wait) = limiter.check(&client_ip, clock::now()) {
             fwd.metrics.ratelimited.inc();
             return Err(rate_limited(&client_ip.to_string(), wait));
         }
@@ -161,11 +160,7 @@ where
         return Err(ApiError::body_too_large(limit));
     }
     // Buffered because a retry must be able to send it again (and model rules read it).
-    let body = match Limited::new(body, limit as usize).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::body_too_large(limit)),
-        Err(e) => return Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
-    };
+    let body = read_body(body, limit).await?;
     let model = if fwd.needs_model || fwd.access_log {
         crate::router::model::extract(&body).map(Cow::into_owned)
     } else {
@@ -187,6 +182,42 @@ where
     let out = Outgoing { parts: &parts, headers, body, conn, strip_usage };
     let resp = forward_with_retries(group, &out).await?;
     Ok((resp, Routed { group: group.name.clone(), model, key }))
+}
+
+/// Reads a request body of at most `limit` bytes. A body that arrives in one frame — the usual
+/// case — is kept as it is: no copy, no allocation.
+async fn read_body<B>(body: B, limit: u64) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let (mut first, mut joined): (Option<Bytes>, Option<BytesMut>) = (None, None);
+    let mut size = 0u64;
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("could not read the request body: {}", e.into())))?;
+        let Ok(data) = frame.into_data() else { continue }; // trailers: nothing to forward
+        size += data.len() as u64;
+        if size > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+        match (&first, &mut joined) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut all = BytesMut::with_capacity(head.len() + data.len() * 2);
+                all.extend_from_slice(head);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+            (Some(_), Some(all)) => all.extend_from_slice(&data),
+        }
+    }
+    Ok(match (joined, first) {
+        (Some(all), _) => all.freeze(),
+        (None, Some(one)) => one,
+        (None, None) => Bytes::new(),
+    })
 }
 
 fn rate_limited(who: &str, wait: u64) -> ApiError {
@@ -236,7 +267,9 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Respo
     // The member whose failure the next attempt retries, why, and what it asked for.
     let mut cause: Option<(usize, Failure, Option<Duration>)> = None;
     for _ in 0..policy.max_attempts {
-        let picked = match balance::pick(group, tried, false, clock::now()) {
+        // One clock read serves the pick and the attempt's latency measurement.
+        let mut at = Instant::now();
+        let picked = match balance::pick(group, tried, false, clock::at(at.into_std())) {
             Ok(p) => p,
             Err(_) if policy.may_reuse && tried != 0 => {
                 // Every available upstream was tried: wait before going back to one — the
@@ -250,8 +283,11 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Respo
                     delay = delay.max(after);
                 }
                 reuses += 1;
-                tokio::time::sleep(delay).await;
-                match balance::pick(group, tried, true, clock::now()) {
+                // Boxed, like the other rarely taken branches below: the request's future is
+                // moved a few times per request, so what is not on the common path stays small.
+                Box::pin(tokio::time::sleep(delay)).await;
+                at = Instant::now();
+                match balance::pick(group, tried, true, clock::at(at.into_std())) {
                     Ok(p) => p,
                     Err(why) => return finish(last, group, why),
                 }
@@ -262,7 +298,7 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Respo
             group.members[i].metrics.retries[kind as usize].inc();
         }
         tried |= 1 << picked.index;
-        match attempt(group, &group.members[picked.index], out, picked.admission, picked.guard).await {
+        match attempt(group, &group.members[picked.index], out, at, picked.admission, picked.guard).await {
             Outcome::Final(resp) => return Ok(resp),
             Outcome::Invalid(e) => return Err(e),
             Outcome::Retryable { failed, kind, retry_after } => {
@@ -311,11 +347,13 @@ struct Verdict<'a> {
 }
 
 impl Verdict<'_> {
-    fn record(&mut self, failure: Option<Failure>) {
+    /// Records the outcome; returns when it was recorded.
+    fn record(&mut self, failure: Option<Failure>) -> Instant {
         self.done = true;
-        let now = clock::now();
+        let end = Instant::now();
+        let now = clock::at(end.into_std());
         let (upstream, metrics) = (&self.member.upstream, &self.member.metrics);
-        let elapsed = self.sent_at.elapsed();
+        let elapsed = end.saturating_duration_since(self.sent_at);
         metrics.duration.observe_duration(elapsed);
         if let Some(kind) = failure {
             metrics.failures[kind as usize].inc();
@@ -325,6 +363,7 @@ impl Verdict<'_> {
             metrics.breaker_calls[if failure.is_none() { CALL_SUCCESS } else { CALL_FAILURE }].inc();
             note_transition(&upstream.name, metrics, b.record(self.admission, failure.is_none(), now));
         }
+        end
     }
 }
 
@@ -343,12 +382,12 @@ async fn attempt(
     group: &Group,
     member: &Member,
     out: &Outgoing<'_>,
+    sent_at: Instant,
     admission: Admission,
     guard: InflightGuard,
 ) -> Outcome {
     let upstream = &member.upstream;
     member.metrics.requests.inc();
-    let sent_at = Instant::now();
     let mut verdict = Verdict { member, admission, sent_at, done: false };
     let timer = if group.stream {
         Timer::Idle(group.request_timeout)
@@ -356,11 +395,13 @@ async fn attempt(
         Timer::Deadline(sent_at + group.request_timeout)
     };
     // One timer per attempt: it bounds the wait for the head, then the relay re-arms it.
-    let mut sleep = Box::pin(tokio::time::sleep(group.request_timeout));
+    let mut sleep = Box::pin(tokio::time::sleep_until(sent_at + group.request_timeout));
     let head = match &upstream.target {
         Target::Mock(mock) => {
             let parts = out.parts;
-            match within(&mut sleep, crate::mock::respond(mock, &parts.method, parts.uri.path(), &out.body)).await {
+            match within(&mut sleep, Box::pin(crate::mock::respond(mock, &parts.method, parts.uri.path(), &out.body)))
+                .await
+            {
                 Some(resp) => Ok(resp.map(UpstreamBody::Mock)),
                 None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
             }
@@ -397,7 +438,7 @@ async fn attempt(
                     Ok(r) => r,
                     Err(e) => return Outcome::Invalid(e),
                 };
-                match within(&mut sleep, group.client.send(req)).await {
+                match within(&mut sleep, Box::pin(group.client.send(req))).await {
                     None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                     Some(Err(e)) => Err(upstream_error(upstream, &e)),
                     Some(Ok(resp)) => {
@@ -423,7 +464,7 @@ async fn attempt(
         s if retry::is_failure_status(s) => Some(Failure::Status5xx),
         _ => None,
     };
-    verdict.record(failure);
+    let head_at = verdict.record(failure);
     let retry_after = resp
         .headers()
         .get(RETRY_AFTER)
@@ -435,6 +476,7 @@ async fn attempt(
     let options = RelayOptions {
         timer,
         sleep,
+        head_at,
         // Usage is read from successful answers only; error bodies carry none.
         scanner: if failure.is_none() && status < 300 {
             UsageScanner::for_content_type(content_type, out.strip_usage)

@@ -161,6 +161,8 @@ pub struct RelayOptions {
     pub timer: Timer,
     /// The attempt's timer, re-armed here rather than allocating another one.
     pub sleep: Pin<Box<Sleep>>,
+    /// When the response head arrived: the idle timer counts from there.
+    pub head_at: Instant,
     pub scanner: Option<UsageScanner>,
     /// SSE keep-alive interval (applied only to `text/event-stream` responses).
     pub keepalive: Option<Duration>,
@@ -175,7 +177,7 @@ impl RelayBody {
         telemetry: Telemetry,
         inflight: InflightGuard,
     ) -> Self {
-        let now = Instant::now();
+        let now = options.head_at;
         let at = match options.timer {
             Timer::Idle(d) => now + d,
             Timer::Deadline(at) => at,
@@ -394,8 +396,13 @@ mod tests {
         let guard = upstream.load.try_begin(None).unwrap();
         let body = UpstreamBody::Mock(ScheduledBody::new(frames, gap).boxed_unsync());
         let telemetry = Telemetry { member: member.clone(), sent_at: Instant::now(), first_byte_ms: None };
-        let options =
-            RelayOptions { timer, sleep: Box::pin(tokio::time::sleep(Duration::ZERO)), scanner: None, keepalive: None };
+        let options = RelayOptions {
+            timer,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            head_at: Instant::now(),
+            scanner: None,
+            keepalive: None,
+        };
         (RelayBody::new(body, 200, options, upstream, telemetry, guard), member)
     }
 

@@ -146,7 +146,8 @@ impl DirectPool {
             let (mut conn, pooled) = match self.take() {
                 Some(conn) if conn.closed_while_idle() => continue,
                 Some(conn) => (conn, true),
-                None => (self.dial().await?, false),
+                // Boxed: dialling is rare, and its future would otherwise enlarge every request's.
+                None => (Box::pin(self.dial()).await?, false),
             };
             conn.encode_head(&out);
             match conn.write_request(out.body).await {
