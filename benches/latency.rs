@@ -563,7 +563,36 @@ mod compare {
     //! drift (thermal, noisy neighbours) affects both alike.
     use super::*;
 
-    const ROUNDS: usize = 3;
+    /// Rounds per proxy (`BENCH_ROUNDS`); the medians are reported.
+    fn rounds() -> usize {
+        std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
+    }
+
+    /// CPU time (user + system) a process has used, in clock ticks (`/proc/PID/stat`).
+    fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<u64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)
+    }
+
+    fn ticks_per_second() -> f64 {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    }
+
+    /// nginx's worker (the process that proxies), a child of the master.
+    fn nginx_worker(master: u32) -> u32 {
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(master)
+    }
 
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
@@ -624,21 +653,32 @@ mod compare {
             ("llmproxyd", format!("http://{}/v1/chat/completions", proxy.addr)),
         ];
 
-        println!("bench-compare: proxies pinned to core 0, upstream and load generator to core 1, {ROUNDS} interleaved rounds of {secs} s");
+        let rounds = rounds();
+        let tick = ticks_per_second();
+        // The processes whose CPU time is charged to each proxy.
+        let pids = [nginx_worker(nginx.id()), proxy.child.id()];
+        println!("bench-compare: proxies pinned to core 0, upstream and load generator to core 1, {rounds} interleaved rounds of {secs} s");
         // Fixed rate for the open loop: 40% of nginx's closed-loop throughput in a short probe —
         // a moderate load, where latency (not overload) is what is compared.
         let probe = load(&urls[0].1, "closed", 32, 2);
         let rate = ((probe.first().copied().unwrap_or(2000.0) * 0.4) as u64).max(100);
         let mut closed: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
         let mut open: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
-        for round in 1..=ROUNDS {
+        for round in 1..=rounds {
             for (i, (name, url)) in urls.iter().enumerate() {
-                let c = load(url, "closed", 32, secs);
+                let before = cpu_ticks(pids[i]);
+                let mut c = load(url, "closed", 32, secs);
+                // CPU per request: the efficiency behind the throughput, unaffected by whether
+                // the other core (upstream and load generator) was the bottleneck.
+                let requests = c.last().copied().unwrap_or(0.0);
+                let cpu_us = (cpu_ticks(pids[i]) - before) as f64 / tick * 1e6 / requests.max(1.0);
+                c.push(cpu_us);
                 let o = load(url, "open", rate, secs);
                 println!(
-                    "round {round} {name:<9} closed(32): {:>8.0} req/s p99 {:>6.0} µs | open({rate}/s): p50 {:>6.0} p99 {:>6.0} p99.9 {:>6.0} µs errors {}",
+                    "round {round} {name:<9} closed(32): {:>8.0} req/s p99 {:>6.0} µs cpu {:>5.1} µs/req | open({rate}/s): p50 {:>6.0} p99 {:>6.0} p99.9 {:>6.0} µs errors {}",
                     c.first().unwrap_or(&f64::NAN),
                     c.get(3).unwrap_or(&f64::NAN),
+                    cpu_us,
                     o.get(1).unwrap_or(&f64::NAN),
                     o.get(3).unwrap_or(&f64::NAN),
                     o.get(4).unwrap_or(&f64::NAN),
@@ -655,6 +695,12 @@ mod compare {
         };
         let (nt, lt) = (median(&closed[0], 0), median(&closed[1], 0));
         let (np, lp) = (median(&open[0], 3), median(&open[1], 3));
+        let cpu = |runs: &[Vec<f64>]| {
+            let mut v: Vec<f64> = runs.iter().filter_map(|r| r.last().copied()).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let (nc, lc) = (cpu(&closed[0]), cpu(&closed[1]));
         println!(
             "\nmedians: throughput nginx {nt:.0} req/s, llmproxyd {lt:.0} req/s → ratio {:.2} (target ≥ 1.00)",
             lt / nt
@@ -662,6 +708,10 @@ mod compare {
         println!(
             "         open-loop p99 at {rate}/s: nginx {np:.0} µs, llmproxyd {lp:.0} µs → ratio {:.2} (target ≤ 1.00)",
             lp / np
+        );
+        println!(
+            "         CPU per request (user + system): nginx {nc:.1} µs, llmproxyd {lc:.1} µs → ratio {:.2}",
+            lc / nc
         );
         // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked politely.
         let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();

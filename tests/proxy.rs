@@ -233,6 +233,28 @@ async fn slowloris_head_is_cut_after_timeout_connect() {
 }
 
 #[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_timeout_connect() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let mut c = tokio::net::TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let answered = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = c.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle keep-alive connection must be closed");
+    assert!(answered.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", answered.elapsed());
+}
+
+#[tokio::test]
 async fn slow_model_is_not_cut_by_the_header_timeout() {
     let up = TestUpstream::start().await;
     let server = proxy_for(&up, "/v1", "", "").await;

@@ -7,6 +7,7 @@
 //! shutdown closes each connection after its current response), and gives up after the grace
 //! period.
 
+pub mod idle;
 pub mod listener;
 pub mod tls;
 
@@ -200,9 +201,8 @@ impl Server {
 async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) -> bool {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The head must arrive within `timeout.connect` (slowloris guard); the body and the wait for
-    // the model are not bounded by it.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(l.header_timeout);
+    // The head must arrive within `timeout.connect` (slowloris guard, see `idle`); the body and
+    // the wait for the model are not bounded by it.
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let grace = loop {
@@ -245,15 +245,16 @@ fn serve(
     let builder = builder.clone();
     let shared = shared.clone();
     let conn = ClientConn::new(peer, l.tls.is_some());
+    let idle_limit = l.header_timeout;
     match l.tls.clone() {
         None => {
-            tokio::spawn(serve_io(stream, role, builder, shared, conn, watcher));
+            tokio::spawn(serve_io(stream, role, builder, shared, conn, watcher, idle_limit));
         }
         Some(acceptor) => {
             let handshake_timeout = l.header_timeout;
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_io(tls, role, builder, shared, conn, watcher).await,
+                    Ok(Ok(tls)) => serve_io(tls, role, builder, shared, conn, watcher, idle_limit).await,
                     Ok(Err(e)) => crate::debug!("TLS handshake with {peer} failed: {e}"),
                     Err(_) => crate::debug!("TLS handshake with {peer} timed out"),
                 }
@@ -269,23 +270,34 @@ async fn serve_io<I>(
     shared: Arc<Shared>,
     conn: ClientConn,
     watcher: Watcher,
+    idle_limit: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let activity = idle::Activity::new();
+    let requests = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let role = role.clone();
         let conn = conn.clone();
+        let busy = requests.begin();
         async move {
             let resp = match &role {
                 Role::Forward(name) => crate::proxy::handle(&shared.runtime(), name, conn, req).await,
                 Role::Admin => crate::admin::handle(&shared, req).await,
             };
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|body| idle::Tracked::new(body, busy)))
         }
     });
-    if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned()).await {
-        crate::debug!("connection from {peer} ended: {e}");
+    let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
+    tokio::select! {
+        biased;
+        ended = connection => if let Err(e) = ended {
+            crate::debug!("connection from {peer} ended: {e}");
+        },
+        () = idle::expired(activity, idle_limit) => {
+            crate::debug!("closing the connection from {peer}: no request for {}s (timeout.connect)", idle_limit.as_secs());
+        }
     }
 }

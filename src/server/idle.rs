@@ -1,0 +1,118 @@
+//! The guard against clients that hold a connection without sending a request (slowloris, and
+//! idle keep-alive connections): a connection with no request in flight for `timeout.connect`
+//! is closed.
+//!
+//! hyper has a header-read timeout of its own, but it arms a fresh heap-allocated timer for
+//! every request head — an allocation, a clock read and a timer-wheel insertion and removal per
+//! request, on a path where everything else was made to cost nothing. Here each connection has
+//! one timer, which only moves when it fires: requests just count themselves in and out (an
+//! atomic add) and note when the connection went idle. A request being served, however long
+//! (a slow model, a long stream), never counts as idle.
+
+use crate::clock;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub struct Activity {
+    in_flight: AtomicU32,
+    /// When the last request ended (or the connection opened), on `clock`.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity { in_flight: AtomicU32::new(0), idle_since: AtomicU64::new(clock::now()) })
+    }
+
+    /// A request's head has arrived; the connection is busy until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long past the limit the connection has been idle, or how long until it will be.
+    fn remaining(&self, limit: Duration, now: u64) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Some(limit);
+        }
+        let deadline = self.idle_since.load(Ordering::Relaxed).saturating_add(limit.as_nanos() as u64);
+        (deadline > now).then(|| Duration::from_nanos(deadline - now))
+    }
+}
+
+/// Marks a request in flight; dropped with the response body (sent, or abandoned).
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.idle_since.store(clock::now(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once the connection has been idle for `limit`. The timer sleeps until the earliest
+/// moment that could happen, and re-arms itself when activity moved that moment.
+pub async fn expired(activity: Arc<Activity>, limit: Duration) {
+    while let Some(wait) = activity.remaining(limit, clock::now()) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+pub struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, busy: Busy) -> Self {
+        Tracked { body, _busy: busy }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_time_counts_only_without_requests_in_flight() {
+        let limit = Duration::from_secs(10);
+        let a = Activity::new();
+        let t0 = a.idle_since.load(Ordering::Relaxed);
+        let s = |secs: u64| t0 + secs * clock::NANOS_PER_SEC;
+        assert_eq!(a.remaining(limit, s(4)), Some(Duration::from_secs(6)));
+        assert_eq!(a.remaining(limit, s(10)), None, "idle since it opened: expired");
+        let busy = a.begin();
+        assert_eq!(a.remaining(limit, s(100)), Some(limit), "a request in flight is never idle");
+        let second = a.begin();
+        drop(busy);
+        assert_eq!(a.remaining(limit, s(100)), Some(limit), "one of two requests still in flight");
+        drop(second);
+        let ended = a.idle_since.load(Ordering::Relaxed);
+        assert!(ended >= t0);
+        assert_eq!(a.remaining(limit, ended + 3 * clock::NANOS_PER_SEC), Some(Duration::from_secs(7)));
+        assert_eq!(a.remaining(limit, ended + 10 * clock::NANOS_PER_SEC), None);
+    }
+}
