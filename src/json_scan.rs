@@ -83,7 +83,7 @@ impl<'a> Scanner<'a> {
         loop {
             // Most bytes are neither a quote nor a backslash: find the next one of those at once.
             let rest = self.b.get(self.i..)?;
-            let at = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+            let at = quote_or_backslash(rest)?;
             self.i += at + 1;
             if rest[at] == b'"' {
                 return Some((&self.b[start..self.i - 1], escaped));
@@ -181,6 +181,32 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Position of the first `"` or `\\` in `s`, eight bytes at a time: model output is mostly long
+/// strings, and this is where a scan spends its time.
+fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Marks the bytes of `w` equal to `b`; the lowest mark is always a true match (a borrow can
+    // only produce false marks above it).
+    let equal = |w: u64, b: u8| {
+        let x = w ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut words = s.chunks_exact(8);
+    let mut offset = 0;
+    for word in words.by_ref() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        let marks = equal(w, b'"') | equal(w, b'\\');
+        if marks != 0 {
+            return Some(offset + (marks.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    words.remainder().iter().position(|&c| c == b'"' || c == b'\\').map(|p| offset + p)
+}
+
 /// Decodes a string with escapes (rare in model names; never on the hot path).
 fn unescape(raw: &[u8]) -> Option<String> {
     let quoted = [b"\"", raw, b"\""].concat();
@@ -222,6 +248,26 @@ mod tests {
         }
         let unclosed = format!("{{\"x\":{}", "[".repeat(100_000));
         assert_eq!(fields(&unclosed), None);
+    }
+
+    #[test]
+    fn finds_the_first_quote_or_backslash_at_any_offset() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for mark in [b'"', b'\\'] {
+                    let mut s = vec![b'a'; len];
+                    // Bytes that differ from the marks by one bit or borrow must not match.
+                    for (i, c) in s.iter_mut().enumerate() {
+                        *c = [b'a', b'#', b'!', 0x22 ^ 0x80, b']', 0xff][i % 6];
+                    }
+                    if at < len {
+                        s[at] = mark;
+                    }
+                    let want = (at < len).then_some(at);
+                    assert_eq!(quote_or_backslash(&s), want, "len {len} at {at}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -168,7 +168,9 @@ impl UsageScanner {
     /// Handles one complete line; returns true when it is a usage-only chunk.
     fn line(&mut self, line: &[u8]) -> bool {
         let Some(payload) = line.strip_prefix(b"data:") else { return false };
-        if !contains(payload, b"usage") && !contains(payload, b"\"model\"") {
+        // Every OpenAI chunk names the model (and, with include_usage, carries `"usage":null`):
+        // once the model is known, only lines with a usage object are parsed.
+        if !has_usage_object(payload) && (self.model.is_some() || find(payload, b"\"model\"", 0).is_none()) {
             return false;
         }
         self.report(payload.trim_ascii())
@@ -313,8 +315,31 @@ fn is_blank(line: &[u8]) -> bool {
     line == b"\n" || line == b"\r\n"
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Whether some `"usage"` key in `json` has an object for its value (not `null`).
+fn has_usage_object(json: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(at) = find(json, b"\"usage\"", from) {
+        from = at + 7;
+        let value = json[from..].iter().copied().filter(|c| !c.is_ascii_whitespace()).take(2);
+        if value.eq([b':', b'{']) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Start of the first `needle` in `hay` at or after `from`.
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let mut from = from;
+    while let Some(p) = hay.get(from..).and_then(|h| h.iter().position(|&c| c == first)) {
+        let start = from + p;
+        if hay.get(start + 1..start + 1 + rest.len()) == Some(rest) {
+            return Some(start);
+        }
+        from = start + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -400,5 +425,19 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         let none = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n";
         assert!(scan_in_pieces("text/event-stream", none, 2, false).0.is_empty(), "no usage, nothing counted");
         assert!(UsageScanner::for_content_type("text/plain", false).is_none());
+    }
+
+    #[test]
+    fn only_lines_with_a_usage_object_are_worth_parsing() {
+        assert!(has_usage_object(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(has_usage_object(
+            br#"{"x":1, "usage" :
+ {"output_tokens":2}}"#
+        ));
+        assert!(!has_usage_object(br#"{"choices":[],"usage":null}"#));
+        assert!(!has_usage_object(br#"{"content":"the \"usage\": {} of words"}"#));
+        assert!(!has_usage_object(br#"{"usage""#));
+        assert_eq!(find(b"abcabd", b"abd", 0), Some(3));
+        assert_eq!(find(b"abcabd", b"abd", 4), None);
     }
 }
