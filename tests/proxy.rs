@@ -604,7 +604,10 @@ async fn raw_upstream(answers: Vec<(&'static [u8], bool)>) -> (std::net::SocketA
 #[tokio::test]
 async fn upstream_framing_chunked_interim_and_until_close() {
     let (up, connections) = raw_upstream(vec![
-        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst", false),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nfirst",
+            false,
+        ),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
             false,
@@ -615,8 +618,11 @@ async fn upstream_framing_chunked_interim_and_until_close() {
     .await;
     let server = start(&single_upstream_config(&format!("http://{up}"), "", "")).await;
     let addr = server.forward_addr("main").unwrap();
-    let (status, _, body) = get(addr, "/a").await;
+    let (status, headers, body) = get(addr, "/a").await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"first"[..]), "interim 100 skipped");
+    for hop in ["x-secret", "keep-alive"] {
+        assert!(!headers.contains_key(hop), "hop-by-hop {hop} must not reach the client");
+    }
     let (status, headers, body) = get(addr, "/b").await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello, world"[..]), "chunked decoded, trailers dropped");
     assert_eq!(headers["x-up"], "1");

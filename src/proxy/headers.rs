@@ -20,7 +20,8 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Whether `name` is hop-by-hop by definition (RFC 9110 §7.6.1; `Connection` may name more).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::PROXY_AUTHORIZATION || name == header::PROXY_AUTHENTICATE
 }
 
@@ -86,6 +87,7 @@ pub fn for_each_upstream_header(
         }
     };
     let replaces_authorization = upstream.authorization.is_some();
+    let connection = client.get_all(header::CONNECTION);
     let mut prior_forwarded_for = false;
     for (name, value) in client {
         if is_hop_by_hop(name)
@@ -94,7 +96,7 @@ pub fn for_each_upstream_header(
             || name == header::USER_AGENT
             || name == X_FORWARDED_PROTO
             || (replaces_authorization && name == header::AUTHORIZATION)
-            || named_by_connection(client, name)
+            || lists(&connection, name)
         {
             continue;
         }
@@ -139,10 +141,9 @@ pub fn upstream_headers(client: &HeaderMap, upstream: &Upstream, fwd: &Forwarded
     headers
 }
 
-/// Whether the client's `Connection` header lists `name` (making it hop-by-hop too).
-fn named_by_connection(client: &HeaderMap, name: &HeaderName) -> bool {
-    client
-        .get_all(header::CONNECTION)
+/// Whether a `Connection` header lists `name` (making it hop-by-hop too).
+fn lists(connection: &hyper::header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+    connection
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))

@@ -426,11 +426,8 @@ async fn attempt(
                 match within(&mut sleep, pool.send(request)).await {
                     None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                     Some(Err(e)) => Err(direct_error(upstream, &e)),
-                    Some(Ok(resp)) => {
-                        let (mut head, body) = resp.into_parts();
-                        headers::strip_hop_by_hop(&mut head.headers);
-                        Ok(Response::from_parts(head, UpstreamBody::Direct(body)))
-                    }
+                    // The head comes without hop-by-hop headers (read for framing, left out).
+                    Some(Ok(resp)) => Ok(resp.map(UpstreamBody::Direct)),
                 }
             } else {
                 let headers = headers::upstream_headers(&out.headers, upstream, &fwd);

@@ -22,7 +22,7 @@
 use super::chunked::{Chunked, Step};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Response, StatusCode, Version};
 use std::future::Future;
@@ -238,7 +238,8 @@ impl Conn {
 
 /// Parses a complete response head at the start of `buf` and removes it (skipping interim 1xx
 /// answers); `Ok(None)` while the head is incomplete. Header values share the read buffer's
-/// memory instead of being copied.
+/// memory instead of being copied. Hop-by-hop headers are read for framing and left out of the
+/// head returned: they describe this connection, not the response.
 fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
@@ -276,19 +277,109 @@ fn parse_head(
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
+        let mut facts = HeadFacts::default();
         for &[ns, ne, vs, ve] in &spans[..count] {
             let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| SendError::Protocol("invalid header name"))?;
+            let value = &head[vs..ve];
+            if name == header::CONNECTION {
+                facts.connection(value);
+            } else if name == header::TRANSFER_ENCODING {
+                facts.transfer_encoding(value);
+            } else if name == header::CONTENT_LENGTH {
+                facts.content_length(value)?;
+            }
+            if crate::proxy::headers::is_hop_by_hop(&name) {
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| SendError::Protocol("invalid header value"))?;
             headers.append(name, value);
         }
-        let framing = Framing::of(&headers, version, status, head_request)?;
+        for listed in &facts.listed {
+            headers.remove(listed);
+        }
+        let framing = facts.framing(version, status, head_request);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
         parts.headers = headers;
         return Ok(Some((parts, framing)));
+    }
+}
+
+/// What a response head says about its framing and its connection.
+#[derive(Default)]
+struct HeadFacts {
+    close: bool,
+    keep_alive: bool,
+    /// Other headers `Connection` names: hop-by-hop too (rare; allocated only then).
+    listed: Vec<HeaderName>,
+    /// Whether the final transfer coding is chunked, when there is a `Transfer-Encoding`.
+    chunked: Option<bool>,
+    content_length: Option<u64>,
+}
+
+impl HeadFacts {
+    fn connection(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                self.listed.push(name);
+            }
+        }
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) {
+        let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+        self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+    }
+
+    /// Records a `Content-Length`; differing or malformed values are an error (RFC 9112 §6.3),
+    /// since the body's end could not be known.
+    fn content_length(&mut self, value: &[u8]) -> Result<(), SendError> {
+        for part in value.split(|&b| b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(SendError::Protocol("invalid content-length"));
+            }
+            let n = digits
+                .iter()
+                .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                .ok_or(SendError::Protocol("invalid content-length"))?;
+            if self.content_length.is_some_and(|l| l != n) {
+                return Err(SendError::Protocol("conflicting content-length values"));
+            }
+            self.content_length = Some(n);
+        }
+        Ok(())
+    }
+
+    fn framing(&self, version: Version, status: StatusCode, head_request: bool) -> Framing {
+        let mut keep_alive = if version == Version::HTTP_10 { self.keep_alive } else { !self.close };
+        let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Delimiter::Empty
+        } else if let Some(chunked) = self.chunked {
+            // Transfer-Encoding overrides Content-Length; a message with both is suspect, so the
+            // connection is not reused after it.
+            keep_alive &= self.content_length.is_none();
+            if chunked {
+                Delimiter::Chunked(Chunked::default())
+            } else {
+                Delimiter::UntilClose
+            }
+        } else if let Some(n) = self.content_length {
+            Delimiter::Length(n)
+        } else {
+            Delimiter::UntilClose
+        };
+        if matches!(body, Delimiter::UntilClose) {
+            keep_alive = false;
+        }
+        Framing { body, keep_alive }
     }
 }
 
@@ -309,66 +400,9 @@ struct Framing {
 }
 
 impl Framing {
-    fn of(headers: &HeaderMap, version: Version, status: StatusCode, head_request: bool) -> Result<Self, SendError> {
-        let close = has_token(headers, "close");
-        let mut keep_alive = if version == Version::HTTP_10 { has_token(headers, "keep-alive") } else { !close };
-        let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Delimiter::Empty
-        } else if let Some(te) = headers.get_all(hyper::header::TRANSFER_ENCODING).iter().next_back() {
-            // Transfer-Encoding overrides Content-Length; a message with both is suspect, so the
-            // connection is not reused after it.
-            keep_alive &= !headers.contains_key(hyper::header::CONTENT_LENGTH);
-            let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
-            if last.eq_ignore_ascii_case(b"chunked") {
-                Delimiter::Chunked(Chunked::default())
-            } else {
-                Delimiter::UntilClose
-            }
-        } else if let Some(n) = content_length(headers)? {
-            Delimiter::Length(n)
-        } else {
-            Delimiter::UntilClose
-        };
-        if matches!(body, Delimiter::UntilClose) {
-            keep_alive = false;
-        }
-        Ok(Framing { body, keep_alive })
-    }
-
     fn is_complete(&self) -> bool {
         matches!(self.body, Delimiter::Empty | Delimiter::Length(0))
     }
-}
-
-/// The one length all `Content-Length` values agree on; differing or malformed values are an
-/// error (RFC 9112 §6.3), since the body's end could not be known.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, SendError> {
-    let mut length = None;
-    for v in headers.get_all(hyper::header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let digits = part.trim_ascii();
-            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(SendError::Protocol("invalid content-length"));
-            }
-            let n = digits
-                .iter()
-                .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-                .ok_or(SendError::Protocol("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(SendError::Protocol("conflicting content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length)
-}
-
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
