@@ -7,6 +7,7 @@
 //! shutdown closes each connection after its current response), and gives up after the grace
 //! period.
 
+pub mod drain;
 pub mod idle;
 pub mod listener;
 pub mod tls;
@@ -19,7 +20,6 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -199,7 +199,7 @@ impl Server {
 }
 
 async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) -> bool {
-    let graceful = GracefulShutdown::new();
+    let drain = drain::Drain::default();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The head must arrive within `timeout.connect` (slowloris guard, see `idle`); the body and
     // the wait for the model are not bounded by it.
@@ -208,7 +208,7 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Receiver
     let grace = loop {
         tokio::select! {
             accepted = l.socket.accept() => match accepted {
-                Ok((stream, peer)) => serve(stream, peer, &l, &builder, &shared, graceful.watcher()),
+                Ok((stream, peer)) => serve(stream, peer, &l, &builder, &shared, drain.watcher()),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     crate::warn!("accept failed: {e}");
@@ -226,10 +226,10 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Receiver
     // Take what the kernel already queued for us before closing: with SO_REUSEPORT, a listener
     // that closes drops its queue, and a restarted instance beside us must lose no request.
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, l.socket.accept()).await {
-        serve(stream, peer, &l, &builder, &shared, graceful.watcher());
+        serve(stream, peer, &l, &builder, &shared, drain.watcher());
     }
     drop(l);
-    tokio::time::timeout(grace, graceful.shutdown()).await.is_ok()
+    tokio::time::timeout(grace, drain.drain()).await.is_ok()
 }
 
 fn serve(
@@ -238,7 +238,7 @@ fn serve(
     l: &Listener,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     shared: &Arc<Shared>,
-    watcher: Watcher,
+    watcher: watch::Receiver<()>,
 ) {
     let _ = stream.set_nodelay(true);
     let role = l.role.clone();
@@ -269,7 +269,7 @@ async fn serve_io<I>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     conn: ClientConn,
-    watcher: Watcher,
+    mut drain: watch::Receiver<()>,
     idle_limit: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -290,14 +290,22 @@ async fn serve_io<I>(
             Ok::<_, Infallible>(resp.map(|body| idle::Tracked::new(body, busy)))
         }
     });
-    let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
-    tokio::select! {
-        biased;
-        ended = connection => if let Err(e) = ended {
-            crate::debug!("connection from {peer} ended: {e}");
-        },
-        () = idle::expired(activity, idle_limit) => {
-            crate::debug!("closing the connection from {peer}: no request for {}s (timeout.connect)", idle_limit.as_secs());
+    let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+    // A drain waits for every receiver to drop; `interrupts` drops its own when it fires, so this
+    // one keeps the connection counted until it has closed.
+    let _draining = drain.clone();
+    let interrupts = async move {
+        tokio::select! {
+            _ = drain.changed() => drain::Interrupt::Drain,
+            () = idle::expired(activity, idle_limit) => drain::Interrupt::Idle,
         }
+    };
+    match drain::Guarded::new(connection, interrupts, |c| c.graceful_shutdown()).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => crate::debug!("connection from {peer} ended: {e}"),
+        None => crate::debug!(
+            "closed the connection from {peer}: no request for {}s (timeout.connect)",
+            idle_limit.as_secs()
+        ),
     }
 }
