@@ -9,10 +9,14 @@
 //! - memory: RSS idle and with 1,000 concurrent slow SSE streams; time from start to listening.
 //!
 //! `make bench-compare` runs `compare`: nginx (plain keep-alive reverse proxy) and llmproxyd,
-//! each pinned to core 0, upstream and load generator pinned to core 1, interleaved rounds.
+//! each pinned to core 0, upstream and load generator pinned to core 1, interleaved rounds. The
+//! upstream and load generator there are raw-socket programs: with hyper on both ends they cost
+//! the shared core more per request than either proxy costs its own, so they — not the proxies
+//! — set the pace, and the comparison would measure nothing.
 //!
-//! Subcommands (used by `compare` to pin processes): `upstream PORT`, and
-//! `load URL closed CONCURRENCY SECONDS` / `load URL open RATE SECONDS`.
+//! Subcommands (run as separate processes so they can be pinned): `upstream PORT` and
+//! `load URL closed|open N SECONDS` (hyper), `raw-upstream PORT` and
+//! `raw-load HOST:PORT closed|open N SECONDS` (raw sockets).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -404,6 +408,193 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Lean harness for `compare`: a raw-socket upstream and load generator, several times cheaper per
+// request than hyper on both ends, so that the core they share is not what limits the proxies
+// being compared.
+
+mod raw {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn request() -> Vec<u8> {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{REQUEST}",
+            REQUEST.len()
+        )
+        .into_bytes()
+    }
+
+    fn response() -> Vec<u8> {
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANSWER}", ANSWER.len())
+            .into_bytes()
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    /// The declared body length in a head, if any.
+    fn content_length(head: &[u8]) -> Option<usize> {
+        head.split(|&b| b == b'\n').find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            name.eq_ignore_ascii_case(b"content-length")
+                .then(|| std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok())
+                .flatten()
+        })
+    }
+
+    /// Reads one message (head and a `Content-Length` or chunked body) into `buf`; false at EOF.
+    async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        buf.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(h) = find(buf, b"\r\n\r\n") {
+                let complete = match content_length(&buf[..h]) {
+                    Some(len) => buf.len() >= h + 4 + len,
+                    None => buf.ends_with(b"\r\n0\r\n\r\n"),
+                };
+                if complete {
+                    return true;
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The fast upstream: every request on every connection gets the canned answer.
+    pub async fn serve(listener: tokio::net::TcpListener) {
+        let answer: Arc<[u8]> = response().into();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let _ = s.set_nodelay(true);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::with_capacity(8192);
+                while read_message(&mut s, &mut buf).await {
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn connect(addr: &str) -> Option<TcpStream> {
+        let s = TcpStream::connect(addr).await.ok()?;
+        let _ = s.set_nodelay(true);
+        Some(s)
+    }
+
+    /// One request and its answer; false on any failure or a status other than 200.
+    async fn exchange(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> bool {
+        s.write_all(req).await.is_ok() && read_message(s, buf).await && buf.starts_with(b"HTTP/1.1 200")
+    }
+
+    pub async fn closed_loop(addr: &str, concurrency: usize, duration: Duration) -> Stats {
+        let req: Arc<[u8]> = request().into();
+        let mut conns = Vec::new();
+        for _ in 0..concurrency {
+            if let Some(mut s) = connect(addr).await {
+                let mut buf = Vec::new();
+                if exchange(&mut s, &req, &mut buf).await {
+                    conns.push(s);
+                }
+            }
+        }
+        let start = Instant::now();
+        let workers: Vec<_> = conns
+            .into_iter()
+            .map(|mut s| {
+                let req = req.clone();
+                tokio::spawn(async move {
+                    let mut stats = Stats::default();
+                    let mut buf = Vec::with_capacity(8192);
+                    while start.elapsed() < duration {
+                        let t = Instant::now();
+                        if exchange(&mut s, &req, &mut buf).await {
+                            stats.latencies_us.push(t.elapsed().as_micros() as u64);
+                        } else {
+                            stats.errors += 1;
+                            break;
+                        }
+                    }
+                    stats
+                })
+            })
+            .collect();
+        let mut total = Stats::default();
+        for w in workers {
+            if let Ok(s) = w.await {
+                total.latencies_us.extend(s.latencies_us);
+                total.errors += s.errors;
+            }
+        }
+        total.elapsed = start.elapsed();
+        total.latencies_us.sort_unstable();
+        total
+    }
+
+    /// Requests on a fixed schedule, each on an idle pooled connection or a new one.
+    pub async fn open_loop(addr: &str, rate: u64, duration: Duration) -> Stats {
+        let req: Arc<[u8]> = request().into();
+        let pool: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        for _ in 0..32 {
+            if let Some(mut s) = connect(addr).await {
+                if exchange(&mut s, &req, &mut Vec::new()).await {
+                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+                }
+            }
+        }
+        let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+        let total_requests = (duration.as_secs_f64() * rate as f64) as u64;
+        let results = Arc::new(std::sync::Mutex::new(Stats::default()));
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(total_requests as usize);
+        for i in 0..total_requests {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            let (req, pool, results, addr) = (req.clone(), pool.clone(), results.clone(), addr.to_string());
+            tasks.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let idle = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let conn = match idle {
+                    Some(s) => Some(s),
+                    None => connect(&addr).await,
+                };
+                let mut buf = Vec::with_capacity(8192);
+                let ok = match conn {
+                    Some(mut s) => {
+                        let ok = exchange(&mut s, &req, &mut buf).await;
+                        if ok {
+                            pool.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+                        }
+                        ok
+                    }
+                    None => false,
+                };
+                let us = sent.elapsed().as_micros() as u64;
+                let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
+                if ok {
+                    r.latencies_us.push(us);
+                } else {
+                    r.errors += 1;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut s = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+        s.elapsed = start.elapsed();
+        s.latencies_us.sort_unstable();
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -411,8 +602,9 @@ fn main() {
     match args.as_slice() {
         ["upstream", port] => {
             let port: u16 = port.parse().expect("port");
-            let rt =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+            // One thread: the upstream shares a core with the load generator, and a second thread
+            // would only add context switches to what is measured.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind upstream");
                 serve_upstream(listener).await;
@@ -427,6 +619,27 @@ fn main() {
                 match *mode {
                     "closed" => closed_loop(url, n as usize, d).await,
                     _ => open_loop(url, n, d).await,
+                }
+            });
+            println!("{}", s.machine());
+        }
+        ["raw-upstream", port] => {
+            let port: u16 = port.parse().expect("port");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind upstream");
+                raw::serve(listener).await;
+            });
+        }
+        ["raw-load", addr, mode, n, secs] => {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+            let n: u64 = n.parse().expect("number");
+            let d = Duration::from_secs(secs.parse().expect("seconds"));
+            let s = rt.block_on(async {
+                match *mode {
+                    "closed" => raw::closed_loop(addr, n as usize, d).await,
+                    _ => raw::open_loop(addr, n, d).await,
                 }
             });
             println!("{}", s.machine());
@@ -610,12 +823,13 @@ mod compare {
         )
     }
 
-    fn load(url: &str, mode: &str, n: u64, secs: u64) -> Vec<f64> {
+    /// Runs the raw load generator on core 1 against `addr`.
+    fn load(addr: &str, mode: &str, n: u64, secs: u64) -> Vec<f64> {
         let exe = std::env::current_exe().expect("current exe");
         let out = Command::new("taskset")
             .args(["-c", "1"])
             .arg(exe)
-            .args(["load", url, mode, &n.to_string(), &secs.to_string()])
+            .args(["raw-load", addr, mode, &n.to_string(), &secs.to_string()])
             .output()
             .expect("run load generator");
         String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|v| v.parse().ok()).collect()
@@ -634,7 +848,7 @@ mod compare {
         let mut upstream = Command::new("taskset")
             .args(["-c", "1"])
             .arg(&exe)
-            .args(["upstream", &up_port.to_string()])
+            .args(["raw-upstream", &up_port.to_string()])
             .spawn()
             .expect("upstream");
         std::thread::sleep(Duration::from_millis(300));
@@ -648,10 +862,8 @@ mod compare {
             .expect("nginx");
         let proxy = spawn_proxy(&proxy_config(SocketAddr::from(([127, 0, 0, 1], up_port)), free_port()), Some("0"));
         std::thread::sleep(Duration::from_millis(500));
-        let urls = [
-            ("nginx", format!("http://127.0.0.1:{nginx_port}/v1/chat/completions")),
-            ("llmproxyd", format!("http://{}/v1/chat/completions", proxy.addr)),
-        ];
+        // Addresses for the raw load generator, which always asks for /v1/chat/completions.
+        let urls = [("nginx", format!("127.0.0.1:{nginx_port}")), ("llmproxyd", proxy.addr.to_string())];
 
         let rounds = rounds();
         let tick = ticks_per_second();
