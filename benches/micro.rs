@@ -130,4 +130,22 @@ fn main() {
             black_box(pick(g, 0, false, i).map(|p| p.index).ok());
         });
     }
+
+    // Token accounting reads every successful JSON answer once and every SSE line that carries
+    // usage; a chat completion of 0.3 KiB and one of 8 KiB of generated text.
+    let short = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22}}"#;
+    let long = String::from_utf8_lossy(short).replace(
+        "The quick brown fox jumps over the lazy dog.",
+        &"All work and no play makes Jack a dull boy. \n".repeat(180),
+    );
+    for (name, body) in [("0.3 KiB", bytes::Bytes::from_static(short)), ("8 KiB", bytes::Bytes::from(long))] {
+        bench(&format!("usage: scan a {name} JSON answer"), N / 20, |_| {
+            let mut scanner =
+                llmproxy::usage::UsageScanner::for_content_type("application/json", false).map(|mut s| {
+                    s.frame(body.clone());
+                    s.finish()
+                });
+            black_box(scanner.take());
+        });
+    }
 }

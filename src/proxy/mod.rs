@@ -236,15 +236,11 @@ fn content_length(parts: &Parts) -> Option<u64> {
 
 /// A failed attempt that another attempt may improve on; the last one is what the client gets
 /// when attempts run out.
-// Both enums are short-lived return values moved once or twice per attempt; boxing the large
-// variant would cost an allocation on every successful request instead.
-#[allow(clippy::large_enum_variant)]
 enum Failed {
     Response(Response<RelayBody>),
     Error(ApiError),
 }
 
-#[allow(clippy::large_enum_variant)]
 enum Outcome {
     /// Relay this to the client: success, or an answer that retrying cannot change.
     Final(Response<RelayBody>),

@@ -139,7 +139,11 @@ impl KeepAlive {
     }
 }
 
-pub struct RelayBody {
+/// The relay, boxed once: its state is several hundred bytes, and the response that carries it
+/// is moved from the attempt up through the retry loop to hyper — as a pointer, not a copy.
+pub struct RelayBody(Box<Relay>);
+
+struct Relay {
     inner: UpstreamBody,
     timer: Timer,
     sleep: Pin<Box<Sleep>>,
@@ -190,7 +194,7 @@ impl RelayBody {
             tail: [0, 0],
             sent_any: false,
         });
-        RelayBody {
+        RelayBody(Box::new(Relay {
             inner,
             timer: options.timer,
             sleep,
@@ -203,16 +207,16 @@ impl RelayBody {
             keepalive,
             delivery: None,
             _inflight: inflight,
-        }
+        }))
     }
 
     /// Marks this as the response the client gets.
     pub fn deliver(&mut self, delivery: Delivery) {
-        self.delivery = Some(delivery);
+        self.0.delivery = Some(delivery);
     }
 }
 
-impl Drop for RelayBody {
+impl Drop for Relay {
     fn drop(&mut self) {
         let Some(d) = &self.delivery else { return };
         let elapsed = d.started.elapsed();
@@ -271,7 +275,21 @@ impl Body for RelayBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+        self.0.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.inner.size_hint()
+    }
+}
+
+impl Relay {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if matches!(this.timer, Timer::Idle(_)) {
@@ -347,14 +365,6 @@ impl Body for RelayBody {
                 }
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -457,7 +467,7 @@ mod tests {
             key: None,
             access: None,
         });
-        let load = body.upstream.load.clone();
+        let load = body.0.upstream.load.clone();
         assert_eq!(load.inflight(), 1);
         drop(body);
         assert_eq!(load.inflight(), 0);
