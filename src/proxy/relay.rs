@@ -187,7 +187,17 @@ impl RelayBody {
             Timer::Deadline(at) => at,
         };
         let mut sleep = options.sleep;
-        sleep.as_mut().reset(at);
+        // The attempt's timer is already filed for `sent_at + timeout`: the very deadline of a
+        // whole-response timer, and no later than the idle limit — an idle deadline re-arms itself
+        // from `last_frame` when it fires early. Re-filing it would cost a timer-wheel update on
+        // every request for nothing.
+        let filed = match options.timer {
+            Timer::Idle(_) => sleep.deadline() <= at,
+            Timer::Deadline(_) => sleep.deadline() == at,
+        };
+        if !filed {
+            sleep.as_mut().reset(at);
+        }
         let keepalive = options.keepalive.map(|every| KeepAlive {
             every,
             sleep: Box::pin(tokio::time::sleep(every)),
