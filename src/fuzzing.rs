@@ -123,6 +123,12 @@ pub fn sse(data: &[u8]) {
     use crate::usage::UsageScanner;
     use bytes::Bytes;
     let _ = crate::router::model::extract(data);
+    // On a JSON object, reading a member from the back finds what reading forwards finds.
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data).is_ok() {
+        let forwards = crate::json_scan::member(data, b"usage");
+        let backwards = crate::json_scan::last_member(data, b"usage", usize::MAX);
+        assert_eq!(backwards, forwards, "last_member disagrees");
+    }
     let Some((&step, body)) = data.split_first() else { return };
     let step = usize::from(step % 17) + 1;
     let run = |content_type: &str, strip: bool, chunk: usize| {

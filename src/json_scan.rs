@@ -181,6 +181,103 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The value of the last top-level member named `key` in `doc`, walking forwards (the reference
+/// `last_member` is checked against).
+pub fn member<'a>(doc: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut s = Scanner::new(doc);
+    let mut found = None;
+    s.object(|s, k, _| {
+        s.ws();
+        let start = s.i;
+        s.skip_value()?;
+        if k == key {
+            found = Some(&doc[start..s.i]);
+        }
+        Some(())
+    })?;
+    found
+}
+
+/// The value of `key` among the last `max_members` members of the top-level object in `doc`,
+/// found by walking backwards from the document's end. API answers put `usage` last (or nearly):
+/// this reads it without scanning the choices and generated text in front of it. `None` when the
+/// key is not among them or the tail is not well-formed JSON — the caller then scans forwards.
+pub fn last_member<'a>(doc: &'a [u8], key: &[u8], max_members: usize) -> Option<&'a [u8]> {
+    let mut end = doc.len() - trailing_ws(doc);
+    end = end.checked_sub(1).filter(|&e| doc[e] == b'}')?;
+    for _ in 0..max_members {
+        end -= trailing_ws(&doc[..end]);
+        let start = value_start(doc, end)?;
+        let value = &doc[start..end];
+        end = start - trailing_ws(&doc[..start]);
+        end = end.checked_sub(1).filter(|&e| doc[e] == b':')?;
+        end -= trailing_ws(&doc[..end]);
+        let close = end.checked_sub(1).filter(|&e| doc[e] == b'"')?;
+        let open = opening_quote(doc, close)?;
+        if &doc[open + 1..close] == key {
+            return Some(value);
+        }
+        end = open - trailing_ws(&doc[..open]);
+        match end.checked_sub(1).map(|e| doc[e]) {
+            Some(b',') => end -= 1,
+            _ => return None, // `{`: no member left; anything else: not JSON
+        }
+    }
+    None
+}
+
+fn trailing_ws(s: &[u8]) -> usize {
+    s.iter().rev().take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')).count()
+}
+
+/// Where the value ending at `end` (exclusive) starts.
+fn value_start(doc: &[u8], end: usize) -> Option<usize> {
+    let last = end.checked_sub(1)?;
+    match doc[last] {
+        b'"' => opening_quote(doc, last),
+        b'}' | b']' => {
+            let mut depth = 0usize;
+            let mut i = end;
+            while i > 0 {
+                i -= 1;
+                match doc[i] {
+                    b'"' => i = opening_quote(doc, i)?,
+                    b'}' | b']' => depth += 1,
+                    b'{' | b'[' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None
+        }
+        _ => {
+            let scalar = doc[..end]
+                .iter()
+                .rev()
+                .take_while(|c| matches!(c, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'+' | b'-' | b'.'))
+                .count();
+            (scalar > 0).then(|| end - scalar)
+        }
+    }
+}
+
+/// The quote that opens the string whose closing quote is at `close`: the nearest quote before
+/// it that is not escaped (preceded by an even number of backslashes).
+fn opening_quote(doc: &[u8], close: usize) -> Option<usize> {
+    let mut i = close;
+    loop {
+        i = doc[..i].iter().rposition(|&c| c == b'"')?;
+        let backslashes = doc[..i].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(i);
+        }
+    }
+}
+
 /// Position of the first `"` or `\\` in `s`, eight bytes at a time: model output is mostly long
 /// strings, and this is where a scan spends its time.
 fn quote_or_backslash(s: &[u8]) -> Option<usize> {
@@ -306,5 +403,58 @@ mod tests {
                 "Some(false)"
             ]
         );
+    }
+
+    #[test]
+    fn last_member_agrees_with_a_forward_walk() {
+        let docs = [
+            r#"{"id":"x","choices":[{"message":{"content":"say \"usage\": {\"a\":1}"}}],"usage":{"prompt_tokens":3},"system_fingerprint":"fp"}"#,
+            r#"{"usage":{"prompt_tokens":1}}"#,
+            r#" { "a" : [1, {"b": "}\\"}], "usage" : { "x" : [ "]" ] } , "z" : null } "#,
+            r#"{"usage":7,"tail":"\\\\"}"#,
+            r#"{"a":{"usage":{"nested":true}},"b":2}"#,
+            r#"{}"#,
+        ];
+        for doc in docs {
+            let want = member(doc.as_bytes(), b"usage");
+            let got = last_member(doc.as_bytes(), b"usage", 8);
+            assert_eq!(got, want, "{doc}");
+        }
+        // Further back than asked, or a tail that is not JSON: not found (the caller scans forwards).
+        assert_eq!(last_member(br#"{"usage":1,"a":2,"b":3}"#, b"usage", 2), None);
+        assert_eq!(last_member(br#"{"usage":1,"a":2,"b":3]"#, b"usage", 8), None);
+        assert_eq!(last_member(br#"{"usage":1 "a":2}"#, b"usage", 8), None);
+        assert_eq!(last_member(b"", b"usage", 8), None);
+    }
+
+    #[test]
+    fn last_member_agrees_with_a_forward_walk_on_random_documents() {
+        use serde_json::{json, Value};
+        let pieces = ["\"", "\\", "}", "]", "{", "[", ":", ",", "usage", "a", " ", "\u{e9}"];
+        let text = |n: u64| -> String {
+            (0..n % 7).map(|k| pieces[((n >> (k * 3)) % pieces.len() as u64) as usize]).collect()
+        };
+        for round in 0..2000u64 {
+            let r = |k: u64| crate::rand::below(1 + k);
+            let mut members = serde_json::Map::new();
+            for m in 0..r(5) {
+                let value: Value = match r(4) {
+                    0 => json!(text(crate::rand::next_u64())),
+                    1 => json!([text(crate::rand::next_u64()), {"usage": text(crate::rand::next_u64())}, r(100)]),
+                    2 => json!({"prompt_tokens": r(1000), "note": text(crate::rand::next_u64())}),
+                    _ => json!(r(1_000_000)),
+                };
+                let key = if r(3) == 0 { "usage".to_string() } else { format!("{}{m}", text(crate::rand::next_u64())) };
+                members.insert(key, value);
+            }
+            let doc = if round % 2 == 0 {
+                serde_json::to_string(&Value::Object(members)).unwrap()
+            } else {
+                serde_json::to_string_pretty(&Value::Object(members)).unwrap()
+            };
+            let want = member(doc.as_bytes(), b"usage");
+            let got = last_member(doc.as_bytes(), b"usage", 16);
+            assert_eq!(got, want, "{doc}");
+        }
     }
 }

@@ -195,17 +195,32 @@ impl UsageScanner {
         r.kind.is_none() && r.choices_empty == Some(true)
     }
 
+    /// Reads a whole JSON answer: `usage` from the back (where APIs put it) and `model` from the
+    /// front, so the choices and generated text between them are not walked at all; a body laid
+    /// out otherwise is read in full.
+    fn report_body(&mut self, json: &[u8]) {
+        let Some(value) = crate::json_scan::last_member(json, b"usage", 4) else {
+            self.report(json);
+            return;
+        };
+        if let Some(Some(u)) = counts(&mut Scanner::new(value)) {
+            self.usage.prompt = u.prompt.or(self.usage.prompt);
+            self.usage.completion = u.completion.or(self.usage.completion);
+        }
+        if self.model.is_none() {
+            self.model = crate::router::model::extract(json).map(Cow::into_owned);
+        }
+    }
+
     /// Usage and the model the upstream reported, once the body has ended.
     pub fn finish(&mut self) -> (Usage, Option<String>) {
         if let Mode::Json { first, more, size } = &mut self.mode {
             let (first, more) = (first.take(), std::mem::take(more));
             match first {
-                Some(one) if more.is_empty() => {
-                    self.report(&one);
-                }
+                Some(one) if more.is_empty() => self.report_body(&one),
                 Some(one) if *size <= MAX_JSON => {
                     let body: Vec<u8> = one.iter().chain(more.iter().flatten()).copied().collect();
-                    self.report(&body);
+                    self.report_body(&body);
                 }
                 _ => {}
             }
@@ -422,6 +437,10 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
             scan_in_pieces("application/json", json, 3, false).0,
             Usage { prompt: Some(5), completion: Some(7) }
         );
+        // Usage read from the back even when a member follows it; the model from the front.
+        let tail = r#"{"model":"gpt-4o","choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":99}"}}],"usage":{"prompt_tokens":8,"completion_tokens":9},"system_fingerprint":"fp_1"}"#;
+        let (u, m, _) = scan_in_pieces("application/json", tail, 1000, false);
+        assert_eq!((u, m.as_deref()), (Usage { prompt: Some(8), completion: Some(9) }, Some("gpt-4o")));
         let none = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n";
         assert!(scan_in_pieces("text/event-stream", none, 2, false).0.is_empty(), "no usage, nothing counted");
         assert!(UsageScanner::for_content_type("text/plain", false).is_none());
