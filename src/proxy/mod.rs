@@ -212,6 +212,11 @@ where
             }
             (Some(_), Some(all)) => all.extend_from_slice(&data),
         }
+        // A body of declared length is complete with its last byte: asking for the end as well
+        // would only wait for the server side to say so.
+        if body.is_end_stream() {
+            break;
+        }
     }
     Ok(match (joined, first) {
         (Some(all), _) => all.freeze(),
