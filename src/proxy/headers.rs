@@ -9,20 +9,22 @@ use crate::upstream::header_plan::Outcome;
 use crate::upstream::Upstream;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// A `static`, not a `const`: a const array would be built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// Whether `name` is hop-by-hop by definition (RFC 9110 §7.6.1; `Connection` may name more).
+/// Matched as text (names are stored lowercase): one length switch instead of nine comparisons,
+/// for every header of every request and response.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::PROXY_AUTHORIZATION || name == header::PROXY_AUTHENTICATE
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -32,18 +34,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
+    let hop: Vec<HeaderName> = named.chain(headers.keys().filter(|n| is_hop_by_hop(n)).cloned()).collect();
+    for name in &hop {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHENTICATE);
 }
 
 pub struct ForwardedFor<'a> {
@@ -279,5 +279,19 @@ mod tests {
         assert_eq!(h[header::TE], "trailers", "the client's TE was stripped, then the insert applied");
         assert_eq!(h.get_all("x-multi").iter().collect::<Vec<_>>(), ["one"], "replace leaves exactly one value");
         assert_eq!(h[header::HOST], "api.example.com");
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-conn-only"));
+        h.insert("x-conn-only", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
     }
 }
