@@ -31,6 +31,31 @@ impl Usage {
     }
 }
 
+/// The model an upstream named in its answer: a slice of the answer itself when it can be (a
+/// JSON answer in one frame, a name without escapes — the usual case, and no copy), otherwise a
+/// string of its own.
+#[derive(Debug, Clone)]
+pub enum ModelName {
+    Shared(Bytes),
+    Owned(String),
+}
+
+impl ModelName {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Only ever built from text that was valid UTF-8.
+            ModelName::Shared(b) => std::str::from_utf8(b).unwrap_or_default(),
+            ModelName::Owned(s) => s,
+        }
+    }
+}
+
+impl PartialEq for ModelName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// A line longer than this is not a usage event; it is skipped rather than buffered.
 const MAX_LINE: usize = 1024 * 1024;
 /// JSON bodies larger than this are not parsed for usage (their frames are not retained).
@@ -54,7 +79,7 @@ enum Mode {
 pub struct UsageScanner {
     mode: Mode,
     usage: Usage,
-    model: Option<String>,
+    model: Option<ModelName>,
     /// Remove the usage-only chunk (`"choices": []` with `usage`) from the client stream.
     strip: bool,
 }
@@ -181,7 +206,7 @@ impl UsageScanner {
     fn report(&mut self, json: &[u8]) -> bool {
         let Some(r) = Report::read(json) else { return false };
         if self.model.is_none() {
-            self.model = r.model.or(r.message_model).map(Cow::into_owned);
+            self.model = r.model.or(r.message_model).map(|m| ModelName::Owned(m.into_owned()));
         }
         let usage = if r.kind == Some(b"message_start") { r.message_usage } else { r.usage };
         let Some(u) = usage else { return false };
@@ -198,7 +223,7 @@ impl UsageScanner {
     /// Reads a whole JSON answer: `usage` from the back (where APIs put it) and `model` from the
     /// front, so the choices and generated text between them are not walked at all; a body laid
     /// out otherwise is read in full.
-    fn report_body(&mut self, json: &[u8]) {
+    fn report_body(&mut self, json: &Bytes) {
         let Some(value) = crate::json_scan::last_member(json, b"usage", 4) else {
             self.report(json);
             return;
@@ -208,19 +233,22 @@ impl UsageScanner {
             self.usage.completion = u.completion.or(self.usage.completion);
         }
         if self.model.is_none() {
-            self.model = crate::router::model::extract(json).map(Cow::into_owned);
+            self.model = crate::router::model::extract(json).map(|m| match m {
+                Cow::Borrowed(name) => ModelName::Shared(json.slice_ref(name.as_bytes())),
+                Cow::Owned(name) => ModelName::Owned(name),
+            });
         }
     }
 
     /// Usage and the model the upstream reported, once the body has ended.
-    pub fn finish(&mut self) -> (Usage, Option<String>) {
+    pub fn finish(&mut self) -> (Usage, Option<ModelName>) {
         if let Mode::Json { first, more, size } = &mut self.mode {
             let (first, more) = (first.take(), std::mem::take(more));
             match first {
                 Some(one) if more.is_empty() => self.report_body(&one),
                 Some(one) if *size <= MAX_JSON => {
                     let body: Vec<u8> = one.iter().chain(more.iter().flatten()).copied().collect();
-                    self.report_body(&body);
+                    self.report_body(&Bytes::from(body));
                 }
                 _ => {}
             }
@@ -368,6 +396,7 @@ mod tests {
             out.extend_from_slice(&s.frame(Bytes::copy_from_slice(chunk)));
         }
         let (u, m) = s.finish();
+        let m = m.map(|m| m.as_str().to_string());
         (u, m, String::from_utf8(out).unwrap())
     }
 

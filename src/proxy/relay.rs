@@ -24,7 +24,7 @@ use crate::metrics::families::{ForwardMetrics, MemberMetrics};
 use crate::upstream::direct::DirectBody;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::Upstream;
-use crate::usage::UsageScanner;
+use crate::usage::{ModelName, UsageScanner};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
@@ -232,7 +232,7 @@ impl Drop for Relay {
         let elapsed = d.started.elapsed();
         d.forward.duration[d.method].observe_duration(elapsed);
         let (usage, reported_model) = self.scanner.as_mut().map(UsageScanner::finish).unwrap_or_default();
-        let model = reported_model.as_deref().or(d.model.as_deref()).unwrap_or("unknown");
+        let model = reported_model.as_ref().map(ModelName::as_str).or(d.model.as_deref()).unwrap_or("unknown");
         if !usage.is_empty() {
             d.forward.tokens.add(&d.group, &self.upstream.name, model, d.key.as_deref(), usage);
         }
