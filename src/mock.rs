@@ -9,7 +9,6 @@
 use crate::body::{BoxError, ProxyBody};
 use crate::config::Mock;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Response, StatusCode};
@@ -95,7 +94,7 @@ fn json_response(status: StatusCode, v: Value) -> Response<ProxyBody> {
 }
 
 fn sse_response(frames: VecDeque<Bytes>, gap: Duration) -> Response<ProxyBody> {
-    let mut resp = Response::new(ScheduledBody::new(frames, gap).boxed_unsync());
+    let mut resp = Response::new(ProxyBody::boxed(ScheduledBody::new(frames, gap)));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
@@ -313,6 +312,7 @@ impl Body for ScheduledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn quick() -> Mock {
         Mock { model: "mock-gpt".into(), ttft_ms: 0, token_delay_ms: 0, tokens: 5, error_rate: 0.0, error_status: 500 }

@@ -81,7 +81,7 @@ where
                 key: routed.key,
                 access,
             });
-            resp.map(BodyExt::boxed_unsync)
+            resp.map(ProxyBody::Relay)
         }
         Err(e) => {
             crate::debug!("{forward}: {} {}", e.status.as_u16(), e.message);

@@ -414,7 +414,7 @@ mod tests {
         );
         let member = Arc::new(MemberMetrics::default());
         let guard = upstream.load.try_begin(None).unwrap();
-        let body = UpstreamBody::Mock(ScheduledBody::new(frames, gap).boxed_unsync());
+        let body = UpstreamBody::Mock(ProxyBody::boxed(ScheduledBody::new(frames, gap)));
         let telemetry = Telemetry { member: member.clone(), sent_at: Instant::now(), first_byte_ms: None };
         let options = RelayOptions {
             timer,

@@ -272,7 +272,7 @@ pub fn openai_stream_frames(with_usage: bool) -> Vec<Bytes> {
 
 fn sse(script: Script, log: Arc<UpstreamLog>) -> Response<ProxyBody> {
     let body = ScriptedBody { script, timer: Box::pin(tokio::time::sleep(Duration::ZERO)), log };
-    let mut r = Response::new(body.boxed_unsync());
+    let mut r = Response::new(ProxyBody::boxed(body));
     r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
     r
 }
