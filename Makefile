@@ -4,7 +4,7 @@ CARGO  ?= cargo
 CONFIG ?= config.default.yaml
 BIN     = target/release/llmproxyd
 
-.PHONY: help build release run test lint ci bench bench-compare fuzz static install install-check clean
+.PHONY: help build release run test lint ci bench bench-compare bench-instructions fuzz static install install-check clean
 
 help:
 	@echo "make build    debug build"
@@ -15,6 +15,7 @@ help:
 	@echo "make ci       lint + test + release build + config check (what CI runs)"
 	@echo "make bench    micro benchmarks (ns/op) and the latency benchmark (direct vs proxied)"
 	@echo "make bench-compare  llmproxyd vs nginx, pinned cores, interleaved rounds (installs nginx)"
+	@echo "make bench-instructions  instructions per proxied request under callgrind (installs valgrind)"
 	@echo "make fuzz     run each cargo-fuzz target for FUZZ_SECONDS (nightly; installs cargo-fuzz)"
 	@echo "make static   static musl binary ($(STATIC_BIN)), checked and measured"
 	@echo "make install  binary, systemd unit and /etc/llmproxy/config.yaml (PREFIX, DESTDIR)"
@@ -47,6 +48,11 @@ bench-compare:
 	command -v nginx >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx)
 	command -v taskset >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q util-linux)
 	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency -- compare
+
+# Instructions per proxied request under callgrind: deterministic where timings are noisy.
+bench-instructions:
+	command -v valgrind >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind)
+	$(CARGO) bench --locked --bench latency -- instructions
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS = router config sse
