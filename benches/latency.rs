@@ -174,6 +174,28 @@ struct Stats {
 }
 
 impl Stats {
+    fn record(&mut self, ok: bool, latency: Duration) {
+        if ok {
+            self.latencies_us.push(latency.as_micros() as u64);
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    /// Adds up the workers' figures, once they have all finished.
+    async fn merged(workers: Vec<tokio::task::JoinHandle<Stats>>, start: Instant) -> Stats {
+        let mut total = Stats::default();
+        for w in workers {
+            if let Ok(s) = w.await {
+                total.latencies_us.extend(s.latencies_us);
+                total.errors += s.errors;
+            }
+        }
+        total.elapsed = start.elapsed();
+        total.latencies_us.sort_unstable();
+        total
+    }
+
     fn throughput(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -249,26 +271,14 @@ async fn closed_loop(url: &str, concurrency: usize, duration: Duration) -> Stats
                 let mut s = Stats::default();
                 while start.elapsed() < duration {
                     let t = Instant::now();
-                    if one(&c, &url).await {
-                        s.latencies_us.push(t.elapsed().as_micros() as u64);
-                    } else {
-                        s.errors += 1;
-                    }
+                    let ok = one(&c, &url).await;
+                    s.record(ok, t.elapsed());
                 }
                 s
             })
         })
         .collect();
-    let mut total = Stats::default();
-    for w in workers {
-        if let Ok(s) = w.await {
-            total.latencies_us.extend(s.latencies_us);
-            total.errors += s.errors;
-        }
-    }
-    total.elapsed = start.elapsed();
-    total.latencies_us.sort_unstable();
-    total
+    Stats::merged(workers, start).await
 }
 
 /// Requests sent on a fixed schedule whatever the answers do, each on its own task: a stalled
@@ -278,33 +288,41 @@ async fn open_loop(url: &str, rate: u64, duration: Duration) -> Stats {
     for _ in 0..32 {
         one(&c, url).await;
     }
+    let url = url.to_string();
+    on_schedule(rate, duration, move || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { one(&c, &url).await }
+    })
+    .await
+}
+
+/// Runs `send()` `rate` times a second for `duration`, each on its own task, and times each
+/// from its dispatch: the schedule is kept whatever the answers do (no coordinated omission),
+/// but the timer's 1 ms granularity is the generator's, not the proxy's.
+async fn on_schedule<F, Fut>(rate: u64, duration: Duration, send: F) -> Stats
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let total_requests = (duration.as_secs_f64() * rate as f64) as u64;
-    let results = Arc::new(std::sync::Mutex::new(Stats::default()));
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(total_requests as usize);
     for i in 0..total_requests {
-        let at = start + interval * i as u32;
-        tokio::time::sleep_until(at).await;
-        let (c, url, results) = (c.clone(), url.to_string(), results.clone());
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let request = send();
         tasks.push(tokio::spawn(async move {
-            // From dispatch: the schedule is kept whatever the answers do (no coordinated
-            // omission), but the timer's 1 ms granularity is the generator's, not the proxy's.
             let sent = Instant::now();
-            let ok = one(&c, &url).await;
-            let us = sent.elapsed().as_micros() as u64;
-            let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
-            if ok {
-                r.latencies_us.push(us);
-            } else {
-                r.errors += 1;
-            }
+            let ok = request.await;
+            (ok, sent.elapsed())
         }));
     }
+    let mut s = Stats::default();
     for t in tasks {
-        let _ = t.await;
+        if let Ok((ok, latency)) = t.await {
+            s.record(ok, latency);
+        }
     }
-    let mut s = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
     s.elapsed = start.elapsed();
     s.latencies_us.sort_unstable();
     s
@@ -515,27 +533,17 @@ mod raw {
                     let mut buf = Vec::with_capacity(8192);
                     while start.elapsed() < duration {
                         let t = Instant::now();
-                        if exchange(&mut s, &req, &mut buf).await {
-                            stats.latencies_us.push(t.elapsed().as_micros() as u64);
-                        } else {
-                            stats.errors += 1;
-                            break;
+                        let ok = exchange(&mut s, &req, &mut buf).await;
+                        stats.record(ok, t.elapsed());
+                        if !ok {
+                            break; // the connection is gone
                         }
                     }
                     stats
                 })
             })
             .collect();
-        let mut total = Stats::default();
-        for w in workers {
-            if let Ok(s) = w.await {
-                total.latencies_us.extend(s.latencies_us);
-                total.errors += s.errors;
-            }
-        }
-        total.elapsed = start.elapsed();
-        total.latencies_us.sort_unstable();
-        total
+        Stats::merged(workers, start).await
     }
 
     /// Connections the open loop keeps; a request waits for a free one, and that wait counts in
@@ -558,18 +566,11 @@ mod raw {
         }
         let free = Arc::new(tokio::sync::Semaphore::new(conns.len()));
         let pool = Arc::new(std::sync::Mutex::new(conns));
-        let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
-        let total_requests = (duration.as_secs_f64() * rate as f64) as u64;
-        let results = Arc::new(std::sync::Mutex::new(Stats::default()));
-        let start = tokio::time::Instant::now();
-        let mut tasks = Vec::with_capacity(total_requests as usize);
-        for i in 0..total_requests {
-            tokio::time::sleep_until(start + interval * i as u32).await;
-            let (req, pool, free, results, addr) =
-                (req.clone(), pool.clone(), free.clone(), results.clone(), addr.to_string());
-            tasks.push(tokio::spawn(async move {
-                let sent = Instant::now();
-                let Ok(permit) = free.acquire().await else { return };
+        let addr = addr.to_string();
+        on_schedule(rate, duration, move || {
+            let (req, pool, free, addr) = (req.clone(), pool.clone(), free.clone(), addr.clone());
+            async move {
+                let Ok(_permit) = free.acquire().await else { return false };
                 let conn = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
                 let mut buf = Vec::with_capacity(8192);
                 let (ok, conn) = match conn {
@@ -579,26 +580,13 @@ mod raw {
                     }
                     None => (false, connect(&addr).await),
                 };
-                let us = sent.elapsed().as_micros() as u64;
                 if let Some(s) = conn {
                     pool.lock().unwrap_or_else(|p| p.into_inner()).push(s);
                 }
-                drop(permit);
-                let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
-                if ok {
-                    r.latencies_us.push(us);
-                } else {
-                    r.errors += 1;
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let mut s = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
-        s.elapsed = start.elapsed();
-        s.latencies_us.sort_unstable();
-        s
+                ok
+            }
+        })
+        .await
     }
 }
 
