@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod fuzzing;
 pub mod glob;
+pub mod http1;
 pub mod json_scan;
 pub mod metrics;
 pub mod mock;

@@ -8,6 +8,7 @@
 //! period.
 
 pub mod drain;
+pub mod http1;
 pub mod idle;
 pub mod listener;
 pub mod tls;
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -246,11 +248,14 @@ fn serve(
     let shared = shared.clone();
     let conn = ClientConn::new(peer, l.tls.is_some());
     let idle_limit = l.header_timeout;
-    match l.tls.clone() {
-        None => {
+    match (l.tls.clone(), role) {
+        (None, Role::Forward(name)) => {
+            tokio::spawn(serve_plain_forward(stream, name, builder, shared, conn, watcher, idle_limit));
+        }
+        (None, role) => {
             tokio::spawn(serve_io(stream, role, builder, shared, conn, watcher, idle_limit));
         }
-        Some(acceptor) => {
+        (Some(acceptor), role) => {
             let handshake_timeout = l.header_timeout;
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -269,7 +274,7 @@ async fn serve_io<I>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     conn: ClientConn,
-    mut drain: watch::Receiver<()>,
+    drain: watch::Receiver<()>,
     idle_limit: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -296,18 +301,60 @@ async fn serve_io<I>(
     // A drain waits for every receiver to drop; `interrupts` drops its own when it fires, so this
     // one keeps the connection counted until it has closed.
     let _draining = drain.clone();
-    let interrupts = async move {
-        tokio::select! {
-            _ = drain.changed() => drain::Interrupt::Drain,
-            () = idle::expired(activity, idle_limit) => drain::Interrupt::Idle,
-        }
-    };
-    match drain::Guarded::new(connection, interrupts, |c| c.graceful_shutdown()).await {
+    let outcome = drain::Guarded::new(connection, interrupts(drain, activity, idle_limit), |c| c.graceful_shutdown());
+    match outcome.await {
         Some(Ok(())) => {}
         Some(Err(e)) => crate::debug!("connection from {peer} ended: {e}"),
-        None => crate::debug!(
-            "closed the connection from {peer}: no request for {}s (timeout.connect)",
-            idle_limit.as_secs()
-        ),
+        None => closed_idle(peer, idle_limit),
     }
+}
+
+/// A plain-TCP forward connection: HTTP/1.1 served by `http1`, HTTP/2 by prior knowledge by
+/// hyper.
+async fn serve_plain_forward(
+    stream: tokio::net::TcpStream,
+    forward: Arc<str>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    conn: ClientConn,
+    drain: watch::Receiver<()>,
+    idle_limit: Duration,
+) {
+    let peer = conn.peer;
+    match tokio::time::timeout(idle_limit, http1::looks_like_h2(&stream)).await {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => {
+            let role = Role::Forward(forward);
+            return serve_io(stream, role, builder, shared, conn, drain, idle_limit).await;
+        }
+        Ok(Err(_)) => return,
+        Err(_) => return closed_idle(peer, idle_limit),
+    }
+    let activity = idle::Activity::new();
+    let closing = Arc::new(AtomicBool::new(false));
+    let connection = http1::serve(
+        stream,
+        http1::Connection { shared, forward, conn, activity: activity.clone(), closing: closing.clone() },
+    );
+    let _draining = drain.clone();
+    let on_drain = move |_: std::pin::Pin<&mut _>| closing.store(true, Ordering::Relaxed);
+    if drain::Guarded::new(connection, interrupts(drain, activity, idle_limit), on_drain).await.is_none() {
+        closed_idle(peer, idle_limit);
+    }
+}
+
+/// What may end a connection early: the listener's drain, or `idle_limit` without a request.
+async fn interrupts(
+    mut drain: watch::Receiver<()>,
+    activity: Arc<idle::Activity>,
+    idle_limit: Duration,
+) -> drain::Interrupt {
+    tokio::select! {
+        _ = drain.changed() => drain::Interrupt::Drain,
+        () = idle::expired(activity, idle_limit) => drain::Interrupt::Idle,
+    }
+}
+
+fn closed_idle(peer: SocketAddr, idle_limit: Duration) {
+    crate::debug!("closed the connection from {peer}: no request for {}s (timeout.connect)", idle_limit.as_secs());
 }

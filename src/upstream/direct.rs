@@ -19,7 +19,8 @@
 //! the readiness the event loop already has — no system call); a request whose write fails on
 //! a pooled connection was not received and goes again on a fresh one.
 
-use super::chunked::{Chunked, Step};
+use crate::http1::chunked::{Chunked, Step};
+use crate::http1::{format_u64, HeadFacts};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -287,7 +288,7 @@ fn parse_head(
             } else if name == header::TRANSFER_ENCODING {
                 facts.transfer_encoding(value);
             } else if name == header::CONTENT_LENGTH {
-                facts.content_length(value)?;
+                facts.content_length(value).map_err(SendError::Protocol)?;
             }
             if crate::proxy::headers::is_hop_by_hop(&name) {
                 continue;
@@ -299,7 +300,7 @@ fn parse_head(
         for listed in &facts.listed {
             headers.remove(listed);
         }
-        let framing = facts.framing(version, status, head_request);
+        let framing = response_framing(&facts, version, status, head_request);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
@@ -308,79 +309,30 @@ fn parse_head(
     }
 }
 
-/// What a response head says about its framing and its connection.
-#[derive(Default)]
-struct HeadFacts {
-    close: bool,
-    keep_alive: bool,
-    /// Other headers `Connection` names: hop-by-hop too (rare; allocated only then).
-    listed: Vec<HeaderName>,
-    /// Whether the final transfer coding is chunked, when there is a `Transfer-Encoding`.
-    chunked: Option<bool>,
-    content_length: Option<u64>,
-}
-
-impl HeadFacts {
-    fn connection(&mut self, value: &[u8]) {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if let Ok(name) = HeaderName::from_bytes(token) {
-                self.listed.push(name);
-            }
-        }
-    }
-
-    fn transfer_encoding(&mut self, value: &[u8]) {
-        let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
-        self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-    }
-
-    /// Records a `Content-Length`; differing or malformed values are an error (RFC 9112 §6.3),
-    /// since the body's end could not be known.
-    fn content_length(&mut self, value: &[u8]) -> Result<(), SendError> {
-        for part in value.split(|&b| b == b',') {
-            let digits = part.trim_ascii();
-            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(SendError::Protocol("invalid content-length"));
-            }
-            let n = digits
-                .iter()
-                .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-                .ok_or(SendError::Protocol("invalid content-length"))?;
-            if self.content_length.is_some_and(|l| l != n) {
-                return Err(SendError::Protocol("conflicting content-length values"));
-            }
-            self.content_length = Some(n);
-        }
-        Ok(())
-    }
-
-    fn framing(&self, version: Version, status: StatusCode, head_request: bool) -> Framing {
-        let mut keep_alive = if version == Version::HTTP_10 { self.keep_alive } else { !self.close };
-        let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Delimiter::Empty
-        } else if let Some(chunked) = self.chunked {
-            // Transfer-Encoding overrides Content-Length; a message with both is suspect, so the
-            // connection is not reused after it.
-            keep_alive &= self.content_length.is_none();
-            if chunked {
-                Delimiter::Chunked(Chunked::default())
-            } else {
-                Delimiter::UntilClose
-            }
-        } else if let Some(n) = self.content_length {
-            Delimiter::Length(n)
+/// How a response with these facts is delimited (RFC 9112 §6.3), and whether its connection
+/// can be reused after it.
+fn response_framing(facts: &HeadFacts, version: Version, status: StatusCode, head_request: bool) -> Framing {
+    let mut keep_alive = if version == Version::HTTP_10 { facts.keep_alive } else { !facts.close };
+    let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Delimiter::Empty
+    } else if let Some(chunked) = facts.chunked {
+        // Transfer-Encoding overrides Content-Length; a message with both is suspect, so the
+        // connection is not reused after it.
+        keep_alive &= facts.content_length.is_none();
+        if chunked {
+            Delimiter::Chunked(Chunked::default())
         } else {
             Delimiter::UntilClose
-        };
-        if matches!(body, Delimiter::UntilClose) {
-            keep_alive = false;
         }
-        Framing { body, keep_alive }
+    } else if let Some(n) = facts.content_length {
+        Delimiter::Length(n)
+    } else {
+        Delimiter::UntilClose
+    };
+    if matches!(body, Delimiter::UntilClose) {
+        keep_alive = false;
     }
+    Framing { body, keep_alive }
 }
 
 /// Where the response body ends.
@@ -402,18 +354,6 @@ struct Framing {
 impl Framing {
     fn is_complete(&self) -> bool {
         matches!(self.body, Delimiter::Empty | Delimiter::Length(0))
-    }
-}
-
-fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! An upstream as the hot path sees it: where to send, and the header work precomputed at load.
 
 pub mod breaker;
-pub mod chunked;
 pub mod client;
 pub mod direct;
 pub mod header_plan;

@@ -1,0 +1,107 @@
+//! HTTP/1.1 message framing shared by both ends of the proxy: the upstream client
+//! (`upstream::direct`) and the client-facing server (`server::http1`) read the same header
+//! fields to find where a body ends, and decode the same chunked coding.
+
+pub mod chunked;
+
+use hyper::header::HeaderName;
+
+/// What a message head says about its framing and its connection (RFC 9112 §6, §9.6).
+#[derive(Default)]
+pub struct HeadFacts {
+    pub close: bool,
+    pub keep_alive: bool,
+    /// Other headers `Connection` names: hop-by-hop too (rare; allocated only then).
+    pub listed: Vec<HeaderName>,
+    /// Whether the final transfer coding is chunked, when there is a `Transfer-Encoding`.
+    pub chunked: Option<bool>,
+    pub content_length: Option<u64>,
+}
+
+impl HeadFacts {
+    pub fn connection(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                self.listed.push(name);
+            }
+        }
+    }
+
+    pub fn transfer_encoding(&mut self, value: &[u8]) {
+        let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+        self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+    }
+
+    /// Records a `Content-Length`; differing or malformed values are an error (RFC 9112 §6.3),
+    /// since the body's end could not be known.
+    pub fn content_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        for part in value.split(|&b| b == b',') {
+            let n = parse_u64(part.trim_ascii()).ok_or("invalid content-length")?;
+            if self.content_length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length values");
+            }
+            self.content_length = Some(n);
+        }
+        Ok(())
+    }
+}
+
+/// A non-empty run of ASCII digits as a number (no sign, no spaces, no overflow).
+pub fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// `n` in decimal, written into the end of `buf`.
+pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_values_must_agree() {
+        let mut f = HeadFacts::default();
+        assert!(f.content_length(b"12, 12").is_ok());
+        assert_eq!(f.content_length, Some(12));
+        assert!(f.content_length(b"13").is_err());
+        for bad in [&b""[..], b"-1", b"1 2", b"0x10", b"99999999999999999999"] {
+            assert!(HeadFacts::default().content_length(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let mut f = HeadFacts::default();
+        f.connection(b"Keep-Alive, X-Trace ,close");
+        assert!(f.close && f.keep_alive);
+        assert_eq!(f.listed, vec![HeaderName::from_static("x-trace")]);
+        f.transfer_encoding(b"gzip, Chunked");
+        assert_eq!(f.chunked, Some(true));
+        f.transfer_encoding(b"chunked, gzip");
+        assert_eq!(f.chunked, Some(false));
+    }
+
+    #[test]
+    fn formats_numbers() {
+        let mut b = [0u8; 20];
+        assert_eq!(format_u64(0, &mut b), b"0");
+        assert_eq!(format_u64(u64::MAX, &mut b), b"18446744073709551615");
+    }
+}

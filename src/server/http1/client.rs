@@ -1,0 +1,201 @@
+//! The client's side of the connection as both the request handler and the connection loop see
+//! it: the bytes read and not yet consumed, where the current request body ends, and the reads
+//! that fill them.
+//!
+//! The request body is read from the socket by whoever polls it — the handler — so it needs the
+//! buffer the head was parsed from; while the handler waits for the upstream, the loop reads the
+//! same socket to notice a client that left. Both run in the connection's one task, never at
+//! once, so the lock between them is never contended (it only keeps the sharing safe to write).
+
+use super::request::BodyFraming;
+use crate::http1::chunked::Step;
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use tokio::net::TcpStream;
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
+/// Pipelined bytes buffered while a request is served; beyond this the client is not read
+/// until the answer is out (no EOF detection meanwhile, bounded memory instead).
+const MAX_AHEAD: usize = 64 * 1024;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+pub struct Client<'s> {
+    pub stream: &'s TcpStream,
+    inbound: Mutex<Inbound>,
+}
+
+pub struct Inbound {
+    /// Read from the client and not yet consumed: a head, a body, or a pipelined request.
+    pub buf: BytesMut,
+    /// What is left of the current request's body; `None` once it has been read.
+    body: Option<BodyFraming>,
+    /// Bytes of `100 Continue` written, while it is owed (see [`Client::start_request`]).
+    continue_written: Option<usize>,
+    /// The client closed its side (or the connection failed).
+    pub eof: bool,
+}
+
+impl<'s> Client<'s> {
+    pub fn new(stream: &'s TcpStream) -> Self {
+        let inbound =
+            Inbound { buf: BytesMut::with_capacity(READ_CHUNK), body: None, continue_written: None, eof: false };
+        Client { stream, inbound: Mutex::new(inbound) }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inbound> {
+        self.inbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets up the body of a request whose head was just parsed, and returns it.
+    pub fn start_request(&self, framing: BodyFraming, expect_continue: bool) -> RequestBody<'_> {
+        let declared = match framing {
+            BodyFraming::Length(n) => Some(n),
+            BodyFraming::Chunked(_) => None,
+        };
+        let mut inbound = self.lock();
+        inbound.body = (declared != Some(0)).then_some(framing);
+        // `100 Continue` is owed only if a body is expected and none of it has arrived yet; it
+        // is sent when the handler first asks for the body (a refusal skips it).
+        inbound.continue_written = (expect_continue && inbound.body.is_some() && inbound.buf.is_empty()).then_some(0);
+        RequestBody { client: self, declared }
+    }
+
+    /// Whether the current request's body was read to its end (else the connection cannot
+    /// carry another request: its remaining bytes would be taken for one).
+    pub fn body_consumed(&self) -> bool {
+        self.lock().body.is_none()
+    }
+
+    /// Reads what the client sent into the buffer; `Ok(0)` at the end of the stream.
+    pub fn poll_fill(&self, inbound: &mut Inbound, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if inbound.buf.capacity() - inbound.buf.len() < READ_CHUNK / 4 {
+            inbound.buf.reserve(READ_CHUNK);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut inbound.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => {
+                    inbound.eof = true;
+                    return Poll::Ready(Ok(0));
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    /// While the client waits for its answer: ready once it has gone (closed its side, or the
+    /// connection failed), as nginx sees it — a proxy should stop paying for an answer nobody
+    /// will read. Pipelined requests read meanwhile stay buffered.
+    pub fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inbound = self.lock();
+        // While the body is still owed, the handler's reads of it see the end of the stream.
+        if inbound.body.is_some() {
+            return Poll::Pending;
+        }
+        loop {
+            if inbound.eof {
+                return Poll::Ready(());
+            }
+            if inbound.buf.len() >= MAX_AHEAD {
+                return Poll::Pending;
+            }
+            match ready!(self.poll_fill(&mut inbound, cx)) {
+                Ok(_) => {}
+                Err(_) => inbound.eof = true,
+            }
+        }
+    }
+
+    /// Writes what is left of `100 Continue`.
+    fn poll_continue(&self, inbound: &mut Inbound, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(written) = inbound.continue_written {
+            if written == CONTINUE.len() {
+                inbound.continue_written = None;
+                break;
+            }
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(&CONTINUE[written..]) {
+                Ok(n) => inbound.continue_written = Some(written + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Inbound {
+    /// The next piece of the body already in the buffer, if any.
+    fn buffered_body(&mut self) -> Result<Option<Bytes>, &'static str> {
+        let buf = &mut self.buf;
+        match &mut self.body {
+            None => Ok(None),
+            Some(BodyFraming::Length(left)) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    self.body = None;
+                }
+                Ok(Some(buf.split_to(n).freeze()))
+            }
+            Some(BodyFraming::Chunked(state)) => match state.decode(buf)? {
+                Step::Data(data) => Ok(Some(data)),
+                Step::NeedMore => Ok(None),
+                Step::End => {
+                    self.body = None;
+                    Ok(None)
+                }
+            },
+        }
+    }
+}
+
+/// A request body, read from the client's connection as the handler polls it.
+pub struct RequestBody<'c> {
+    client: &'c Client<'c>,
+    /// `Content-Length`, when the request declared one.
+    declared: Option<u64>,
+}
+
+impl Body for RequestBody<'_> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let client = self.client;
+        let mut inbound = client.lock();
+        ready!(client.poll_continue(&mut inbound, cx))?;
+        loop {
+            match inbound.buffered_body() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) if inbound.body.is_none() => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(why) => return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why)))),
+            }
+            if ready!(client.poll_fill(&mut inbound, cx))? == 0 {
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection before the body was complete",
+                ))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.declared == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.declared.map(SizeHint::with_exact).unwrap_or_default()
+    }
+}

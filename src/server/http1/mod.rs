@@ -1,0 +1,125 @@
+//! HTTP/1.1 on plain-TCP forwards, served by the proxy itself.
+//!
+//! A forward's connection carries one request at a time, and each is answered by a relay that
+//! already does the work: the server side only has to cut heads from a buffer, hand the handler
+//! a body it can read, and write the answer back. hyper's server does this through a general
+//! dispatcher — a state machine polled for reading, writing and flushing on every wake-up, a
+//! channel for the request body (whose first read wakes the task once more), read-ahead buffers
+//! reallocated per request, and header maps for both directions — and on a busy core that
+//! machinery cost about as much as everything the gateway does per request. Here the
+//! connection's task parses the head with `httparse` (hyper's own parser), awaits the handler
+//! in place, and writes head and body with one `writev`.
+//!
+//! Semantics follow RFC 9112 and what clients expect of hyper or nginx: keep-alive on HTTP/1.1
+//! unless either side says close (HTTP/1.0 gets one answer), pipelined requests answered in
+//! order, `100 Continue` sent when the handler first reads the body, chunked request bodies,
+//! answers framed by their length or chunked, `Date` on every answer. A request whose body was
+//! not read closes the connection after its answer; a malformed head gets an error answer and a
+//! close. A client that closes its side while its request is served is taken to have left, as
+//! nginx does: the request is dropped, and with it the upstream's. HTTP/2 by prior knowledge,
+//! TLS and the admin port stay with hyper (see `server`).
+
+mod client;
+mod date;
+mod request;
+mod response;
+
+use crate::proxy::ClientConn;
+use crate::runtime::Shared;
+use crate::server::idle::Activity;
+use client::Client;
+use hyper::{Method, Request};
+use response::{WriteError, Writer};
+use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use tokio::net::TcpStream;
+
+/// What a connection serves and the signals that end it.
+pub struct Connection {
+    pub shared: Arc<Shared>,
+    pub forward: Arc<str>,
+    pub conn: ClientConn,
+    /// Requests in flight and idleness (the idle guard reads it).
+    pub activity: Arc<Activity>,
+    /// Set when the listener drains: finish the answer in flight, start no other.
+    pub closing: Arc<AtomicBool>,
+}
+
+/// The first bytes of HTTP/2 by prior knowledge (RFC 9113 §3.3): such connections go to hyper.
+const H2_PREFACE_START: &[u8] = b"PRI ";
+
+/// Whether the connection's first bytes are (or may still become) the HTTP/2 preface. Waits
+/// for the first bytes without consuming them.
+pub async fn looks_like_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 4];
+    let n = stream.peek(&mut first).await?;
+    Ok(n > 0 && first[..n] == H2_PREFACE_START[..n])
+}
+
+/// Serves requests on `stream` until either side closes, the listener drains, or an error.
+pub async fn serve(stream: TcpStream, c: Connection) {
+    let client = Client::new(&stream);
+    let mut writer = Writer::default();
+    loop {
+        let head = match poll_fn(|cx| -> Poll<Result<Option<request::Head>, crate::error::ApiError>> {
+            let mut inbound = client.lock();
+            loop {
+                if c.closing.load(Ordering::Relaxed) {
+                    return Poll::Ready(Ok(None));
+                }
+                if !inbound.buf.is_empty() {
+                    if let Some(head) = request::parse(&mut inbound.buf)? {
+                        return Poll::Ready(Ok(Some(head)));
+                    }
+                }
+                if inbound.eof {
+                    return Poll::Ready(Ok(None));
+                }
+                if let Err(e) = std::task::ready!(client.poll_fill(&mut inbound, cx)) {
+                    crate::debug!("connection from {} failed: {e}", c.conn.peer);
+                    return Poll::Ready(Ok(None));
+                }
+            }
+        })
+        .await
+        {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(refusal) => {
+                crate::debug!("refused a request head from {}: {}", c.conn.peer, refusal.message);
+                let _ = writer.answer(&client, refusal.into_response(), false, false).await;
+                return;
+            }
+        };
+        let busy = c.activity.begin();
+        let head_request = head.parts.method == Method::HEAD;
+        let body = client.start_request(head.body, head.expect_continue);
+        let req = Request::from_parts(head.parts, body);
+        let runtime = c.shared.runtime();
+        let mut handling = std::pin::pin!(crate::proxy::handle(&runtime, &c.forward, c.conn.clone(), req));
+        let answered = poll_fn(|cx| match handling.as_mut().poll(cx) {
+            Poll::Ready(resp) => Poll::Ready(Some(resp)),
+            Poll::Pending => client.poll_gone(cx).map(|()| None),
+        })
+        .await;
+        let Some(resp) = answered else {
+            crate::debug!("client {} left before its answer", c.conn.peer);
+            return;
+        };
+        let keep_alive = head.keep_alive && client.body_consumed() && !c.closing.load(Ordering::Relaxed);
+        let kept = match writer.answer(&client, resp, head_request, keep_alive).await {
+            Ok(kept) => kept,
+            Err(WriteError::Io(e)) => {
+                crate::debug!("writing to {} failed: {e}", c.conn.peer);
+                false
+            }
+            Err(WriteError::Body | WriteError::ClientGone) => false,
+        };
+        drop(busy);
+        if !kept {
+            return;
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Writing an answer to the client: the head encoded into a buffer the connection reuses, body
+//! frames gathered while they are ready and written together with the head in one `writev`, and
+//! each frame of a stream written as soon as it arrives (nothing waits for a buffer to fill).
+
+use super::client::Client;
+use super::date;
+use crate::body::ProxyBody;
+use crate::http1::{format_u64, parse_u64};
+use bytes::Bytes;
+use hyper::body::Body;
+use hyper::header::{self, HeaderMap};
+use hyper::{Response, StatusCode};
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::task::Poll;
+
+/// Pieces written by one `writev` at most.
+const MAX_SLICES: usize = 64;
+
+/// Buffers for writing answers, kept by the connection from one answer to the next.
+#[derive(Default)]
+pub struct Writer {
+    /// The head and chunk framing, referred to by [`Piece::Framing`] ranges.
+    framing: Vec<u8>,
+    /// What to write next, in order.
+    pieces: Vec<Piece>,
+}
+
+enum Piece {
+    Framing(usize, usize),
+    Data(Bytes),
+}
+
+/// How the body is delimited for the client.
+enum Delimit {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// What went wrong while answering; either way the connection closes.
+pub enum WriteError {
+    Io(io::Error),
+    /// The body failed (upstream cut, timeout) or did not match its declared length: the client
+    /// sees the connection close before the end of the body.
+    Body,
+    /// The client left while the body was awaited.
+    ClientGone,
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+impl Writer {
+    /// Writes `resp` to the client; returns whether the connection can carry another request.
+    pub async fn answer(
+        &mut self,
+        client: &Client<'_>,
+        resp: Response<ProxyBody>,
+        head_request: bool,
+        mut keep_alive: bool,
+    ) -> Result<bool, WriteError> {
+        let (parts, body) = resp.into_parts();
+        let mut body = std::pin::pin!(body);
+        let status = parts.status;
+        let bodiless =
+            status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| parse_u64(v.as_bytes()));
+        let delimit = if bodiless {
+            Delimit::None
+        } else if let Some(n) = declared {
+            Delimit::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            Delimit::Length(n)
+        } else if head_request {
+            Delimit::None
+        } else if keep_alive {
+            Delimit::Chunked
+        } else {
+            Delimit::Close
+        };
+        let length_header = declared.is_none().then_some(&delimit);
+        self.encode_head(status, &parts.headers, length_header, keep_alive);
+        if head_request || bodiless {
+            self.flush(client).await?;
+            return Ok(keep_alive);
+        }
+
+        let mut left = match delimit {
+            Delimit::Length(n) => n,
+            _ => u64::MAX,
+        };
+        loop {
+            if body.is_end_stream() {
+                break;
+            }
+            let pending = !self.pieces.is_empty();
+            let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                // Nothing more right now: write what is gathered, then wait.
+                Poll::Pending if pending => Poll::Ready(None),
+                Poll::Pending => client.poll_gone(cx).map(|()| Some(Some(Err("client gone".into())))),
+            })
+            .await;
+            match next {
+                None => self.flush(client).await?,
+                Some(None) => break,
+                Some(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else { continue }; // trailers are not relayed
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if let Delimit::Length(_) = delimit {
+                        left = left.checked_sub(data.len() as u64).ok_or(WriteError::Body)?;
+                    }
+                    self.push_data(&delimit, data);
+                }
+                Some(Some(Err(_))) if client.lock().eof => return Err(WriteError::ClientGone),
+                Some(Some(Err(_))) => {
+                    // Send what arrived, then cut: the client sees an incomplete body.
+                    let _ = self.flush(client).await;
+                    return Err(WriteError::Body);
+                }
+            }
+        }
+        match delimit {
+            Delimit::Length(_) if left != 0 => {
+                let _ = self.flush(client).await;
+                return Err(WriteError::Body);
+            }
+            Delimit::Chunked => self.push_framing(b"0\r\n\r\n"),
+            Delimit::Close => keep_alive = false,
+            _ => {}
+        }
+        self.flush(client).await?;
+        Ok(keep_alive)
+    }
+
+    fn encode_head(&mut self, status: StatusCode, headers: &HeaderMap, length: Option<&Delimit>, keep_alive: bool) {
+        let w = &mut self.framing;
+        w.clear();
+        w.extend_from_slice(b"HTTP/1.1 ");
+        w.extend_from_slice(status.as_str().as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        w.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            // Framing and connection fields are this hop's own, written below.
+            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+                continue;
+            }
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        if !headers.contains_key(header::DATE) {
+            w.extend_from_slice(b"date: ");
+            w.extend_from_slice(&date::now());
+            w.extend_from_slice(b"\r\n");
+        }
+        match length {
+            Some(Delimit::Length(n)) => {
+                w.extend_from_slice(b"content-length: ");
+                w.extend_from_slice(format_u64(*n, &mut [0; 20]));
+                w.extend_from_slice(b"\r\n");
+            }
+            Some(Delimit::Chunked) => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            _ => {}
+        }
+        if !keep_alive {
+            w.extend_from_slice(b"connection: close\r\n");
+        }
+        w.extend_from_slice(b"\r\n");
+        self.pieces.push(Piece::Framing(0, w.len()));
+    }
+
+    fn push_framing(&mut self, bytes: &[u8]) {
+        let start = self.framing.len();
+        self.framing.extend_from_slice(bytes);
+        match self.pieces.last_mut() {
+            Some(Piece::Framing(_, end)) if *end == start => *end = self.framing.len(),
+            _ => self.pieces.push(Piece::Framing(start, self.framing.len())),
+        }
+    }
+
+    fn push_data(&mut self, delimit: &Delimit, data: Bytes) {
+        if let Delimit::Chunked = delimit {
+            let mut line = [0u8; 18];
+            let n = format_hex(data.len(), &mut line);
+            self.push_framing(&line[..n]);
+            self.pieces.push(Piece::Data(data));
+            self.push_framing(b"\r\n");
+        } else {
+            self.pieces.push(Piece::Data(data));
+        }
+    }
+
+    /// Writes every gathered piece.
+    async fn flush(&mut self, client: &Client<'_>) -> io::Result<()> {
+        let (mut first, mut skip) = (0, 0);
+        while first < self.pieces.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, piece) in slices.iter_mut().zip(&self.pieces[first..]) {
+                let bytes = piece.bytes(&self.framing);
+                *slot = IoSlice::new(if count == 0 { &bytes[skip..] } else { bytes });
+                count += 1;
+            }
+            let mut written = loop {
+                match client.stream.try_write_vectored(&slices[..count]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.stream.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            };
+            while written > 0 {
+                let len = self.pieces[first].bytes(&self.framing).len() - skip;
+                if written >= len {
+                    written -= len;
+                    (first, skip) = (first + 1, 0);
+                } else {
+                    skip += written;
+                    written = 0;
+                }
+            }
+        }
+        self.pieces.clear();
+        self.framing.clear();
+        Ok(())
+    }
+}
+
+impl Piece {
+    fn bytes<'a>(&'a self, framing: &'a [u8]) -> &'a [u8] {
+        match self {
+            Piece::Framing(start, end) => &framing[*start..*end],
+            Piece::Data(data) => data,
+        }
+    }
+}
+
+/// A chunk-size line: `len` in hexadecimal and CRLF; returns its length.
+fn format_hex(len: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - len.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits..digits + 2].copy_from_slice(b"\r\n");
+    digits + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut b = [0u8; 18];
+        for (n, want) in [(0usize, "0\r\n"), (1, "1\r\n"), (255, "ff\r\n"), (4096, "1000\r\n")] {
+            let len = format_hex(n, &mut b);
+            assert_eq!(&b[..len], want.as_bytes());
+        }
+        let len = format_hex(usize::MAX, &mut b);
+        assert_eq!(len, 18);
+    }
+}
