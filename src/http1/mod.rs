@@ -50,6 +50,25 @@ impl HeadFacts {
     }
 }
 
+/// Header fields whose offsets fit on the stack while a head is cut up; larger heads (rare)
+/// use the heap. Zeroing a table for the 100 fields a head may have cost more than parsing it.
+pub const INLINE_FIELDS: usize = 24;
+
+/// A table of `count` field offsets (name start and end, value start and end), in `inline`
+/// when it fits.
+pub fn field_table<'a>(
+    count: usize,
+    inline: &'a mut [[u32; 4]; INLINE_FIELDS],
+    heap: &'a mut Vec<[u32; 4]>,
+) -> &'a mut [[u32; 4]] {
+    if count <= INLINE_FIELDS {
+        &mut inline[..count]
+    } else {
+        heap.resize(count, [0; 4]);
+        heap
+    }
+}
+
 /// A non-empty run of ASCII digits as a number (no sign, no spaces, no overflow).
 pub fn parse_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {

@@ -18,7 +18,7 @@ use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -155,8 +155,9 @@ where
         }
     }
     let limit = fwd.max_body_size;
-    // A declared length over the limit is refused before reading a byte of it.
-    if content_length(&parts).is_some_and(|n| n > limit) {
+    // A declared length over the limit is refused before reading a byte of it (the body's
+    // exact size is its `Content-Length`).
+    if body.size_hint().exact().is_some_and(|n| n > limit) {
         return Err(ApiError::body_too_large(limit));
     }
     // Buffered because a retry must be able to send it again (and model rules read it).
@@ -233,10 +234,6 @@ fn rate_limited(who: &str, wait: u64) -> ApiError {
         format!("too many requests from {who}; slow down"),
     )
     .with_retry_after(Gcra::retry_after_secs(wait))
-}
-
-fn content_length(parts: &Parts) -> Option<u64> {
-    parts.headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// A failed attempt that another attempt may improve on; the last one is what the client gets
@@ -463,10 +460,9 @@ async fn attempt(
         _ => None,
     };
     let head_at = verdict.record(failure);
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
+    // Only a failure's `Retry-After` matters (it delays the next attempt).
+    let retry_after = failure
+        .and_then(|_| resp.headers().get(RETRY_AFTER)?.to_str().ok())
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
     let telemetry = Telemetry { member: member.metrics.clone(), sent_at, first_byte_ms: None };
     let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -269,8 +269,9 @@ fn parse_head(
         // Offsets of each name and value, so the values can be cut from the frozen head.
         // (A head is at most MAX_HEAD plus one read long: u32 offsets keep this table small.)
         let base = buf.as_ptr() as usize;
-        let mut spans = [[0u32; 4]; MAX_HEADERS];
         let count = resp.headers.len();
+        let (mut inline, mut heap) = ([[0u32; 4]; crate::http1::INLINE_FIELDS], Vec::new());
+        let spans = crate::http1::field_table(count, &mut inline, &mut heap);
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
             let name = (h.name.as_ptr() as usize - base) as u32;
             let value = (h.value.as_ptr() as usize - base) as u32;
@@ -279,7 +280,7 @@ fn parse_head(
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let mut facts = HeadFacts::default();
-        for &[ns, ne, vs, ve] in &spans[..count] {
+        for &[ns, ne, vs, ve] in spans.iter() {
             let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| SendError::Protocol("invalid header name"))?;
             let value = &head[vs..ve];

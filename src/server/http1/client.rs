@@ -11,10 +11,12 @@ use super::request::BodyFraming;
 use crate::http1::chunked::Step;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 /// Read buffer growth step.
@@ -26,11 +28,14 @@ const MAX_AHEAD: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 pub struct Client<'s> {
-    pub stream: &'s TcpStream,
-    inbound: Mutex<Inbound>,
+    pub write: WriteHalf<'s>,
+    inbound: Mutex<Inbound<'s>>,
 }
 
-pub struct Inbound {
+pub struct Inbound<'s> {
+    /// Read through tokio's `AsyncRead`, which knows a short read drained the socket: the next
+    /// wait for bytes then costs no system call.
+    read: ReadHalf<'s>,
     /// Read from the client and not yet consumed: a head, a body, or a pipelined request.
     pub buf: BytesMut,
     /// What is left of the current request's body; `None` once it has been read.
@@ -42,18 +47,19 @@ pub struct Inbound {
 }
 
 impl<'s> Client<'s> {
-    pub fn new(stream: &'s TcpStream) -> Self {
-        let inbound =
-            Inbound { buf: BytesMut::with_capacity(READ_CHUNK), body: None, continue_written: None, eof: false };
-        Client { stream, inbound: Mutex::new(inbound) }
+    pub fn new(stream: &'s mut TcpStream) -> Self {
+        let (read, write) = stream.split();
+        let buf = BytesMut::with_capacity(READ_CHUNK);
+        let inbound = Inbound { read, buf, body: None, continue_written: None, eof: false };
+        Client { write, inbound: Mutex::new(inbound) }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inbound> {
+    pub fn lock(&self) -> MutexGuard<'_, Inbound<'s>> {
         self.inbound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sets up the body of a request whose head was just parsed, and returns it.
-    pub fn start_request(&self, framing: BodyFraming, expect_continue: bool) -> RequestBody<'_> {
+    pub fn start_request(&self, framing: BodyFraming, expect_continue: bool) -> RequestBody<'_, 's> {
         let declared = match framing {
             BodyFraming::Length(n) => Some(n),
             BodyFraming::Chunked(_) => None,
@@ -73,21 +79,15 @@ impl<'s> Client<'s> {
     }
 
     /// Reads what the client sent into the buffer; `Ok(0)` at the end of the stream.
-    pub fn poll_fill(&self, inbound: &mut Inbound, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    pub fn poll_fill(inbound: &mut Inbound<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if inbound.buf.capacity() - inbound.buf.len() < READ_CHUNK / 4 {
             inbound.buf.reserve(READ_CHUNK);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut inbound.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(0) => {
-                    inbound.eof = true;
-                    return Poll::Ready(Ok(0));
-                }
-                other => return Poll::Ready(other),
-            }
-        }
+        // `read_buf` holds only references: a fresh one per poll is the same read.
+        let read = tokio::io::AsyncReadExt::read_buf(&mut inbound.read, &mut inbound.buf);
+        let n = ready!(std::pin::pin!(read).poll(cx))?;
+        inbound.eof |= n == 0;
+        Poll::Ready(Ok(n))
     }
 
     /// While the client waits for its answer: ready once it has gone (closed its side, or the
@@ -106,7 +106,7 @@ impl<'s> Client<'s> {
             if inbound.buf.len() >= MAX_AHEAD {
                 return Poll::Pending;
             }
-            match ready!(self.poll_fill(&mut inbound, cx)) {
+            match ready!(Self::poll_fill(&mut inbound, cx)) {
                 Ok(_) => {}
                 Err(_) => inbound.eof = true,
             }
@@ -114,14 +114,14 @@ impl<'s> Client<'s> {
     }
 
     /// Writes what is left of `100 Continue`.
-    fn poll_continue(&self, inbound: &mut Inbound, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_continue(&self, inbound: &mut Inbound<'_>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(written) = inbound.continue_written {
             if written == CONTINUE.len() {
                 inbound.continue_written = None;
                 break;
             }
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(&CONTINUE[written..]) {
+            ready!(self.write.as_ref().poll_write_ready(cx))?;
+            match self.write.try_write(&CONTINUE[written..]) {
                 Ok(n) => inbound.continue_written = Some(written + n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
@@ -131,7 +131,7 @@ impl<'s> Client<'s> {
     }
 }
 
-impl Inbound {
+impl Inbound<'_> {
     /// The next piece of the body already in the buffer, if any.
     fn buffered_body(&mut self) -> Result<Option<Bytes>, &'static str> {
         let buf = &mut self.buf;
@@ -161,13 +161,13 @@ impl Inbound {
 }
 
 /// A request body, read from the client's connection as the handler polls it.
-pub struct RequestBody<'c> {
-    client: &'c Client<'c>,
+pub struct RequestBody<'c, 's> {
+    client: &'c Client<'s>,
     /// `Content-Length`, when the request declared one.
     declared: Option<u64>,
 }
 
-impl Body for RequestBody<'_> {
+impl Body for RequestBody<'_, '_> {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -182,7 +182,7 @@ impl Body for RequestBody<'_> {
                 Ok(None) => {}
                 Err(why) => return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why)))),
             }
-            if ready!(client.poll_fill(&mut inbound, cx))? == 0 {
+            if ready!(Client::poll_fill(&mut inbound, cx))? == 0 {
                 return Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the client closed the connection before the body was complete",

@@ -59,8 +59,8 @@ pub async fn looks_like_h2(stream: &TcpStream) -> std::io::Result<bool> {
 }
 
 /// Serves requests on `stream` until either side closes, the listener drains, or an error.
-pub async fn serve(stream: TcpStream, c: Connection) {
-    let client = Client::new(&stream);
+pub async fn serve(mut stream: TcpStream, c: Connection) {
+    let client = Client::new(&mut stream);
     let mut writer = Writer::default();
     loop {
         let head = match poll_fn(|cx| -> Poll<Result<Option<request::Head>, crate::error::ApiError>> {
@@ -77,7 +77,7 @@ pub async fn serve(stream: TcpStream, c: Connection) {
                 if inbound.eof {
                     return Poll::Ready(Ok(None));
                 }
-                if let Err(e) = std::task::ready!(client.poll_fill(&mut inbound, cx)) {
+                if let Err(e) = std::task::ready!(Client::poll_fill(&mut inbound, cx)) {
                     crate::debug!("connection from {} failed: {e}", c.conn.peer);
                     return Poll::Ready(Ok(None));
                 }

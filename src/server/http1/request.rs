@@ -56,8 +56,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         [start, start + s.len() as u32]
     };
     let target = span(req.path.unwrap_or("").as_bytes());
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
     let count = req.headers.len();
+    let (mut inline, mut heap) = ([[0u32; 4]; crate::http1::INLINE_FIELDS], Vec::new());
+    let spans = crate::http1::field_table(count, &mut inline, &mut heap);
     for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
         let ([ns, ne], [vs, ve]) = (span(h.name.as_bytes()), span(h.value));
         *slot = [ns, ne, vs, ve];
@@ -69,7 +70,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let mut headers = HeaderMap::with_capacity(count);
     let mut facts = HeadFacts::default();
     let mut expect_continue = false;
-    for &[ns, ne, vs, ve] in &spans[..count] {
+    for &[ns, ne, vs, ve] in spans.iter() {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| ApiError::bad_request("invalid header name"))?;
         let value = &head[vs..ve];

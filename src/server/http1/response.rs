@@ -31,6 +31,12 @@ enum Piece {
     Data(Bytes),
 }
 
+/// What the head-writing pass noticed among the answer's own fields.
+struct Fields {
+    content_length: Option<u64>,
+    date: bool,
+}
+
 /// How the body is delimited for the client.
 enum Delimit {
     None,
@@ -69,10 +75,10 @@ impl Writer {
         let status = parts.status;
         let bodiless =
             status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| parse_u64(v.as_bytes()));
+        let fields = self.start_head(status, &parts.headers);
         let delimit = if bodiless {
             Delimit::None
-        } else if let Some(n) = declared {
+        } else if let Some(n) = fields.content_length {
             Delimit::Length(n)
         } else if let Some(n) = body.size_hint().exact() {
             Delimit::Length(n)
@@ -83,8 +89,8 @@ impl Writer {
         } else {
             Delimit::Close
         };
-        let length_header = declared.is_none().then_some(&delimit);
-        self.encode_head(status, &parts.headers, length_header, keep_alive);
+        let length_field = fields.content_length.is_none().then_some(&delimit);
+        self.end_head(!fields.date, length_field, keep_alive);
         if head_request || bodiless {
             self.flush(client).await?;
             return Ok(keep_alive);
@@ -140,7 +146,9 @@ impl Writer {
         Ok(keep_alive)
     }
 
-    fn encode_head(&mut self, status: StatusCode, headers: &HeaderMap, length: Option<&Delimit>, keep_alive: bool) {
+    /// Writes the status line and the answer's own fields (all but framing and connection
+    /// fields, which are this hop's: see [`Writer::end_head`]).
+    fn start_head(&mut self, status: StatusCode, headers: &HeaderMap) -> Fields {
         let w = &mut self.framing;
         w.clear();
         w.extend_from_slice(b"HTTP/1.1 ");
@@ -148,17 +156,29 @@ impl Writer {
         w.push(b' ');
         w.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         w.extend_from_slice(b"\r\n");
+        let mut fields = Fields { content_length: None, date: false };
         for (name, value) in headers {
-            // Framing and connection fields are this hop's own, written below.
             if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
                 continue;
+            }
+            if name == header::CONTENT_LENGTH {
+                fields.content_length = parse_u64(value.as_bytes());
+            } else if name == header::DATE {
+                fields.date = true;
             }
             w.extend_from_slice(name.as_str().as_bytes());
             w.extend_from_slice(b": ");
             w.extend_from_slice(value.as_bytes());
             w.extend_from_slice(b"\r\n");
         }
-        if !headers.contains_key(header::DATE) {
+        fields
+    }
+
+    /// Adds `Date` (when the answer has none), the framing field and `Connection: close` when
+    /// the connection ends after this answer, and ends the head.
+    fn end_head(&mut self, date: bool, length: Option<&Delimit>, keep_alive: bool) {
+        let w = &mut self.framing;
+        if date {
             w.extend_from_slice(b"date: ");
             w.extend_from_slice(&date::now());
             w.extend_from_slice(b"\r\n");
@@ -212,10 +232,10 @@ impl Writer {
                 count += 1;
             }
             let mut written = loop {
-                match client.stream.try_write_vectored(&slices[..count]) {
+                match client.write.try_write_vectored(&slices[..count]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.stream.writable().await?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.write.as_ref().writable().await?,
                     Err(e) => return Err(e),
                 }
             };
