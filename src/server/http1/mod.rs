@@ -28,7 +28,7 @@ use crate::proxy::ClientConn;
 use crate::runtime::Shared;
 use crate::server::idle::Activity;
 use client::Client;
-use hyper::{Method, Request};
+use hyper::{Method, Request, Version};
 use response::{WriteError, Writer};
 use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,12 +89,13 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             Ok(None) => return,
             Err(refusal) => {
                 crate::debug!("refused a request head from {}: {}", c.conn.peer, refusal.message);
-                let _ = writer.answer(&client, refusal.into_response(), false, false).await;
+                let _ = writer.answer(&client, refusal.into_response(), false, true, false).await;
                 return;
             }
         };
         let busy = c.activity.begin();
         let head_request = head.parts.method == Method::HEAD;
+        let http_1_1 = head.parts.version == Version::HTTP_11;
         let body = client.start_request(head.body, head.expect_continue);
         let req = Request::from_parts(head.parts, body);
         let runtime = c.shared.runtime();
@@ -109,7 +110,7 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             return;
         };
         let keep_alive = head.keep_alive && client.body_consumed() && !c.closing.load(Ordering::Relaxed);
-        let kept = match writer.answer(&client, resp, head_request, keep_alive).await {
+        let kept = match writer.answer(&client, resp, head_request, http_1_1, keep_alive).await {
             Ok(kept) => kept,
             Err(WriteError::Io(e)) => {
                 crate::debug!("writing to {} failed: {e}", c.conn.peer);

@@ -39,6 +39,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(too_large()),
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(too_large()),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -46,8 +47,10 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         Err(e) => return Err(ApiError::bad_request(format!("malformed request head: {e}"))),
     };
     let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-        .map_err(|_| ApiError::bad_request("invalid request method"))?;
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(ApiError::bad_request("malformed request line"));
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| ApiError::bad_request("invalid request method"))?;
     // Offsets of the target and of each name and value, to cut them from the frozen head.
     // (A head is at most MAX_HEAD plus one read long: u32 offsets keep this table small.)
     let base = buf.as_ptr() as usize;
@@ -55,7 +58,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         let start = (s.as_ptr() as usize - base) as u32;
         [start, start + s.len() as u32]
     };
-    let target = span(req.path.unwrap_or("").as_bytes());
+    let target = span(target.as_bytes());
     let count = req.headers.len();
     let (mut inline, mut heap) = ([[0u32; 4]; crate::http1::INLINE_FIELDS], Vec::new());
     let spans = crate::http1::field_table(count, &mut inline, &mut heap);
@@ -168,5 +171,6 @@ mod tests {
         let many: String = (0..150).map(|i| format!("x-{i}: v\r\n")).collect();
         assert_eq!(refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Some(431));
         assert_eq!(refused(&format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(MAX_HEAD + 1))), Some(431));
+        assert_eq!(refused(&format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD))), Some(431));
     }
 }

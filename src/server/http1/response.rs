@@ -62,12 +62,14 @@ impl From<io::Error> for WriteError {
 }
 
 impl Writer {
-    /// Writes `resp` to the client; returns whether the connection can carry another request.
+    /// Writes `resp` to the client of an `http_1_1` (else 1.0) request; returns whether the
+    /// connection can carry another request.
     pub async fn answer(
         &mut self,
         client: &Client<'_>,
         resp: Response<ProxyBody>,
         head_request: bool,
+        http_1_1: bool,
         mut keep_alive: bool,
     ) -> Result<bool, WriteError> {
         let (parts, body) = resp.into_parts();
@@ -84,7 +86,8 @@ impl Writer {
             Delimit::Length(n)
         } else if head_request {
             Delimit::None
-        } else if keep_alive {
+        } else if http_1_1 {
+            // Even when the connection closes after it: a cut stream must look cut.
             Delimit::Chunked
         } else {
             Delimit::Close

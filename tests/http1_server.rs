@@ -1,0 +1,154 @@
+//! The client-facing HTTP/1.1 server (`server::http1`) byte for byte: raw TCP clients against
+//! the real server, so framing, keep-alive and refusals are seen as a client sees them.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn proxy(up: &TestUpstream) -> llmproxy::server::Server {
+    start(&single_upstream_config(&up.url("/v1"), "", "")).await
+}
+
+/// Sends `request` and reads until the server closes the connection.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(request).await.unwrap();
+    read_to_close(&mut c).await
+}
+
+async fn read_to_close(c: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+        .await
+        .expect("the server must close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads until `text` has arrived.
+async fn read_until(c: &mut TcpStream, text: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains(text) {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("answer").unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let text = exchange(
+        server.forward_addr("main").unwrap(),
+        b"GET /v1/echo?i=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /v1/echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nsecond\
+          GET /v1/echo?i=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+    let (first, second, third) =
+        (text.find("/v1/echo?i=1").unwrap(), text.find("\r\n\r\nsecond").unwrap(), text.find("/v1/echo?i=3").unwrap());
+    assert!(first < second && second < third, "answers in request order: {text}");
+    assert_eq!(text.matches("\r\ndate: ").count(), 3, "every answer carries Date: {text}");
+    assert_eq!(text.matches("\r\nconnection: close\r\n").count(), 1, "only the last answer closes: {text}");
+    assert_eq!(up.log.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "upstream connection reused");
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"POST /v1/echo-body HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = read_until(&mut c, "\r\n\r\n").await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    c.write_all(b"ping").await.unwrap();
+    let answer = read_until(&mut c, "\r\n\r\nping").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\r\ncontent-length: 4\r\n"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_refused_body_is_not_waited_for_and_closes_the_connection() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    // Over the 1 MiB limit: refused on its declared length, before any of it is read (so no
+    // `100 Continue` either), and the connection cannot carry another request.
+    let text = exchange(
+        server.forward_addr("main").unwrap(),
+        b"POST /v1/echo-body HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2000000\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.contains(r#""code":"request_too_large""#), "{text}");
+    assert_eq!(up.log.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn malformed_heads_get_a_json_error_and_a_close() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let addr = server.forward_addr("main").unwrap();
+    let cases: [(&[u8], &str); 4] = [
+        (b"GET /v1/echo HTTP/1.1\r\nBad Header\r\n\r\n", "400 Bad Request"),
+        (b"POST /v1/echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "400 Bad Request"),
+        (b"POST /v1/echo HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n", "400 Bad Request"),
+        (b"GET /v1/echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "400 Bad Request"),
+    ];
+    for (request, status) in cases {
+        let text = exchange(addr, request).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{text}");
+        assert!(text.contains("content-type: application/json") && text.contains(r#""type":"invalid_request_error""#));
+    }
+    let huge = format!("GET /v1/echo HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let text = exchange(addr, huge.as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{text}");
+    assert_eq!(up.log.requests.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing malformed went upstream");
+    // The server is unaffected.
+    assert_eq!(get(addr, "/v1/echo").await.0, 200);
+}
+
+#[tokio::test]
+async fn http_1_0_gets_one_answer_and_a_close() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let text = exchange(server.forward_addr("main").unwrap(), b"GET /v1/echo HTTP/1.0\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n") && text.contains(r#""method":"GET""#), "{text}");
+}
+
+#[tokio::test]
+async fn streams_are_chunked_to_http_1_1_clients() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let text = exchange(
+        server.forward_addr("main").unwrap(),
+        b"GET /v1/stream?n=3&gap_ms=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.contains("\r\ntransfer-encoding: chunked\r\n"), "{text}");
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "ends with the last chunk: {text}");
+    assert_eq!(text.matches("data: ").count(), 3, "{text}");
+}
+
+#[tokio::test]
+async fn a_drain_closes_idle_keep_alive_connections_at_once() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    read_until(&mut c, r#""path":"/v1/echo"}"#).await;
+    let drained = tokio::time::timeout(Duration::from_secs(3), server.shutdown(Duration::from_secs(30))).await;
+    assert_eq!(drained, Ok(true), "an idle connection does not hold up the drain");
+    assert_eq!(read_to_close(&mut c).await, "");
+}
