@@ -55,7 +55,7 @@ bench-instructions:
 	$(CARGO) bench --locked --bench latency -- instructions
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = router config sse
+FUZZ_TARGETS = router config sse http1
 
 fuzz:
 	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

@@ -156,3 +156,40 @@ pub fn sse(data: &[u8]) {
         at += k + 1;
     }
 }
+
+/// A client's byte stream on a forward connection: request heads as `server::http1` parses
+/// them, each followed by its body as that server reads it. Invariants: an incomplete head
+/// consumes nothing, a parsed one consumes at most the head limit, a refusal is a 400 or 431,
+/// and chunked bodies yield only non-empty data that was in the stream.
+pub fn http1_requests(data: &[u8]) {
+    use crate::http1::chunked::Step;
+    use crate::server::http1::request::{self, BodyFraming};
+    use bytes::Buf;
+    let mut buf = bytes::BytesMut::from(data);
+    for _ in 0..16 {
+        let before = buf.len();
+        let head = match request::parse(&mut buf) {
+            Ok(Some(head)) => head,
+            Ok(None) => return assert_eq!(buf.len(), before, "an incomplete head consumed bytes"),
+            Err(refusal) => return assert!(matches!(refusal.status.as_u16(), 400 | 431), "{refusal:?}"),
+        };
+        let used = before - buf.len();
+        assert!(used > 0 && used <= request::MAX_HEAD, "head of {used} bytes");
+        match head.body {
+            BodyFraming::Length(n) => {
+                if n > buf.len() as u64 {
+                    return;
+                }
+                buf.advance(n as usize);
+            }
+            BodyFraming::Chunked(mut state) => loop {
+                let left = buf.len();
+                match state.decode(&mut buf) {
+                    Ok(Step::Data(d)) => assert!(!d.is_empty() && buf.len() + d.len() <= left, "data from nowhere"),
+                    Ok(Step::End) => break,
+                    Ok(Step::NeedMore) | Err(_) => return,
+                }
+            },
+        }
+    }
+}

@@ -31,6 +31,11 @@ fn sse_corpus() {
     replay("sse", llmproxy::fuzzing::sse);
 }
 
+#[test]
+fn http1_corpus() {
+    replay("http1", llmproxy::fuzzing::http1_requests);
+}
+
 /// xorshift64: deterministic inputs, so a failure reproduces.
 struct Rng(u64);
 

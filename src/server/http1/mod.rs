@@ -21,7 +21,7 @@
 
 mod client;
 mod date;
-mod request;
+pub(crate) mod request;
 mod response;
 
 use crate::proxy::ClientConn;
