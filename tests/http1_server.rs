@@ -152,3 +152,58 @@ async fn a_drain_closes_idle_keep_alive_connections_at_once() {
     assert_eq!(drained, Ok(true), "an idle connection does not hold up the drain");
     assert_eq!(read_to_close(&mut c).await, "");
 }
+
+/// A forward that refuses requests without a client key (401 before the body is read).
+async fn keyed_proxy(up: &TestUpstream) -> llmproxy::server::Server {
+    let config = single_upstream_config(&up.url("/v1"), "", "").replace(
+        "      max_body_size: 1MiB\n",
+        "      max_body_size: 1MiB\n      auth: {keys: [{name: a, key: sk-a}]}\n",
+    );
+    start(&config).await
+}
+
+#[tokio::test]
+async fn a_refused_body_already_received_is_skipped_and_the_connection_kept() {
+    let up = TestUpstream::start().await;
+    let server = keyed_proxy(&up).await;
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    let refused = read_until(&mut c, r#""code":"#).await;
+    assert!(refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{refused}");
+    assert!(!refused.contains("connection: close"), "{refused}");
+    // The unread body was skipped: the next request on the connection is read as one.
+    c.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut c).await;
+    assert!(text.contains("HTTP/1.1 200 OK\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_large_refused_body_still_gets_its_answer() {
+    let up = TestUpstream::start().await;
+    let server = keyed_proxy(&up).await;
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    // A client that sends its whole body before reading (as most SDKs do): the proxy answers
+    // early and must not reset the connection under the unread bytes.
+    let body = vec![b'x'; 600 * 1024];
+    let head = format!("POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&body).await.unwrap();
+    let text = read_to_close(&mut c).await;
+    assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn requests_sent_before_a_half_close_are_answered() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"GET /v1/echo?i=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/echo?i=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    c.shutdown().await.unwrap();
+    let text = read_to_close(&mut c).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+}

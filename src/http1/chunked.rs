@@ -4,15 +4,28 @@
 //! data is handed on at once, cut from the read buffer without copying. Chunk extensions are
 //! ignored and trailer fields dropped (no LLM API sends them, and the client's response is
 //! re-framed by the server side anyway). Anything malformed is an error: the body's end would
-//! be unknown, so the connection cannot be trusted further.
+//! be unknown, so the connection cannot be trusted further. A bare CR inside a framing line is
+//! refused (parsers that disagree on it are how requests are smuggled); a bare LF line end is
+//! accepted, as most servers do. Extensions and trailers together are capped per body, so a
+//! peer cannot keep a body going on framing alone.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 /// A chunk-size or trailer line longer than this is not HTTP.
 const MAX_LINE: usize = 4096;
+/// Bytes of chunk extensions and trailer lines allowed per body (hyper's limit too).
+const MAX_OVERHEAD: usize = 16 * 1024;
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Chunked {
+    at: At,
+    /// Bytes of extensions and trailers seen so far.
+    overhead: usize,
+}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum Chunked {
+enum At {
     /// Expecting a chunk-size line.
     #[default]
     Size,
@@ -38,23 +51,24 @@ impl Chunked {
     /// Consumes framing from `buf` up to the next piece of data, the end, or the end of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
         loop {
-            match *self {
-                Chunked::Size => {
+            match self.at {
+                At::Size => {
                     let Some(line_len) = line(buf)? else { return Ok(Step::NeedMore) };
-                    let size = chunk_size(&buf[..line_len])?;
+                    let (size, extensions) = chunk_size(&buf[..line_len])?;
+                    self.add_overhead(extensions)?;
                     buf.advance(line_len);
-                    *self = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
+                    self.at = if size == 0 { At::Trailers } else { At::Data(size) };
                 }
-                Chunked::Data(left) => {
+                At::Data(left) => {
                     if buf.is_empty() {
                         return Ok(Step::NeedMore);
                     }
                     let n = left.min(buf.len() as u64);
                     let data = buf.split_to(n as usize).freeze();
-                    *self = if n == left { Chunked::DataEnd } else { Chunked::Data(left - n) };
+                    self.at = if n == left { At::DataEnd } else { At::Data(left - n) };
                     return Ok(Step::Data(data));
                 }
-                Chunked::DataEnd => {
+                At::DataEnd => {
                     match buf.first() {
                         None => return Ok(Step::NeedMore),
                         Some(b'\n') => buf.advance(1),
@@ -62,19 +76,31 @@ impl Chunked {
                         Some(b'\r') if buf[1] == b'\n' => buf.advance(2),
                         Some(_) => return Err("chunk data not followed by CRLF"),
                     }
-                    *self = Chunked::Size;
+                    self.at = At::Size;
                 }
-                Chunked::Trailers => {
+                At::Trailers => {
                     let Some(line_len) = line(buf)? else { return Ok(Step::NeedMore) };
                     let blank = matches!(&buf[..line_len], b"\n" | b"\r\n");
+                    if !blank {
+                        content(&buf[..line_len])?;
+                        self.add_overhead(line_len)?;
+                    }
                     buf.advance(line_len);
                     if blank {
-                        *self = Chunked::Done;
+                        self.at = At::Done;
                     }
                 }
-                Chunked::Done => return Ok(Step::End),
+                At::Done => return Ok(Step::End),
             }
         }
+    }
+
+    fn add_overhead(&mut self, bytes: usize) -> Result<(), &'static str> {
+        self.overhead += bytes;
+        if self.overhead > MAX_OVERHEAD {
+            return Err("chunk extensions and trailers too long");
+        }
+        Ok(())
     }
 }
 
@@ -87,16 +113,33 @@ fn line(buf: &[u8]) -> Result<Option<usize>, &'static str> {
     }
 }
 
-/// The hexadecimal size at the start of a chunk-size line (extensions after `;` ignored).
-fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
-    let hex = line.split(|&b| b == b';' || b == b'\r' || b == b'\n').next().unwrap_or(b"").trim_ascii();
+/// A framing line without its line end; a CR anywhere else is an error.
+fn content(line: &[u8]) -> Result<&[u8], &'static str> {
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text.contains(&b'\r') {
+        return Err("bare CR in chunk framing");
+    }
+    Ok(text)
+}
+
+/// The hexadecimal size at the start of a chunk-size line, and the length of its extensions
+/// (after `;`, ignored). Whitespace is allowed only before the extensions (RFC 9112 §7.1.1).
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), &'static str> {
+    let text = content(line)?;
+    let (size, extensions) = match text.iter().position(|&b| b == b';') {
+        Some(semi) => (&text[..semi], text.len() - semi),
+        None => (text, 0),
+    };
+    let hex = size.trim_ascii_end();
     if hex.is_empty() || hex.len() > 15 {
         return Err("invalid chunk size");
     }
-    hex.iter().try_fold(0u64, |n, &c| {
+    let size = hex.iter().try_fold(0u64, |n, &c| {
         let digit = (c as char).to_digit(16).ok_or("invalid chunk size")?;
-        Ok(n * 16 + u64::from(digit))
-    })
+        Ok::<_, &'static str>(n * 16 + u64::from(digit))
+    })?;
+    Ok((size, extensions))
 }
 
 #[cfg(test)]
@@ -124,7 +167,7 @@ mod tests {
 
     #[test]
     fn decodes_in_any_framing_and_leaves_the_next_response() {
-        let wire = b"5\r\nhello\r\n1;ext=\"a;b\"\r\n \r\nA\nsse events\n0\r\nx-trailer: 1\r\n\r\nHTTP/1.1 200 OK";
+        let wire = b"5\r\nhello\r\n1 ;ext=\"a;b\"\r\n \r\nA\nsse events\n0\r\nx-trailer: 1\r\n\r\nHTTP/1.1 200 OK";
         for piece in 1..=wire.len() {
             let (data, rest) = decode_in_pieces(wire, piece).unwrap();
             assert_eq!(data, b"hello sse events", "piece {piece}");
@@ -135,11 +178,27 @@ mod tests {
 
     #[test]
     fn malformed_framing_is_an_error() {
-        for wire in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"10000000000000000\r\n", b"-1\r\n"] {
+        let bad: [&[u8]; 8] = [
+            b"x\r\n",
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"10000000000000000\r\n",
+            b"-1\r\n",
+            b" 5\r\n",
+            b"5\rX\n",
+            b"0\r\nx: 1\ry\r\n\r\n",
+        ];
+        for wire in bad {
             assert!(decode_in_pieces(wire, 64).is_err(), "{:?}", String::from_utf8_lossy(wire));
         }
         let long = vec![b'1'; MAX_LINE + 1];
         assert_eq!(decode_in_pieces(&long, 64), Err("chunk framing line too long"));
         assert_eq!(decode_in_pieces(b"5\r\nhel", 64), Err("truncated"));
+        // Framing alone cannot keep a body going.
+        let extensions: Vec<u8> =
+            (0..20).flat_map(|_| format!("1;{}\r\na\r\n", "e".repeat(1000)).into_bytes()).collect();
+        assert_eq!(decode_in_pieces(&extensions, 4096), Err("chunk extensions and trailers too long"));
+        let trailers: Vec<u8> = [&b"0\r\n"[..], &b"x-t: 1\r\n".repeat(3000), b"\r\n"].concat();
+        assert_eq!(decode_in_pieces(&trailers, 4096), Err("chunk extensions and trailers too long"));
     }
 }

@@ -301,6 +301,11 @@ fn parse_head(
         for listed in &facts.listed {
             headers.remove(listed);
         }
+        if facts.chunked.is_some() && facts.content_length.is_some() {
+            // Transfer-Encoding frames the body; the length must not reach the client (RFC
+            // 9112 §6.3).
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let framing = response_framing(&facts, version, status, head_request);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;

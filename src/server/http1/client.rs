@@ -44,13 +44,16 @@ pub struct Inbound<'s> {
     continue_written: Option<usize>,
     /// The client closed its side (or the connection failed).
     pub eof: bool,
+    /// The close came with requests still buffered (see [`Client::poll_gone`]).
+    pipelined_then_closed: bool,
 }
 
 impl<'s> Client<'s> {
     pub fn new(stream: &'s mut TcpStream) -> Self {
         let (read, write) = stream.split();
         let buf = BytesMut::with_capacity(READ_CHUNK);
-        let inbound = Inbound { read, buf, body: None, continue_written: None, eof: false };
+        let inbound =
+            Inbound { read, buf, body: None, continue_written: None, eof: false, pipelined_then_closed: false };
         Client { write, inbound: Mutex::new(inbound) }
     }
 
@@ -72,10 +75,41 @@ impl<'s> Client<'s> {
         RequestBody { client: self, declared }
     }
 
-    /// Whether the current request's body was read to its end (else the connection cannot
-    /// carry another request: its remaining bytes would be taken for one).
-    pub fn body_consumed(&self) -> bool {
-        self.lock().body.is_none()
+    /// After the answer: drops what is left of an unread body, if all of it is already
+    /// buffered; returns whether the body is now behind us (else the connection must close).
+    pub fn discard_buffered_body(&self) -> bool {
+        let mut inbound = self.lock();
+        loop {
+            match inbound.buffered_body() {
+                Ok(Some(_)) => {}
+                Ok(None) => return inbound.body.is_none(),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Closes gracefully while the client may still be sending: our side is shut, and what the
+    /// client sends meanwhile is read and dropped (for a bounded time and size), so the close
+    /// is a FIN rather than a reset — a reset can destroy the answer before the client reads it.
+    pub async fn linger(&self) {
+        const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+        const LINGER_BYTES: usize = 4 << 20;
+        let _ = socket2::SockRef::from(self.write.as_ref()).shutdown(std::net::Shutdown::Write);
+        let mut dropped = 0;
+        let drain = std::future::poll_fn(|cx| {
+            let mut inbound = self.lock();
+            loop {
+                dropped += inbound.buf.len();
+                inbound.buf.clear();
+                if inbound.eof || dropped > LINGER_BYTES {
+                    return Poll::Ready(());
+                }
+                if ready!(Self::poll_fill(&mut inbound, cx)).is_err() {
+                    return Poll::Ready(());
+                }
+            }
+        });
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// Reads what the client sent into the buffer; `Ok(0)` at the end of the stream.
@@ -101,7 +135,10 @@ impl<'s> Client<'s> {
         }
         loop {
             if inbound.eof {
-                return Poll::Ready(());
+                // A client that closed its side right after pipelining requests is waiting for
+                // their answers, not gone (a lone request is taken as abandoned, as hyper does).
+                inbound.pipelined_then_closed |= !inbound.buf.is_empty();
+                return if inbound.pipelined_then_closed { Poll::Pending } else { Poll::Ready(()) };
             }
             if inbound.buf.len() >= MAX_AHEAD {
                 return Poll::Pending;

@@ -89,7 +89,9 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             Ok(None) => return,
             Err(refusal) => {
                 crate::debug!("refused a request head from {}: {}", c.conn.peer, refusal.message);
-                let _ = writer.answer(&client, refusal.into_response(), false, true, false).await;
+                if writer.answer(&client, refusal.into_response(), false, true, false).await.is_ok() {
+                    client.linger().await;
+                }
                 return;
             }
         };
@@ -109,7 +111,10 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             crate::debug!("client {} left before its answer", c.conn.peer);
             return;
         };
-        let keep_alive = head.keep_alive && client.body_consumed() && !c.closing.load(Ordering::Relaxed);
+        // A body the handler did not read (a refusal) is skipped if it is all here already;
+        // otherwise the connection cannot carry another request.
+        let body_done = client.discard_buffered_body();
+        let keep_alive = head.keep_alive && body_done && !c.closing.load(Ordering::Relaxed);
         let kept = match writer.answer(&client, resp, head_request, http_1_1, keep_alive).await {
             Ok(kept) => kept,
             Err(WriteError::Io(e)) => {
@@ -120,6 +125,9 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
         };
         drop(busy);
         if !kept {
+            if !body_done && !client.lock().eof {
+                client.linger().await;
+            }
             return;
         }
     }

@@ -73,6 +73,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let mut headers = HeaderMap::with_capacity(count);
     let mut facts = HeadFacts::default();
     let mut expect_continue = false;
+    let (mut hosts, mut other_coding) = (0, false);
     for &[ns, ne, vs, ve] in spans.iter() {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| ApiError::bad_request("invalid header name"))?;
@@ -80,7 +81,11 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         if name == header::CONTENT_LENGTH {
             facts.content_length(value).map_err(ApiError::bad_request)?;
         } else if name == header::TRANSFER_ENCODING {
+            // Only `chunked` itself: a body in another coding would go upstream undeclared.
+            other_coding |= facts.chunked.is_some() || !value.trim_ascii().eq_ignore_ascii_case(b"chunked");
             facts.transfer_encoding(value);
+        } else if name == header::HOST {
+            hosts += 1;
         } else if name == header::CONNECTION {
             facts.connection(value);
         } else if name == header::EXPECT {
@@ -91,6 +96,18 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         headers.append(name, value);
     }
 
+    if version == Version::HTTP_11 && hosts != 1 {
+        // RFC 9112 §3.2: exactly one `Host` (nginx refuses the same).
+        return Err(ApiError::bad_request("an HTTP/1.1 request needs exactly one host header"));
+    }
+    if other_coding && facts.content_length.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request_error",
+            "unsupported_transfer_coding",
+            "only the chunked transfer coding is supported",
+        ));
+    }
     let body = match (facts.chunked, facts.content_length) {
         // Both, or a coding other than chunked last: the body's end is ambiguous, which is how
         // requests are smuggled past a proxy (RFC 9112 §6.1, §6.3).
@@ -149,12 +166,14 @@ mod tests {
 
     #[test]
     fn connection_and_expectation() {
-        let head = parse_str("GET / HTTP/1.1\r\nConnection: close\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
+        let head = parse_str("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!head.keep_alive && head.expect_continue);
         assert!(matches!(head.body, BodyFraming::Length(0)));
         let head = parse_str("GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
         assert!(!head.keep_alive && !head.expect_continue);
-        let head = parse_str("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
+        let head = parse_str("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
         assert!(matches!(head.body, BodyFraming::Chunked(_)));
     }
 
@@ -162,11 +181,21 @@ mod tests {
     fn partial_heads_wait_and_bad_ones_are_refused() {
         assert!(parse_str("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
         let refused = |s: &str| parse_str(s).err().map(|e| e.status.as_u16());
-        assert_eq!(refused("GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(400));
-        assert_eq!(refused("GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Some(400));
-        assert_eq!(refused("GET / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n"), Some(400));
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(refused("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"), Some(501));
+        assert_eq!(refused("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Some(501));
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(501)
+        );
+        assert_eq!(refused("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n"), Some(400));
         assert_eq!(refused("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(400));
-        assert_eq!(refused("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), Some(400));
+        assert_eq!(refused("GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"), Some(400));
+        assert_eq!(refused("GET / HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(refused("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Some(400));
         assert_eq!(refused("G\0T / HTTP/1.1\r\n\r\n"), Some(400));
         let many: String = (0..150).map(|i| format!("x-{i}: v\r\n")).collect();
         assert_eq!(refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Some(431));

@@ -16,6 +16,9 @@ use std::task::Poll;
 
 /// Pieces written by one `writev` at most.
 const MAX_SLICES: usize = 64;
+/// Body bytes gathered before they are written even though more are ready: a body that is
+/// always ready must not delay its first byte or grow the queue without bound.
+const MAX_GATHERED: usize = 64 * 1024;
 
 /// Buffers for writing answers, kept by the connection from one answer to the next.
 #[derive(Default)]
@@ -24,6 +27,8 @@ pub struct Writer {
     framing: Vec<u8>,
     /// What to write next, in order.
     pieces: Vec<Piece>,
+    /// Body bytes among `pieces`.
+    gathered: usize,
 }
 
 enum Piece {
@@ -75,26 +80,27 @@ impl Writer {
         let (parts, body) = resp.into_parts();
         let mut body = std::pin::pin!(body);
         let status = parts.status;
-        let bodiless =
-            status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let fields = self.start_head(status, &parts.headers);
-        let delimit = if bodiless {
-            Delimit::None
-        } else if let Some(n) = fields.content_length {
-            Delimit::Length(n)
-        } else if let Some(n) = body.size_hint().exact() {
-            Delimit::Length(n)
-        } else if head_request {
-            Delimit::None
-        } else if http_1_1 {
-            // Even when the connection closes after it: a cut stream must look cut.
-            Delimit::Chunked
+        // The length is this hop's to state: the body's own (exact) size, else the handler's
+        // declared one; never a copied field that could contradict the framing.
+        let (delimit, length) = if status.is_informational() || status == StatusCode::NO_CONTENT {
+            (Delimit::None, None)
+        } else if head_request || status == StatusCode::NOT_MODIFIED {
+            // No body follows; a length, if given, describes the one a GET would get.
+            (Delimit::None, fields.content_length)
         } else {
-            Delimit::Close
+            match body.size_hint().exact().or(fields.content_length) {
+                Some(n) => (Delimit::Length(n), Some(n)),
+                // Even when the connection closes after it: a cut stream must look cut.
+                None if http_1_1 => (Delimit::Chunked, None),
+                None => (Delimit::Close, None),
+            }
         };
-        let length_field = fields.content_length.is_none().then_some(&delimit);
-        self.end_head(!fields.date, length_field, keep_alive);
-        if head_request || bodiless {
+        if let Delimit::Close = delimit {
+            keep_alive = false;
+        }
+        self.end_head(!fields.date, length, matches!(delimit, Delimit::Chunked), keep_alive);
+        if let Delimit::None = delimit {
             self.flush(client).await?;
             return Ok(keep_alive);
         }
@@ -106,6 +112,9 @@ impl Writer {
         loop {
             if body.is_end_stream() {
                 break;
+            }
+            if self.pieces.len() + 3 > MAX_SLICES || self.gathered >= MAX_GATHERED {
+                self.flush(client).await?;
             }
             let pending = !self.pieces.is_empty();
             let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
@@ -142,15 +151,14 @@ impl Writer {
                 return Err(WriteError::Body);
             }
             Delimit::Chunked => self.push_framing(b"0\r\n\r\n"),
-            Delimit::Close => keep_alive = false,
             _ => {}
         }
         self.flush(client).await?;
         Ok(keep_alive)
     }
 
-    /// Writes the status line and the answer's own fields (all but framing and connection
-    /// fields, which are this hop's: see [`Writer::end_head`]).
+    /// Writes the status line and the answer's own fields (all but the framing and connection
+    /// fields, which are this hop's: see [`Writer::end_head`]), noting the declared length.
     fn start_head(&mut self, status: StatusCode, headers: &HeaderMap) -> Fields {
         let w = &mut self.framing;
         w.clear();
@@ -160,13 +168,19 @@ impl Writer {
         w.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         w.extend_from_slice(b"\r\n");
         let mut fields = Fields { content_length: None, date: false };
+        let mut lengths = 0;
         for (name, value) in headers {
+            if name == header::CONTENT_LENGTH {
+                // Differing values mean no known length.
+                let n = parse_u64(value.as_bytes());
+                fields.content_length = if lengths > 0 && fields.content_length != n { None } else { n };
+                lengths += 1;
+                continue;
+            }
             if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
                 continue;
             }
-            if name == header::CONTENT_LENGTH {
-                fields.content_length = parse_u64(value.as_bytes());
-            } else if name == header::DATE {
+            if name == header::DATE {
                 fields.date = true;
             }
             w.extend_from_slice(name.as_str().as_bytes());
@@ -177,23 +191,22 @@ impl Writer {
         fields
     }
 
-    /// Adds `Date` (when the answer has none), the framing field and `Connection: close` when
+    /// Adds `Date` (when the answer has none), the framing fields and `Connection: close` when
     /// the connection ends after this answer, and ends the head.
-    fn end_head(&mut self, date: bool, length: Option<&Delimit>, keep_alive: bool) {
+    fn end_head(&mut self, date: bool, length: Option<u64>, chunked: bool, keep_alive: bool) {
         let w = &mut self.framing;
         if date {
             w.extend_from_slice(b"date: ");
             w.extend_from_slice(&date::now());
             w.extend_from_slice(b"\r\n");
         }
-        match length {
-            Some(Delimit::Length(n)) => {
-                w.extend_from_slice(b"content-length: ");
-                w.extend_from_slice(format_u64(*n, &mut [0; 20]));
-                w.extend_from_slice(b"\r\n");
-            }
-            Some(Delimit::Chunked) => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            _ => {}
+        if let Some(n) = length {
+            w.extend_from_slice(b"content-length: ");
+            w.extend_from_slice(format_u64(n, &mut [0; 20]));
+            w.extend_from_slice(b"\r\n");
+        }
+        if chunked {
+            w.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         if !keep_alive {
             w.extend_from_slice(b"connection: close\r\n");
@@ -212,6 +225,7 @@ impl Writer {
     }
 
     fn push_data(&mut self, delimit: &Delimit, data: Bytes) {
+        self.gathered += data.len();
         if let Delimit::Chunked = delimit {
             let mut line = [0u8; 18];
             let n = format_hex(data.len(), &mut line);
@@ -255,6 +269,7 @@ impl Writer {
         }
         self.pieces.clear();
         self.framing.clear();
+        self.gathered = 0;
         Ok(())
     }
 }
