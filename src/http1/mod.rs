@@ -4,7 +4,7 @@
 
 pub mod chunked;
 
-use hyper::header::HeaderName;
+use hyper::header::{self, HeaderName, InvalidHeaderName};
 
 /// What a message head says about its framing and its connection (RFC 9112 §6, §9.6).
 #[derive(Default)]
@@ -69,6 +69,31 @@ pub fn field_table<'a>(
     }
 }
 
+/// A header name from the wire. The names nearly every request and answer carry are
+/// recognised by length and a case-insensitive comparison; `HeaderName::from_bytes` lowercases
+/// into a buffer and walks the whole standard-name table, several times the cost.
+pub fn header_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+    let known = match name.len() {
+        4 if name.eq_ignore_ascii_case(b"host") => Some(header::HOST),
+        4 if name.eq_ignore_ascii_case(b"date") => Some(header::DATE),
+        6 if name.eq_ignore_ascii_case(b"accept") => Some(header::ACCEPT),
+        6 if name.eq_ignore_ascii_case(b"server") => Some(header::SERVER),
+        10 if name.eq_ignore_ascii_case(b"user-agent") => Some(header::USER_AGENT),
+        10 if name.eq_ignore_ascii_case(b"connection") => Some(header::CONNECTION),
+        12 if name.eq_ignore_ascii_case(b"content-type") => Some(header::CONTENT_TYPE),
+        13 if name.eq_ignore_ascii_case(b"authorization") => Some(header::AUTHORIZATION),
+        13 if name.eq_ignore_ascii_case(b"cache-control") => Some(header::CACHE_CONTROL),
+        14 if name.eq_ignore_ascii_case(b"content-length") => Some(header::CONTENT_LENGTH),
+        15 if name.eq_ignore_ascii_case(b"accept-encoding") => Some(header::ACCEPT_ENCODING),
+        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => Some(header::TRANSFER_ENCODING),
+        _ => None,
+    };
+    match known {
+        Some(name) => Ok(name),
+        None => HeaderName::from_bytes(name),
+    }
+}
+
 /// A non-empty run of ASCII digits as a number (no sign, no spaces, no overflow).
 pub fn parse_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
@@ -115,6 +140,14 @@ mod tests {
         assert_eq!(f.chunked, Some(true));
         f.transfer_encoding(b"chunked, gzip");
         assert_eq!(f.chunked, Some(false));
+    }
+
+    #[test]
+    fn common_names_are_the_standard_ones() {
+        for name in ["Host", "DATE", "content-type", "Content-Length", "transfer-encoding", "x-custom", "User-Agent"] {
+            assert_eq!(header_name(name.as_bytes()).unwrap(), HeaderName::from_bytes(name.as_bytes()).unwrap());
+        }
+        assert!(header_name(b"bad name").is_err() && header_name(b"").is_err());
     }
 
     #[test]

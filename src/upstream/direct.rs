@@ -282,7 +282,8 @@ fn parse_head(
         let mut facts = HeadFacts::default();
         for &[ns, ne, vs, ve] in spans.iter() {
             let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| SendError::Protocol("invalid header name"))?;
+            let name =
+                crate::http1::header_name(&head[ns..ne]).map_err(|_| SendError::Protocol("invalid header name"))?;
             let value = &head[vs..ve];
             if name == header::CONNECTION {
                 facts.connection(value);

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::http1::chunked::Chunked;
 use crate::http1::HeadFacts;
 use bytes::BytesMut;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
@@ -76,7 +76,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let (mut hosts, mut other_coding) = (0, false);
     for &[ns, ne, vs, ve] in spans.iter() {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| ApiError::bad_request("invalid header name"))?;
+        let name =
+            crate::http1::header_name(&head[ns..ne]).map_err(|_| ApiError::bad_request("invalid header name"))?;
         let value = &head[vs..ve];
         if name == header::CONTENT_LENGTH {
             facts.content_length(value).map_err(ApiError::bad_request)?;
