@@ -874,7 +874,10 @@ mod compare {
         let mut closed: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
         let mut open: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
         for round in 1..=rounds {
-            for (i, (name, url)) in urls.iter().enumerate() {
+            // ABBA order: a drift of the machine during a round favours neither proxy.
+            let order: [usize; 2] = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (name, url) = &urls[i];
                 let before = cpu_ticks(pids[i]);
                 let mut c = load(url, "closed", 32, secs);
                 // CPU per request: the efficiency behind the throughput, unaffected by whether
@@ -910,6 +913,16 @@ mod compare {
             v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
         };
         let (nc, lc) = (cpu(&closed[0]), cpu(&closed[1]));
+        // The same comparison made within each round, where both proxies met the same machine.
+        let paired = |pick: &dyn Fn(&Vec<f64>) -> Option<f64>, runs: &[Vec<Vec<f64>>; 2]| {
+            let mut v: Vec<f64> = runs[0].iter().zip(&runs[1]).filter_map(|(n, l)| Some(pick(l)? / pick(n)?)).collect();
+            v.sort_by(f64::total_cmp);
+            let above = v.iter().filter(|&&r| r >= 1.0).count();
+            (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), above, v.len())
+        };
+        let (tr, t_above, n) = paired(&|r| r.first().copied(), &closed);
+        let (pr, p_above, _) = paired(&|r| r.get(3).copied(), &open);
+        let (cr, _, _) = paired(&|r| r.last().copied(), &closed);
         println!(
             "\nmedians: throughput nginx {nt:.0} req/s, llmproxyd {lt:.0} req/s → ratio {:.2} (target ≥ 1.00)",
             lt / nt
@@ -921,6 +934,11 @@ mod compare {
         println!(
             "         CPU per request (user + system): nginx {nc:.1} µs, llmproxyd {lc:.1} µs → ratio {:.2}",
             lc / nc
+        );
+        println!(
+            "paired (llmproxyd / nginx in the same round), medians: throughput {tr:.2} (≥ 1 in {t_above} of {n} rounds), \
+             open-loop p99 {pr:.2} (< 1 in {} of {n}), CPU per request {cr:.2}",
+            n - p_above
         );
         // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked politely.
         let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
