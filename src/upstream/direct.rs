@@ -268,35 +268,24 @@ fn parse_head(
         let version = if resp.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         // Offsets of each name and value, so the values can be cut from the frozen head.
         // (A head is at most MAX_HEAD plus one read long: u32 offsets keep this table small.)
-        let base = buf.as_ptr() as usize;
-        let count = resp.headers.len();
         let (mut inline, mut heap) = ([[0u32; 4]; crate::http1::INLINE_FIELDS], Vec::new());
-        let spans = crate::http1::field_table(count, &mut inline, &mut heap);
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = (h.name.as_ptr() as usize - base) as u32;
-            let value = (h.value.as_ptr() as usize - base) as u32;
-            *span = [name, name + h.name.len() as u32, value, value + h.value.len() as u32];
-        }
+        let spans = crate::http1::field_spans(buf, resp.headers, &mut inline, &mut heap);
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = HeaderMap::with_capacity(spans.len());
         let mut facts = HeadFacts::default();
-        for &[ns, ne, vs, ve] in spans.iter() {
-            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-            let name =
-                crate::http1::header_name(&head[ns..ne]).map_err(|_| SendError::Protocol("invalid header name"))?;
-            let value = &head[vs..ve];
+        for &span in spans {
+            let (name, value) = crate::http1::field_at(&head, span).map_err(SendError::Protocol)?;
+            let raw = value.as_bytes();
             if name == header::CONNECTION {
-                facts.connection(value);
+                facts.connection(raw);
             } else if name == header::TRANSFER_ENCODING {
-                facts.transfer_encoding(value);
+                facts.transfer_encoding(raw);
             } else if name == header::CONTENT_LENGTH {
-                facts.content_length(value).map_err(SendError::Protocol)?;
+                facts.content_length(raw).map_err(SendError::Protocol)?;
             }
             if crate::proxy::headers::is_hop_by_hop(&name) {
                 continue;
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| SendError::Protocol("invalid header value"))?;
             headers.append(name, value);
         }
         for listed in &facts.listed {

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::http1::chunked::Chunked;
 use crate::http1::HeadFacts;
 use bytes::BytesMut;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
@@ -51,49 +51,35 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         return Err(ApiError::bad_request("malformed request line"));
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| ApiError::bad_request("invalid request method"))?;
-    // Offsets of the target and of each name and value, to cut them from the frozen head.
-    // (A head is at most MAX_HEAD plus one read long: u32 offsets keep this table small.)
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = (s.as_ptr() as usize - base) as u32;
-        [start, start + s.len() as u32]
-    };
-    let target = span(target.as_bytes());
-    let count = req.headers.len();
+    // Offsets of the target and of each field, to cut them from the frozen head.
+    let start = crate::http1::offset_in(buf, target.as_bytes()) as usize;
+    let target = start..start + target.len();
     let (mut inline, mut heap) = ([[0u32; 4]; crate::http1::INLINE_FIELDS], Vec::new());
-    let spans = crate::http1::field_table(count, &mut inline, &mut heap);
-    for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
-        let ([ns, ne], [vs, ve]) = (span(h.name.as_bytes()), span(h.value));
-        *slot = [ns, ne, vs, ve];
-    }
+    let spans = crate::http1::field_spans(buf, req.headers, &mut inline, &mut heap);
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target[0] as usize..target[1] as usize))
-        .map_err(|_| ApiError::bad_request("invalid request target"))?;
+    let uri =
+        Uri::from_maybe_shared(head.slice(target)).map_err(|_| ApiError::bad_request("invalid request target"))?;
 
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut facts = HeadFacts::default();
     let mut expect_continue = false;
     let (mut hosts, mut other_coding) = (0, false);
-    for &[ns, ne, vs, ve] in spans.iter() {
-        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-        let name =
-            crate::http1::header_name(&head[ns..ne]).map_err(|_| ApiError::bad_request("invalid header name"))?;
-        let value = &head[vs..ve];
+    for &span in spans {
+        let (name, value) = crate::http1::field_at(&head, span).map_err(ApiError::bad_request)?;
+        let raw = value.as_bytes();
         if name == header::CONTENT_LENGTH {
-            facts.content_length(value).map_err(ApiError::bad_request)?;
+            facts.content_length(raw).map_err(ApiError::bad_request)?;
         } else if name == header::TRANSFER_ENCODING {
             // Only `chunked` itself: a body in another coding would go upstream undeclared.
-            other_coding |= facts.chunked.is_some() || !value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            facts.transfer_encoding(value);
+            other_coding |= facts.chunked.is_some() || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            facts.transfer_encoding(raw);
         } else if name == header::HOST {
             hosts += 1;
         } else if name == header::CONNECTION {
-            facts.connection(value);
+            facts.connection(raw);
         } else if name == header::EXPECT {
-            expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            expect_continue = raw.eq_ignore_ascii_case(b"100-continue");
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| ApiError::bad_request("invalid header value"))?;
         headers.append(name, value);
     }
 
