@@ -24,12 +24,13 @@ mod date;
 pub(crate) mod request;
 mod response;
 
+use crate::error::ApiError;
 use crate::proxy::ClientConn;
 use crate::runtime::Shared;
 use crate::server::idle::Activity;
 use client::Client;
 use hyper::{Method, Request, Version};
-use response::{WriteError, Writer};
+use response::{AnswerTo, WriteError, Writer};
 use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,41 +64,24 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
     let client = Client::new(&mut stream);
     let mut writer = Writer::default();
     loop {
-        let head = match poll_fn(|cx| -> Poll<Result<Option<request::Head>, crate::error::ApiError>> {
-            let mut inbound = client.lock();
-            loop {
-                if c.closing.load(Ordering::Relaxed) {
-                    return Poll::Ready(Ok(None));
-                }
-                if !inbound.buf.is_empty() {
-                    if let Some(head) = request::parse(&mut inbound.buf)? {
-                        return Poll::Ready(Ok(Some(head)));
-                    }
-                }
-                if inbound.eof {
-                    return Poll::Ready(Ok(None));
-                }
-                if let Err(e) = std::task::ready!(Client::poll_fill(&mut inbound, cx)) {
-                    crate::debug!("connection from {} failed: {e}", c.conn.peer);
-                    return Poll::Ready(Ok(None));
-                }
-            }
-        })
-        .await
-        {
+        let head = match next_head(&client, &c).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refusal) => {
                 crate::debug!("refused a request head from {}: {}", c.conn.peer, refusal.message);
-                if writer.answer(&client, refusal.into_response(), false, true, false).await.is_ok() {
+                let to = AnswerTo { head_request: false, http_1_1: true, keep_alive: false };
+                if writer.answer(&client, refusal.into_response(), to).await.is_ok() {
                     client.linger().await;
                 }
                 return;
             }
         };
         let busy = c.activity.begin();
-        let head_request = head.parts.method == Method::HEAD;
-        let http_1_1 = head.parts.version == Version::HTTP_11;
+        let mut to = AnswerTo {
+            head_request: head.parts.method == Method::HEAD,
+            http_1_1: head.parts.version == Version::HTTP_11,
+            keep_alive: head.keep_alive,
+        };
         let body = client.start_request(head.body, head.expect_continue);
         let req = Request::from_parts(head.parts, body);
         let runtime = c.shared.runtime();
@@ -114,8 +98,8 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
         // A body the handler did not read (a refusal) is skipped if it is all here already;
         // otherwise the connection cannot carry another request.
         let body_done = client.discard_buffered_body();
-        let keep_alive = head.keep_alive && body_done && !c.closing.load(Ordering::Relaxed);
-        let kept = match writer.answer(&client, resp, head_request, http_1_1, keep_alive).await {
+        to.keep_alive &= body_done && !c.closing.load(Ordering::Relaxed);
+        let kept = match writer.answer(&client, resp, to).await {
             Ok(kept) => kept,
             Err(WriteError::Io(e)) => {
                 crate::debug!("writing to {} failed: {e}", c.conn.peer);
@@ -131,4 +115,30 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             return;
         }
     }
+}
+
+/// The next request head, or `None` when the connection is done: closed, failed or draining.
+/// An error is the answer to a malformed head.
+async fn next_head(client: &Client<'_>, c: &Connection) -> Result<Option<request::Head>, ApiError> {
+    poll_fn(|cx| {
+        let mut inbound = client.lock();
+        loop {
+            if c.closing.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(None));
+            }
+            if !inbound.buf.is_empty() {
+                if let Some(head) = request::parse(&mut inbound.buf)? {
+                    return Poll::Ready(Ok(Some(head)));
+                }
+            }
+            if inbound.eof {
+                return Poll::Ready(Ok(None));
+            }
+            if let Err(e) = std::task::ready!(Client::poll_fill(&mut inbound, cx)) {
+                crate::debug!("connection from {} failed: {e}", c.conn.peer);
+                return Poll::Ready(Ok(None));
+            }
+        }
+    })
+    .await
 }

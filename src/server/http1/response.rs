@@ -4,14 +4,16 @@
 
 use super::client::Client;
 use super::date;
+use crate::body::BoxError;
 use crate::body::ProxyBody;
 use crate::http1::{format_u64, parse_u64};
 use bytes::Bytes;
-use hyper::body::Body;
+use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap};
 use hyper::{Response, StatusCode};
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::task::Poll;
 
 /// Pieces written by one `writev` at most.
@@ -36,6 +38,24 @@ enum Piece {
     Data(Bytes),
 }
 
+/// How the answer's body is delimited, and the length to declare: the body's own exact size,
+/// else the handler's declared one — never a copied field that could contradict the framing.
+fn delimit(status: StatusCode, declared: Option<u64>, exact: Option<u64>, to: AnswerTo) -> (Delimit, Option<u64>) {
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        (Delimit::None, None)
+    } else if to.head_request || status == StatusCode::NOT_MODIFIED {
+        // No body follows; a length, if given, describes the one a GET would get.
+        (Delimit::None, declared)
+    } else {
+        match exact.or(declared) {
+            Some(n) => (Delimit::Length(n), Some(n)),
+            // Even when the connection closes after it: a cut stream must look cut.
+            None if to.http_1_1 => (Delimit::Chunked, None),
+            None => (Delimit::Close, None),
+        }
+    }
+}
+
 /// What the head-writing pass noticed among the answer's own fields.
 struct Fields {
     content_length: Option<u64>,
@@ -48,6 +68,17 @@ enum Delimit {
     Length(u64),
     Chunked,
     Close,
+}
+
+/// What the request being answered asked for.
+#[derive(Clone, Copy)]
+pub struct AnswerTo {
+    /// A HEAD request: the head only.
+    pub head_request: bool,
+    /// Else HTTP/1.0: no chunked coding, the body runs to the close.
+    pub http_1_1: bool,
+    /// Whether the connection may carry another request after this answer.
+    pub keep_alive: bool,
 }
 
 /// What went wrong while answering; either way the connection closes.
@@ -67,67 +98,61 @@ impl From<io::Error> for WriteError {
 }
 
 impl Writer {
-    /// Writes `resp` to the client of an `http_1_1` (else 1.0) request; returns whether the
-    /// connection can carry another request.
+    /// Writes `resp` to the client; returns whether the connection can carry another request.
     pub async fn answer(
         &mut self,
         client: &Client<'_>,
         resp: Response<ProxyBody>,
-        head_request: bool,
-        http_1_1: bool,
-        mut keep_alive: bool,
+        to: AnswerTo,
     ) -> Result<bool, WriteError> {
         let (parts, body) = resp.into_parts();
         let mut body = std::pin::pin!(body);
-        let status = parts.status;
-        let fields = self.start_head(status, &parts.headers);
-        // The length is this hop's to state: the body's own (exact) size, else the handler's
-        // declared one; never a copied field that could contradict the framing.
-        let (delimit, length) = if status.is_informational() || status == StatusCode::NO_CONTENT {
-            (Delimit::None, None)
-        } else if head_request || status == StatusCode::NOT_MODIFIED {
-            // No body follows; a length, if given, describes the one a GET would get.
-            (Delimit::None, fields.content_length)
-        } else {
-            match body.size_hint().exact().or(fields.content_length) {
-                Some(n) => (Delimit::Length(n), Some(n)),
-                // Even when the connection closes after it: a cut stream must look cut.
-                None if http_1_1 => (Delimit::Chunked, None),
-                None => (Delimit::Close, None),
-            }
-        };
-        if let Delimit::Close = delimit {
-            keep_alive = false;
-        }
+        let fields = self.start_head(parts.status, &parts.headers);
+        let (delimit, length) = delimit(parts.status, fields.content_length, body.size_hint().exact(), to);
+        let keep_alive = to.keep_alive && !matches!(delimit, Delimit::Close);
         self.end_head(!fields.date, length, matches!(delimit, Delimit::Chunked), keep_alive);
-        if let Delimit::None = delimit {
-            self.flush(client).await?;
-            return Ok(keep_alive);
+        if !matches!(delimit, Delimit::None) {
+            self.write_body(client, body.as_mut(), &delimit).await?;
         }
+        self.flush(client).await?;
+        Ok(keep_alive)
+    }
 
+    /// Gathers the body's frames behind the head, writing whenever the body has nothing ready.
+    async fn write_body(
+        &mut self,
+        client: &Client<'_>,
+        mut body: Pin<&mut ProxyBody>,
+        delimit: &Delimit,
+    ) -> Result<(), WriteError> {
+        /// What waiting for the body produced.
+        enum Next {
+            Frame(Option<Result<Frame<Bytes>, BoxError>>),
+            /// Nothing ready: write what is gathered first.
+            Flush,
+            ClientGone,
+        }
         let mut left = match delimit {
-            Delimit::Length(n) => n,
+            Delimit::Length(n) => *n,
             _ => u64::MAX,
         };
-        loop {
-            if body.is_end_stream() {
-                break;
-            }
+        let mut failed = false;
+        while !body.is_end_stream() {
             if self.pieces.len() + 3 > MAX_SLICES || self.gathered >= MAX_GATHERED {
                 self.flush(client).await?;
             }
             let pending = !self.pieces.is_empty();
             let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
-                Poll::Ready(frame) => Poll::Ready(Some(frame)),
-                // Nothing more right now: write what is gathered, then wait.
-                Poll::Pending if pending => Poll::Ready(None),
-                Poll::Pending => client.poll_gone(cx).map(|()| Some(Some(Err("client gone".into())))),
+                Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
+                Poll::Pending if pending => Poll::Ready(Next::Flush),
+                Poll::Pending => client.poll_gone(cx).map(|()| Next::ClientGone),
             })
             .await;
             match next {
-                None => self.flush(client).await?,
-                Some(None) => break,
-                Some(Some(Ok(frame))) => {
+                Next::Flush => self.flush(client).await?,
+                Next::ClientGone => return Err(WriteError::ClientGone),
+                Next::Frame(None) => break,
+                Next::Frame(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else { continue }; // trailers are not relayed
                     if data.is_empty() {
                         continue;
@@ -135,26 +160,25 @@ impl Writer {
                     if let Delimit::Length(_) = delimit {
                         left = left.checked_sub(data.len() as u64).ok_or(WriteError::Body)?;
                     }
-                    self.push_data(&delimit, data);
+                    self.push_data(delimit, data);
                 }
-                Some(Some(Err(_))) if client.lock().eof => return Err(WriteError::ClientGone),
-                Some(Some(Err(_))) => {
-                    // Send what arrived, then cut: the client sees an incomplete body.
-                    let _ = self.flush(client).await;
-                    return Err(WriteError::Body);
+                Next::Frame(Some(Err(_))) if client.lock().eof => return Err(WriteError::ClientGone),
+                Next::Frame(Some(Err(_))) => {
+                    failed = true;
+                    break;
                 }
             }
         }
-        match delimit {
-            Delimit::Length(_) if left != 0 => {
-                let _ = self.flush(client).await;
-                return Err(WriteError::Body);
-            }
-            Delimit::Chunked => self.push_framing(b"0\r\n\r\n"),
-            _ => {}
+        if failed || matches!(delimit, Delimit::Length(_)) && left != 0 {
+            // What arrived is sent, then the connection closes: the client sees a body shorter
+            // than declared, or without its last chunk.
+            let _ = self.flush(client).await;
+            return Err(WriteError::Body);
         }
-        self.flush(client).await?;
-        Ok(keep_alive)
+        if let Delimit::Chunked = delimit {
+            self.push_framing(b"0\r\n\r\n");
+        }
+        Ok(())
     }
 
     /// Writes the status line and the answer's own fields (all but the framing and connection
