@@ -1,10 +1,11 @@
 //! Listeners, connection serving, reload and graceful shutdown.
 //!
-//! Each forward and the admin port get a listener and an accept loop. Connections are served by
-//! hyper-util's auto builder (HTTP/1.1, and HTTP/2 by prior knowledge or ALPN). A reload binds
-//! listeners for new forwards, swaps the runtime, and drains the listeners of removed ones.
-//! Shutdown stops accepting, lets requests and streams in flight finish (hyper's graceful
-//! shutdown closes each connection after its current response), and gives up after the grace
+//! Each forward and the admin port get a listener and an accept loop. HTTP/1.1 on plain-TCP
+//! forwards — nearly all traffic — is served by the proxy's own server (`http1`); HTTP/2 by
+//! prior knowledge, TLS listeners (HTTP/2 or HTTP/1.1 by ALPN) and the admin port by hyper-util's
+//! auto builder. A reload binds listeners for new forwards, swaps the runtime, and drains the
+//! listeners of removed ones. Shutdown stops accepting, lets requests and streams in flight
+//! finish (each connection closes after its current response), and gives up after the grace
 //! period.
 
 pub mod drain;
