@@ -323,6 +323,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn answers_are_delimited_by_what_the_request_and_status_allow() {
+        let to = |head_request, http_1_1| AnswerTo { head_request, http_1_1, keep_alive: true };
+        let ok = StatusCode::OK;
+        let show = |(d, len): (Delimit, Option<u64>)| {
+            let d = match d {
+                Delimit::None => "none".to_string(),
+                Delimit::Length(n) => format!("length {n}"),
+                Delimit::Chunked => "chunked".to_string(),
+                Delimit::Close => "close".to_string(),
+            };
+            (d, len)
+        };
+        // The body's exact size wins over a declared length that contradicts it.
+        assert_eq!(show(delimit(ok, Some(9), Some(5), to(false, true))), ("length 5".into(), Some(5)));
+        assert_eq!(show(delimit(ok, Some(9), None, to(false, true))), ("length 9".into(), Some(9)));
+        assert_eq!(show(delimit(ok, None, None, to(false, true))), ("chunked".into(), None));
+        assert_eq!(show(delimit(ok, None, None, to(false, false))), ("close".into(), None));
+        // HEAD and 304: no body, the declared length only (never an implied zero).
+        assert_eq!(show(delimit(ok, None, Some(0), to(true, true))), ("none".into(), None));
+        assert_eq!(show(delimit(ok, Some(42), Some(0), to(true, true))), ("none".into(), Some(42)));
+        assert_eq!(show(delimit(StatusCode::NOT_MODIFIED, Some(7), None, to(false, true))), ("none".into(), Some(7)));
+        // 204: neither body nor length.
+        assert_eq!(show(delimit(StatusCode::NO_CONTENT, Some(3), Some(3), to(false, true))), ("none".into(), None));
+    }
+
+    #[test]
     fn chunk_size_lines() {
         let mut b = [0u8; 18];
         for (n, want) in [(0usize, "0\r\n"), (1, "1\r\n"), (255, "ff\r\n"), (4096, "1000\r\n")] {
