@@ -159,7 +159,7 @@ pub fn sse(data: &[u8]) {
 
 /// A client's byte stream on a forward connection: request heads as `server::http1` parses
 /// them, each followed by its body as that server reads it. Invariants: an incomplete head
-/// consumes nothing, a parsed one consumes at most the head limit, a refusal is a 400 or 431,
+/// consumes nothing, a parsed one consumes at most the head limit, a refusal is a 400, 431 or 501,
 /// and chunked bodies yield only non-empty data that was in the stream.
 pub fn http1_requests(data: &[u8]) {
     use crate::http1::chunked::Step;
@@ -171,7 +171,7 @@ pub fn http1_requests(data: &[u8]) {
         let head = match request::parse(&mut buf) {
             Ok(Some(head)) => head,
             Ok(None) => return assert_eq!(buf.len(), before, "an incomplete head consumed bytes"),
-            Err(refusal) => return assert!(matches!(refusal.status.as_u16(), 400 | 431), "{refusal:?}"),
+            Err(refusal) => return assert!(matches!(refusal.status.as_u16(), 400 | 431 | 501), "{refusal:?}"),
         };
         let used = before - buf.len();
         assert!(used > 0 && used <= request::MAX_HEAD, "head of {used} bytes");
