@@ -207,3 +207,28 @@ async fn requests_sent_before_a_half_close_are_answered() {
     let text = read_to_close(&mut c).await;
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_cut_after_timeout_connect_but_a_slow_one_is_not() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await; // timeout.connect: 1 s
+    let addr = server.forward_addr("main").unwrap();
+    // Arrives slowly but keeps arriving: 10 bytes, 300 ms apart (3 s in all).
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /v1/echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for b in b"0123456789" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow.write_all(&[*b]).await.unwrap();
+    }
+    let text = read_to_close(&mut slow).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\n0123456789"), "{text}");
+    // Stops: cut once it has been silent for the limit, and nothing reaches the upstream.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(b"POST /v1/echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01").await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(read_to_close(&mut stalled).await, "");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut too early: {:?}", started.elapsed());
+    assert_eq!(up.log.requests.load(std::sync::atomic::Ordering::SeqCst), 1, "only the complete body went upstream");
+}

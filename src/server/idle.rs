@@ -7,7 +7,9 @@
 //! request, on a path where everything else was made to cost nothing. Here each connection has
 //! one timer, which only moves when it fires: requests just count themselves in and out (an
 //! atomic add) and note when the connection went idle. A request being served, however long
-//! (a slow model, a long stream), never counts as idle.
+//! (a slow model, a long stream), never counts as idle. On the proxy's own HTTP/1.1 server a
+//! request counts as in flight once its body has arrived; until then the limit applies between
+//! the pieces of the body, so a client cannot hold a connection by trickling a body either.
 
 use crate::clock;
 use bytes::Bytes;
@@ -33,6 +35,12 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    /// The client just made progress without a request being in flight yet (a piece of a
+    /// request body arrived): the idle time counts from now.
+    pub fn touch(&self) {
+        self.idle_since.store(clock::now(), Ordering::Relaxed);
     }
 
     /// How long past the limit the connection has been idle, or how long until it will be.
@@ -110,6 +118,7 @@ mod tests {
         drop(busy);
         assert_eq!(a.remaining(limit, s(100)), Some(limit), "one of two requests still in flight");
         drop(second);
+        a.touch();
         let ended = a.idle_since.load(Ordering::Relaxed);
         assert!(ended >= t0);
         assert_eq!(a.remaining(limit, ended + 3 * clock::NANOS_PER_SEC), Some(Duration::from_secs(7)));

@@ -9,12 +9,13 @@
 
 use super::request::BodyFraming;
 use crate::http1::chunked::Step;
+use crate::server::idle::{Activity, Busy};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -30,6 +31,8 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub struct Client<'s> {
     pub write: WriteHalf<'s>,
     inbound: Mutex<Inbound<'s>>,
+    /// The idle guard's view of the connection (see `server::idle`).
+    activity: Arc<Activity>,
 }
 
 pub struct Inbound<'s> {
@@ -46,15 +49,39 @@ pub struct Inbound<'s> {
     pub eof: bool,
     /// The close came with requests still buffered (see [`Client::poll_gone`]).
     pipelined_then_closed: bool,
+    /// The current request counts as in flight: from the end of its body (or its answer, if
+    /// that comes first) to the end of its answer. Before, the idle limit applies between the
+    /// pieces of the body.
+    busy: Option<Busy>,
 }
 
 impl<'s> Client<'s> {
-    pub fn new(stream: &'s mut TcpStream) -> Self {
+    pub fn new(stream: &'s mut TcpStream, activity: Arc<Activity>) -> Self {
         let (read, write) = stream.split();
         let buf = BytesMut::with_capacity(READ_CHUNK);
-        let inbound =
-            Inbound { read, buf, body: None, continue_written: None, eof: false, pipelined_then_closed: false };
-        Client { write, inbound: Mutex::new(inbound) }
+        let inbound = Inbound {
+            read,
+            buf,
+            body: None,
+            continue_written: None,
+            eof: false,
+            pipelined_then_closed: false,
+            busy: None,
+        };
+        Client { write, inbound: Mutex::new(inbound), activity }
+    }
+
+    /// The request is in flight (idempotent); see [`Inbound::busy`].
+    pub fn mark_busy(&self) {
+        let mut inbound = self.lock();
+        if inbound.busy.is_none() {
+            inbound.busy = Some(self.activity.begin());
+        }
+    }
+
+    /// The request's answer is out: the connection is idle again.
+    pub fn mark_idle(&self) {
+        self.lock().busy = None;
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inbound<'s>> {
@@ -69,6 +96,12 @@ impl<'s> Client<'s> {
         };
         let mut inbound = self.lock();
         inbound.body = (declared != Some(0)).then_some(framing);
+        if inbound.body.is_none() {
+            inbound.busy = Some(self.activity.begin());
+        } else {
+            // The body's first piece is awaited from now.
+            self.activity.touch();
+        }
         // `100 Continue` is owed only if a body is expected and none of it has arrived yet; it
         // is sent when the handler first asks for the body (a refusal skips it).
         inbound.continue_written = (expect_continue && inbound.body.is_some() && inbound.buf.is_empty()).then_some(0);
@@ -213,13 +246,19 @@ impl Body for RequestBody<'_, '_> {
         let mut inbound = client.lock();
         ready!(client.poll_continue(&mut inbound, cx))?;
         loop {
-            match inbound.buffered_body() {
+            let piece = inbound.buffered_body();
+            if inbound.body.is_none() && inbound.busy.is_none() {
+                inbound.busy = Some(client.activity.begin());
+            }
+            match piece {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(None) if inbound.body.is_none() => return Poll::Ready(None),
                 Ok(None) => {}
                 Err(why) => return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why)))),
             }
-            if ready!(Client::poll_fill(&mut inbound, cx))? == 0 {
+            let read = ready!(Client::poll_fill(&mut inbound, cx))?;
+            client.activity.touch();
+            if read == 0 {
                 return Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the client closed the connection before the body was complete",

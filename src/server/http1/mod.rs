@@ -61,7 +61,7 @@ pub async fn looks_like_h2(stream: &TcpStream) -> std::io::Result<bool> {
 
 /// Serves requests on `stream` until either side closes, the listener drains, or an error.
 pub async fn serve(mut stream: TcpStream, c: Connection) {
-    let client = Client::new(&mut stream);
+    let client = Client::new(&mut stream, c.activity.clone());
     let mut writer = Writer::default();
     loop {
         let head = match next_head(&client, &c).await {
@@ -76,7 +76,6 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
                 return;
             }
         };
-        let busy = c.activity.begin();
         let mut to = AnswerTo {
             head_request: head.parts.method == Method::HEAD,
             http_1_1: head.parts.version == Version::HTTP_11,
@@ -91,6 +90,7 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             Poll::Pending => client.poll_gone(cx).map(|()| None),
         })
         .await;
+        client.mark_busy();
         let Some(resp) = answered else {
             crate::debug!("client {} left before its answer", c.conn.peer);
             return;
@@ -107,7 +107,7 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             }
             Err(WriteError::Body | WriteError::ClientGone) => false,
         };
-        drop(busy);
+        client.mark_idle();
         if !kept {
             if !body_done && !client.lock().eof {
                 client.linger().await;
