@@ -96,11 +96,13 @@ impl<'s> Client<'s> {
         };
         let mut inbound = self.lock();
         inbound.body = (declared != Some(0)).then_some(framing);
-        if inbound.body.is_none() {
-            inbound.busy = Some(self.activity.begin());
-        } else {
-            // The body's first piece is awaited from now.
-            self.activity.touch();
+        let buffered = inbound.buf.len() as u64;
+        match &inbound.body {
+            None => inbound.busy = Some(self.activity.begin()),
+            // All here already (the usual case): it will be read without waiting.
+            Some(BodyFraming::Length(n)) if *n <= buffered => {}
+            // The body's next piece is awaited from now.
+            Some(_) => self.activity.touch(),
         }
         // `100 Continue` is owed only if a body is expected and none of it has arrived yet; it
         // is sent when the handler first asks for the body (a refusal skips it).
