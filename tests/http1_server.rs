@@ -142,15 +142,20 @@ async fn streams_are_chunked_to_http_1_1_clients() {
 }
 
 #[tokio::test]
-async fn a_drain_closes_idle_keep_alive_connections_at_once() {
+async fn a_drain_closes_idle_connections_at_once() {
     let up = TestUpstream::start().await;
     let server = proxy(&up).await;
     let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
     c.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     read_until(&mut c, r#""path":"/v1/echo"}"#).await;
-    let drained = tokio::time::timeout(Duration::from_secs(3), server.shutdown(Duration::from_secs(30))).await;
-    assert_eq!(drained, Ok(true), "an idle connection does not hold up the drain");
+    // And one that has not sent a byte yet.
+    let mut silent = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Well within timeout.connect (1 s), which would close both anyway.
+    let drained = tokio::time::timeout(Duration::from_millis(500), server.shutdown(Duration::from_secs(30))).await;
+    assert_eq!(drained, Ok(true), "idle connections do not hold up the drain");
     assert_eq!(read_to_close(&mut c).await, "");
+    assert_eq!(read_to_close(&mut silent).await, "");
 }
 
 /// A forward that refuses requests without a client key (401 before the body is read).

@@ -322,7 +322,13 @@ async fn serve_plain_forward(
     idle_limit: Duration,
 ) {
     let peer = conn.peer;
-    match tokio::time::timeout(idle_limit, http1::looks_like_h2(&stream)).await {
+    let mut draining = drain.clone();
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout(idle_limit, http1::looks_like_h2(&stream)) => sniffed,
+        // A connection that has not said a word yet does not hold up a drain.
+        _ = draining.changed() => return,
+    };
+    match sniffed {
         Ok(Ok(false)) => {}
         Ok(Ok(true)) => {
             let role = Role::Forward(forward);
