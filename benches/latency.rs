@@ -596,46 +596,30 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["upstream", port] => {
+        [kind @ ("upstream" | "raw-upstream"), port] => {
             let port: u16 = port.parse().expect("port");
             // One thread: the upstream shares a core with the load generator, and a second thread
             // would only add context switches to what is measured.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind upstream");
-                serve_upstream(listener).await;
-            });
-        }
-        ["load", url, mode, n, secs] => {
-            let rt =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-            let n: u64 = n.parse().expect("number");
-            let d = Duration::from_secs(secs.parse().expect("seconds"));
-            let s = rt.block_on(async {
-                match *mode {
-                    "closed" => closed_loop(url, n as usize, d).await,
-                    _ => open_loop(url, n, d).await,
+                match *kind {
+                    "upstream" => serve_upstream(listener).await,
+                    _ => raw::serve(listener).await,
                 }
             });
-            println!("{}", s.machine());
         }
-        ["raw-upstream", port] => {
-            let port: u16 = port.parse().expect("port");
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind upstream");
-                raw::serve(listener).await;
-            });
-        }
-        ["raw-load", addr, mode, n, secs] => {
+        [kind @ ("load" | "raw-load"), target, mode, n, secs] => {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
             let n: u64 = n.parse().expect("number");
             let d = Duration::from_secs(secs.parse().expect("seconds"));
             let s = rt.block_on(async {
-                match *mode {
-                    "closed" => raw::closed_loop(addr, n as usize, d).await,
-                    _ => raw::open_loop(addr, n, d).await,
+                match (*kind, *mode) {
+                    ("load", "closed") => closed_loop(target, n as usize, d).await,
+                    ("load", _) => open_loop(target, n, d).await,
+                    (_, "closed") => raw::closed_loop(target, n as usize, d).await,
+                    _ => raw::open_loop(target, n, d).await,
                 }
             });
             println!("{}", s.machine());
