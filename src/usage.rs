@@ -98,6 +98,11 @@ impl UsageScanner {
         Some(UsageScanner { mode, usage: Usage::default(), model: None, strip })
     }
 
+    /// Whether what the client receives may differ from what the upstream sent.
+    pub fn rewrites(&self) -> bool {
+        self.strip && matches!(self.mode, Mode::Sse { .. })
+    }
+
     /// Observes one data frame and returns what the client should receive: the frame itself
     /// unless usage chunks are being stripped.
     pub fn frame(&mut self, data: Bytes) -> Bytes {

@@ -656,3 +656,20 @@ async fn upstream_framing_errors_fail_the_request_instead_of_guessing() {
     }
     assert_eq!(get(addr, "/garbage").await.0, StatusCode::BAD_GATEWAY);
 }
+
+#[tokio::test]
+async fn a_stream_the_proxy_rewrites_does_not_keep_the_upstream_length() {
+    // An SSE answer with a Content-Length, whose usage chunk the proxy strips (track_usage).
+    let kept = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+    let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
+    let body = format!("{kept}{usage}data: [DONE]\n\n");
+    let answer =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let (up, _) = raw_upstream(vec![(Box::leak(answer.into_bytes().into_boxed_slice()), false)]).await;
+    let server = start(&single_upstream_config(&format!("http://{up}/v1"), "", "      track_usage: true")).await;
+    let addr = server.forward_addr("main").unwrap();
+    let (status, headers, got) = post(addr, "/v1/chat/completions", r#"{"model":"m","stream":true}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(String::from_utf8_lossy(&got), format!("{kept}data: [DONE]\n\n"), "whole, without the usage chunk");
+    assert!(!headers.contains_key("content-length"), "the upstream's length no longer holds");
+}

@@ -18,7 +18,7 @@ use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -479,6 +479,10 @@ async fn attempt(
         },
         keepalive: group.sse_keepalive.filter(|_| is_sse),
     };
+    let mut resp = resp;
+    if options.rewrites_body() {
+        resp.headers_mut().remove(CONTENT_LENGTH);
+    }
     let resp = resp.map(|body| RelayBody::new(body, status, options, upstream.clone(), telemetry, guard));
     match failure {
         Some(kind) if retry::is_retryable_status(status) => {

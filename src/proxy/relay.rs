@@ -293,11 +293,30 @@ impl Body for RelayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.0.rewrites_body() {
+            return SizeHint::default();
+        }
         self.0.inner.size_hint()
     }
 }
 
+/// Whether the client may receive other bytes than the upstream sent (keep-alive comments
+/// added, usage chunks stripped): the upstream's length then does not hold.
+fn rewrites(keepalive: bool, scanner: Option<&UsageScanner>) -> bool {
+    keepalive || scanner.is_some_and(UsageScanner::rewrites)
+}
+
+impl RelayOptions {
+    pub fn rewrites_body(&self) -> bool {
+        rewrites(self.keepalive.is_some(), self.scanner.as_ref())
+    }
+}
+
 impl Relay {
+    fn rewrites_body(&self) -> bool {
+        rewrites(self.keepalive.is_some(), self.scanner.as_ref())
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
