@@ -4,7 +4,7 @@
 //! a warm-up; the figure is wall time divided by iterations on this machine. A first argument
 //! runs only the cases whose name contains it.
 
-use llmproxy::balance::pick;
+use llmproxy::balance::{pick, Reuse};
 use llmproxy::ratelimit::{Gcra, KeyedLimiter};
 use llmproxy::router::Router;
 use llmproxy::runtime::Runtime;
@@ -136,7 +136,7 @@ fn main() {
         let rt = runtime(strategy, 8);
         let g = &rt.groups[0];
         bench(&format!("pick: {strategy} (8 upstreams, breakers)"), N / 4, |i| {
-            black_box(pick(g, 0, false, i).map(|p| p.index).ok());
+            black_box(pick(g, 0, Reuse::Never, i).map(|p| p.index).ok());
         });
     }
 

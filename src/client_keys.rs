@@ -61,11 +61,7 @@ impl ClientKeys {
     /// Authenticates the request at `now` and removes the credential header it used.
     pub fn admit(&self, headers: &mut HeaderMap, now: u64) -> Result<&ClientKey, Refusal> {
         let (key, in_bearer, in_api_key) = {
-            let bearer = headers
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+            let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
             let api_key = headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()).map(str::trim);
             if bearer.is_none() && api_key.is_none() {
                 return Err(Refusal::Missing);
@@ -91,6 +87,13 @@ impl ClientKeys {
         key.requests.inc();
         Ok(key)
     }
+}
+
+/// The credential of an `Authorization: Bearer …` value; the scheme name is case-insensitive
+/// (RFC 9110 §11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]
@@ -130,6 +133,12 @@ mod tests {
         assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
         assert!(!h.contains_key("x-api-key"));
         assert_eq!(k.keys[1].requests.get(), 2);
+        // The scheme name is case-insensitive.
+        for value in ["bearer sk-team-b", "BEARER sk-team-b"] {
+            let mut h = headers(&[("authorization", value)]);
+            assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b", "{value}");
+            assert!(!h.contains_key("authorization"));
+        }
     }
 
     #[test]

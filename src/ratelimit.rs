@@ -106,11 +106,17 @@ impl<K: Hash> KeyedLimiter<K> {
         let hash = self.hasher.hash_one(key);
         let fingerprint = hash | 1; // never 0, which marks an unused slot
         let start = (hash >> 7) as usize;
+        let probed = |i: usize| &self.slots[(start + i) & self.mask];
+        // The key's own slot first, wherever it is among the probes: claiming an expired slot
+        // met earlier would hand a throttled key a fresh bucket.
+        if let Some(slot) = (0..PROBES).map(probed).find(|s| s.key.load(Ordering::Acquire) == fingerprint) {
+            return self.gcra.check(&slot.tat, now);
+        }
         let mut victim: Option<(&Slot, u64, u64)> = None;
-        for i in 0..PROBES {
-            let slot = &self.slots[(start + i) & self.mask];
+        for slot in (0..PROBES).map(probed) {
             let k = slot.key.load(Ordering::Acquire);
             if k == fingerprint {
+                // Claimed by a concurrent check of the same key.
                 return self.gcra.check(&slot.tat, now);
             }
             let tat = slot.tat.load(Ordering::Acquire);
@@ -229,5 +235,21 @@ mod tests {
             let _ = l.check(&k, now);
         }
         assert!(l.check(&7, now).is_err());
+    }
+
+    #[test]
+    fn a_throttled_key_keeps_its_slot_when_an_earlier_probe_slot_expires() {
+        let t0 = 100 * S;
+        for key in 100..116u32 {
+            // A table of exactly PROBES slots: seven keys seen at t0, then `key` takes the last
+            // free slot, which is usually not the first one its probe visits.
+            let l: KeyedLimiter<u32> = KeyedLimiter::new(Gcra::new(1, 1), PROBES);
+            for other in 0..7u32 {
+                assert!(l.check(&other, t0).is_ok());
+            }
+            assert!(l.check(&key, t0 + 900 * MS).is_ok());
+            // The others' slots have expired; `key` is still within its interval.
+            assert!(l.check(&key, t0 + 1200 * MS).is_err(), "key {key} got a fresh bucket");
+        }
     }
 }

@@ -158,41 +158,75 @@ impl UsageScanner {
         }
     }
 
-    /// Like `scan_lines`, but builds the client's bytes without the usage-only event.
+    /// Like `scan_lines`, but builds the client's bytes without the usage-only event. Bytes
+    /// after the last line break are held back until their line is complete (or until the body
+    /// ends: [`Self::take_held_back`]); a line longer than `MAX_LINE` cannot be a usage chunk
+    /// and is passed on as it comes.
     fn strip_lines(&mut self, data: Bytes) -> Bytes {
         let mut out = BytesMut::with_capacity(data.len());
         let mut rest: &[u8] = &data;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let (piece, tail) = rest.split_at(nl + 1);
             rest = tail;
-            let line = match &mut self.mode {
-                Mode::Sse { partial, .. } if !partial.is_empty() => {
-                    partial.extend_from_slice(piece);
-                    std::mem::take(partial)
-                }
-                _ => piece.to_vec(),
-            };
-            let dropping = matches!(self.mode, Mode::Sse { dropping_event: true, .. });
-            if dropping {
-                if is_blank(&line) {
-                    if let Mode::Sse { dropping_event, .. } = &mut self.mode {
-                        *dropping_event = false;
-                    }
+            let Mode::Sse { partial, overlong, dropping_event } = &mut self.mode else { break };
+            if *overlong {
+                // The end of a line whose start was already passed on (or dropped).
+                *overlong = false;
+                if !*dropping_event {
+                    out.extend_from_slice(piece);
                 }
                 continue;
             }
-            if self.line(&line) {
+            let joined;
+            let line: &[u8] = if partial.is_empty() {
+                piece
+            } else {
+                partial.extend_from_slice(piece);
+                joined = std::mem::take(partial);
+                &joined
+            };
+            if *dropping_event {
+                *dropping_event = !is_blank(line);
+                continue;
+            }
+            if self.line(line) {
                 if let Mode::Sse { dropping_event, .. } = &mut self.mode {
                     *dropping_event = true;
                 }
                 continue;
             }
-            out.extend_from_slice(&line);
+            out.extend_from_slice(line);
         }
-        if let Mode::Sse { partial, .. } = &mut self.mode {
-            partial.extend_from_slice(rest);
+        if let Mode::Sse { partial, overlong, dropping_event } = &mut self.mode {
+            if *overlong || partial.len() + rest.len() > MAX_LINE {
+                if !*dropping_event {
+                    out.extend_from_slice(partial);
+                    out.extend_from_slice(rest);
+                }
+                partial.clear();
+                *overlong = true;
+            } else {
+                partial.extend_from_slice(rest);
+            }
         }
         out.freeze()
+    }
+
+    /// Whether stripping holds back bytes the client is still owed.
+    pub fn holds_back(&self) -> bool {
+        matches!(&self.mode, Mode::Sse { partial, dropping_event: false, .. } if self.strip && !partial.is_empty())
+    }
+
+    /// At the end of the body: the unterminated last line a stripping scan held back, which the
+    /// client receives as it is (it is not a complete event, so not a usage chunk to remove).
+    pub fn take_held_back(&mut self) -> Option<Bytes> {
+        if !self.holds_back() {
+            return None;
+        }
+        match &mut self.mode {
+            Mode::Sse { partial, .. } => Some(Bytes::from(std::mem::take(partial))),
+            Mode::Json { .. } => None,
+        }
     }
 
     /// Handles one complete line; returns true when it is a usage-only chunk.
@@ -432,6 +466,27 @@ data: [DONE]\n\n";
             assert_eq!(u.completion, Some(34), "still counted");
             assert_eq!(out, without, "piece {piece}");
         }
+    }
+
+    #[test]
+    fn stripping_passes_on_an_unterminated_last_line_and_overlong_lines() {
+        let body = format!("{OPENAI_SSE}data: [DONE]");
+        let mut s = UsageScanner::for_content_type("text/event-stream", true).unwrap();
+        let mut out = s.frame(Bytes::from(body)).to_vec();
+        assert!(s.holds_back());
+        out.extend_from_slice(&s.take_held_back().unwrap());
+        assert!(String::from_utf8(out).unwrap().ends_with("data: [DONE]\n\ndata: [DONE]"));
+        assert!(!s.holds_back() && s.take_held_back().is_none());
+
+        // A line longer than any usage chunk is not held until it ends: memory stays bounded.
+        let mut s = UsageScanner::for_content_type("text/event-stream", true).unwrap();
+        let long = vec![b'x'; MAX_LINE];
+        let mut out = s.frame(Bytes::from_static(b"data: ")).to_vec();
+        out.extend_from_slice(&s.frame(Bytes::from(long.clone())));
+        assert_eq!(out.len(), 6 + MAX_LINE, "passed on once over the limit");
+        out.extend_from_slice(&s.frame(Bytes::from_static(b"xx\n\n")));
+        assert_eq!(out.len(), 6 + MAX_LINE + 4);
+        assert!(!s.holds_back());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The hot-path building blocks allocate nothing: checked with a counting global allocator.
 
-use llmproxy::balance::pick;
+use llmproxy::balance::{pick, Reuse};
 use llmproxy::ratelimit::{Gcra, KeyedLimiter};
 use llmproxy::router::Router;
 use llmproxy::runtime::Runtime;
@@ -115,7 +115,7 @@ fn every_strategy_picks_without_allocating() {
         assert_eq!(
             allocations(|| {
                 t += 1_000_000;
-                drop(std::hint::black_box(pick(g, 0b10, true, t).ok()));
+                drop(std::hint::black_box(pick(g, 0b10, Reuse::Except(0), t).ok()));
             }),
             0,
             "{strategy}"

@@ -1,6 +1,6 @@
 //! Strategy order and distribution, through the same `pick` the proxy uses.
 
-use llmproxy::balance::{pick, Unavailable};
+use llmproxy::balance::{pick, Reuse, Unavailable};
 use llmproxy::runtime::Runtime;
 use std::collections::HashMap;
 
@@ -17,7 +17,7 @@ fn runtime(strategy: &str, members: &[(&str, u32)], upstream_extra: &str) -> Run
 /// Names of `n` successive picks at time `now` (each released before the next).
 fn picks(rt: &Runtime, n: usize, now: u64) -> Vec<String> {
     let g = &rt.groups[0];
-    (0..n).map(|_| g.members[pick(g, 0, false, now).unwrap().index].upstream.name.clone()).collect()
+    (0..n).map(|_| g.members[pick(g, 0, Reuse::Never, now).unwrap().index].upstream.name.clone()).collect()
 }
 
 fn counts(p: &[String]) -> HashMap<&str, usize> {
@@ -72,14 +72,16 @@ fn failover_takes_the_first_available_in_list_order() {
     let g = &rt.groups[0];
     let rt2 = runtime("failover", &[("primary", 1), ("secondary", 1)], "");
     let g2 = &rt2.groups[0];
-    assert_eq!(pick(g2, 0b01, false, 1).unwrap().index, 1);
-    assert_eq!(pick(g2, 0b11, false, 1).err(), Some(Unavailable::Down));
-    assert_eq!(pick(g2, 0b11, true, 1).unwrap().index, 0, "reuse allowed: back to the first");
+    assert_eq!(pick(g2, 0b01, Reuse::Never, 1).unwrap().index, 1);
+    assert_eq!(pick(g2, 0b11, Reuse::Never, 1).err(), Some(Unavailable::Down));
+    assert_eq!(pick(g2, 0b11, Reuse::Except(0), 1).unwrap().index, 0, "reuse allowed: back to the first");
+    assert_eq!(pick(g2, 0b11, Reuse::Except(0b01), 1).unwrap().index, 1, "the first is still in its Retry-After");
+    assert_eq!(pick(g2, 0b11, Reuse::Except(0b11), 1).err(), Some(Unavailable::Down));
     // After the cooldown the next pick is the primary's single probe.
     let now = 31 * 1_000_000_000 + 1;
-    let probe = pick(g, 0, false, now).unwrap();
+    let probe = pick(g, 0, Reuse::Never, now).unwrap();
     assert_eq!(probe.index, 0);
-    assert_eq!(pick(g, 0, false, now).unwrap().index, 1, "one probe at a time");
+    assert_eq!(pick(g, 0, Reuse::Never, now).unwrap().index, 1, "one probe at a time");
 }
 
 #[test]
@@ -113,19 +115,19 @@ fn capped_and_full_upstreams_are_skipped() {
     let rt = runtime("roundrobin", &[("a", 1), ("b", 1)], ", ratelimit: {per_second: 1, burst: 1}, max_concurrency: 1");
     let g = &rt.groups[0];
     let t = 10_000_000_000;
-    let first = pick(g, 0, false, t).unwrap();
-    let second = pick(g, 0, false, t).unwrap();
+    let first = pick(g, 0, Reuse::Never, t).unwrap();
+    let second = pick(g, 0, Reuse::Never, t).unwrap();
     assert_ne!(first.index, second.index);
     drop((first, second));
-    match pick(g, 0, false, t) {
+    match pick(g, 0, Reuse::Never, t) {
         Err(Unavailable::RateLimited { wait }) => assert!(wait > 0 && wait <= 1_000_000_000),
         other => panic!("expected rate limited, got {:?}", other.map(|p| p.index)),
     }
     let later = t + 1_000_000_000;
-    let held_a = pick(g, 0, false, later).unwrap();
-    let held_b = pick(g, 0, false, later).unwrap();
+    let held_a = pick(g, 0, Reuse::Never, later).unwrap();
+    let held_b = pick(g, 0, Reuse::Never, later).unwrap();
     let much_later = later + 5_000_000_000;
-    assert_eq!(pick(g, 0, false, much_later).err(), Some(Unavailable::Full));
+    assert_eq!(pick(g, 0, Reuse::Never, much_later).err(), Some(Unavailable::Full));
     drop((held_a, held_b));
-    assert!(pick(g, 0, false, much_later).is_ok());
+    assert!(pick(g, 0, Reuse::Never, much_later).is_ok());
 }

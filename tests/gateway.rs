@@ -154,6 +154,32 @@ async fn client_keys_via_either_header_never_reach_the_upstream() {
         text.contains("llmproxy_http_request_errors_total{forward=\"main\",error=\"unauthorized\",status=\"401\"} 2")
     );
     assert!(!text.contains("sk-team"), "keys never in metrics");
+    assert!(text.contains("llmproxy_ratelimit_total{forward=\"main\"} 1"), "key refusals are rate-limit refusals");
+}
+
+#[tokio::test]
+async fn the_address_limit_applies_before_keys_are_checked() {
+    let up = TestUpstream::start().await;
+    let yaml = keyed_config(&up.url("/v1"))
+        .replace("      auth:\n", "      ratelimit: {per_second: 1, burst: 2}\n      auth:\n");
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    let call = |key: &'static str| async move {
+        let req = Request::get(format!("http://{addr}/v1/echo")).header("x-api-key", key);
+        send(addr, req.body(Full::default()).unwrap()).await.0
+    };
+    // Guessing keys spends the address's allowance like any request: once it is used up, a
+    // guess is refused for its rate, not answered with another 401.
+    assert_eq!(call("sk-guess-1").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(call("sk-guess-2").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(call("sk-guess-3").await, StatusCode::TOO_MANY_REQUESTS);
+    // A request the address limit refuses is not counted against (or for) its key.
+    assert_eq!(call("sk-team-a-secret").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(up.log.requests(), 0);
+    let (_, _, metrics) = get(server.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(!text.contains("llmproxy_client_requests_total{forward=\"main\",key=\"team-a\"} 1"), "{text}");
+    assert!(text.contains("llmproxy_ratelimit_total{forward=\"main\"} 2"), "{text}");
 }
 
 #[tokio::test]

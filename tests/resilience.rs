@@ -67,6 +67,55 @@ async fn retry_after_is_honoured_and_capped() {
 }
 
 #[tokio::test]
+async fn retry_after_holds_back_only_the_upstream_that_sent_it() {
+    // a asks for 1 s, b for an hour: the third attempt waits for a's time and goes to a, rather
+    // than giving up because b's wait is beyond what the proxy waits.
+    let a = TestUpstream::start().await;
+    let b = TestUpstream::start().await;
+    let server = start(&group_config(
+        &[("a", a.url(""), ""), ("b", b.url("/always429"), "")],
+        "    balance: {strategy: failover}\n    http_client: {retry: {attempts: 2, initial: 100}}",
+    ))
+    .await;
+    let addr = server.forward_addr("main").unwrap();
+    let started = Instant::now();
+    let (status, _, _) = get(addr, "/v1/flaky?fail=1&code=429&retry_after=1").await;
+    assert_eq!(status, 200);
+    assert_eq!((a.log.requests(), b.log.requests()), (2, 1));
+    assert!(started.elapsed() >= Duration::from_millis(950), "a was asked again after {:?}", started.elapsed());
+
+    let c = TestUpstream::start().await;
+    let d = TestUpstream::start().await;
+    let server = start(&group_config(
+        &[("c", c.url(""), ""), ("d", d.url(""), "")],
+        "    balance: {strategy: failover}\n    http_client: {retry: {attempts: 2, initial: 100}}",
+    ))
+    .await;
+    let (status, headers, _) =
+        get(server.forward_addr("main").unwrap(), "/v1/flaky?fail=5&code=429&retry_after=3600").await;
+    assert_eq!(status, 429, "nobody to wait for: the answer is relayed");
+    assert_eq!(headers["retry-after"], "3600");
+    assert_eq!((c.log.requests(), d.log.requests()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_failed_answer_kept_for_later_holds_no_concurrency_slot() {
+    // With max_concurrency 1, the 429 kept while the proxy backs off must not occupy the only
+    // slot: the retry finds the upstream free.
+    let up = TestUpstream::start().await;
+    let server = start(&group_config(
+        &[("only", up.url(""), "    max_concurrency: 1")],
+        "    http_client: {retry: {attempts: 1, initial: 100}}",
+    ))
+    .await;
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/flaky?fail=1&code=429").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(up.log.requests(), 2);
+    let rt = server.shared.runtime();
+    assert_eq!(rt.groups[0].members[0].upstream.load.inflight(), 0);
+}
+
+#[tokio::test]
 async fn client_errors_are_never_retried() {
     let up = TestUpstream::start().await;
     let server =

@@ -4,6 +4,7 @@ mod api;
 pub mod redact;
 
 use crate::body::{full, BoxError, ProxyBody};
+use crate::client_keys::bearer_token;
 use crate::error::ApiError;
 use crate::runtime::Shared;
 use bytes::Bytes;
@@ -43,9 +44,8 @@ where
 /// `Authorization: Bearer <token>`, compared in constant time.
 fn authorized<B>(shared: &Shared, req: &Request<B>) -> bool {
     let Some(expected) = &shared.admin_token else { return true };
-    let presented =
-        req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    presented.is_some_and(|p| constant_time_eq(p.trim().as_bytes(), expected.as_bytes()))
+    let presented = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+    presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes()))
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of a guess was

@@ -76,9 +76,18 @@ pub enum Unavailable {
     Down,
 }
 
+/// Whether an attempt may go back to an upstream the request already tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    Never,
+    /// When every available upstream was tried; except those in the mask (still inside the
+    /// `Retry-After` they asked for).
+    Except(u64),
+}
+
 /// Picks and acquires an upstream of `group` for an attempt at `now`. Upstreams in `tried` are
-/// avoided; when `allow_reuse` and every available one was tried, they are chosen again.
-pub fn pick(group: &Group, tried: u64, allow_reuse: bool, now: u64) -> Result<Picked, Unavailable> {
+/// avoided; when every available one was tried, `reuse` says which may be chosen again.
+pub fn pick(group: &Group, tried: u64, reuse: Reuse, now: u64) -> Result<Picked, Unavailable> {
     let members = &group.members;
     let mut available = 0u64;
     let (mut rate_limited, mut full) = (0u32, 0u32);
@@ -102,7 +111,11 @@ pub fn pick(group: &Group, tried: u64, allow_reuse: bool, now: u64) -> Result<Pi
         available |= 1 << i;
     }
     let fresh = available & !tried;
-    let mut pool = if fresh != 0 || !allow_reuse { fresh } else { available };
+    let mut pool = match reuse {
+        _ if fresh != 0 => fresh,
+        Reuse::Never => 0,
+        Reuse::Except(held) => available & !held,
+    };
     while let Some(i) = group.balancer.choose(members, pool, now) {
         pool &= !(1 << i);
         let u = &members[i].upstream;

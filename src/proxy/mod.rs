@@ -4,7 +4,7 @@ pub mod headers;
 pub mod relay;
 pub mod retry;
 
-use crate::balance::{self, Unavailable};
+use crate::balance::{self, Picked, Reuse, Unavailable};
 use crate::body::{BoxError, ProxyBody};
 use crate::client_keys::Refusal;
 use crate::clock;
@@ -136,6 +136,14 @@ where
     if fwd.access.as_ref().is_some_and(|acl| !acl.permits(client_ip)) {
         return Err(ApiError::forbidden(format!("{client_ip} is not allowed to use this gateway")));
     }
+    // The address first: a client that sprays missing or wrong keys is limited like any other,
+    // and a request the address limit refuses spends none of its key's rate.
+    if let Some(limiter) = &fwd.client_limiter {
+        if let Err(wait) = limiter.check(&client_ip, clock::now()) {
+            fwd.metrics.ratelimited.inc();
+            return Err(rate_limited(&client_ip.to_string(), wait));
+        }
+    }
     let (mut parts, body) = req.into_parts();
     let key = match &fwd.keys {
         None => None,
@@ -145,15 +153,12 @@ where
                 return Err(ApiError::unauthorized("an API key is required (Authorization: Bearer <key> or x-api-key)"))
             }
             Err(Refusal::Unknown) => return Err(ApiError::unauthorized("the API key is not valid")),
-            Err(Refusal::RateLimited(wait)) => return Err(rate_limited("this API key", wait)),
+            Err(Refusal::RateLimited(wait)) => {
+                fwd.metrics.ratelimited.inc();
+                return Err(rate_limited("this API key", wait));
+            }
         },
     };
-    if let Some(limiter) = &fwd.client_limiter {
-        if let Err(wait) = limiter.check(&client_ip, clock::now()) {
-            fwd.metrics.ratelimited.inc();
-            return Err(rate_limited(&client_ip.to_string(), wait));
-        }
-    }
     let limit = fwd.max_body_size;
     // A declared length over the limit is refused before reading a byte of it (the body's
     // exact size is its `Content-Length`).
@@ -262,37 +267,36 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Respo
     let mut tried = 0u64;
     let mut reuses = 0u32;
     let mut last: Option<Failed> = None;
-    // The member whose failure the next attempt retries, why, and what it asked for.
-    let mut cause: Option<(usize, Failure, Option<Duration>)> = None;
-    for _ in 0..policy.max_attempts {
+    // The member whose failure the next attempt retries, and why.
+    let mut cause: Option<(usize, Failure)> = None;
+    let mut retry_afters = RetryAfters::default();
+    for n in 1..=policy.max_attempts {
         // One clock read serves the pick and the attempt's latency measurement.
         let mut at = Instant::now();
-        let picked = match balance::pick(group, tried, false, clock::at(at.into_std())) {
+        let picked = match balance::pick(group, tried, Reuse::Never, clock::at(at.into_std())) {
             Ok(p) => p,
-            Err(_) if policy.may_reuse && tried != 0 => {
-                // Every available upstream was tried: wait before going back to one — the
-                // backoff, or the upstream's Retry-After when longer. The wait happens before the
-                // pick so that no in-flight slot or breaker probe is held while sleeping.
-                let mut delay = retry::backoff(policy.initial, reuses);
-                if let Some((_, _, Some(after))) = cause {
-                    if after > retry::MAX_RETRY_AFTER {
-                        break;
-                    }
-                    delay = delay.max(after);
-                }
+            // No going back, or nothing to go back to: every upstream tried asked to wait
+            // longer than the proxy does (or none was tried at all).
+            Err(why) if !policy.may_reuse || tried & !retry_afters.beyond_reach() == 0 => {
+                return finish(last, group, why)
+            }
+            Err(_) => {
+                // Every available upstream was tried: back off before going back to one. The wait
+                // happens before the pick so that no in-flight slot or breaker probe is held while
+                // sleeping; boxed, like the other rarely taken branches below, so that the
+                // request's future — moved a few times per request — stays small.
+                Box::pin(tokio::time::sleep(retry::backoff(policy.initial, reuses))).await;
                 reuses += 1;
-                // Boxed, like the other rarely taken branches below: the request's future is
-                // moved a few times per request, so what is not on the common path stays small.
-                Box::pin(tokio::time::sleep(delay)).await;
-                at = Instant::now();
-                match balance::pick(group, tried, true, clock::at(at.into_std())) {
-                    Ok(p) => p,
+                match Box::pin(pick_again(group, tried, &retry_afters)).await {
+                    Ok((p, when)) => {
+                        at = when;
+                        p
+                    }
                     Err(why) => return finish(last, group, why),
                 }
             }
-            Err(why) => return finish(last, group, why),
         };
-        if let Some((i, kind, _)) = cause {
+        if let Some((i, kind)) = cause {
             group.members[i].metrics.retries[kind as usize].inc();
         }
         tried |= 1 << picked.index;
@@ -300,12 +304,77 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Respo
             Outcome::Final(resp) => return Ok(resp),
             Outcome::Invalid(e) => return Err(e),
             Outcome::Retryable { failed, kind, retry_after } => {
-                last = Some(failed);
-                cause = Some((picked.index, kind, retry_after));
+                if let Some(after) = retry_after {
+                    retry_afters.note(picked.index, after);
+                }
+                let upstream = &group.members[picked.index].upstream;
+                last = Some(if n < policy.max_attempts { Box::pin(failed.set_aside(upstream)).await } else { failed });
+                cause = Some((picked.index, kind));
             }
         }
     }
     finish(last, group, Unavailable::Down)
+}
+
+/// After a backoff: an upstream the request already tried, except those still inside the
+/// `Retry-After` they asked for — or, when only those are left, the first of them once its time
+/// has come (if that is within `MAX_RETRY_AFTER`).
+async fn pick_again(group: &Group, tried: u64, retry_afters: &RetryAfters) -> Result<(Picked, Instant), Unavailable> {
+    loop {
+        let at = Instant::now();
+        match balance::pick(group, tried, Reuse::Except(retry_afters.held(at)), clock::at(at.into_std())) {
+            Ok(p) => return Ok((p, at)),
+            Err(why) => match retry_afters.next_free(at) {
+                Some(free) => tokio::time::sleep_until(free).await,
+                None => return Err(why),
+            },
+        }
+    }
+}
+
+/// When upstreams of this request may be sent it again, as they asked with `Retry-After`
+/// (`None`: longer than `MAX_RETRY_AFTER` — not within this request). Empty, and unallocated,
+/// unless an upstream said so.
+#[derive(Default)]
+struct RetryAfters(Vec<(usize, Option<Instant>)>);
+
+impl RetryAfters {
+    fn note(&mut self, index: usize, after: Duration) {
+        let until = (after <= retry::MAX_RETRY_AFTER).then(|| Instant::now() + after);
+        self.0.retain(|&(i, _)| i != index);
+        self.0.push((index, until));
+    }
+
+    /// The upstreams still waiting at `at`, as a mask.
+    fn held(&self, at: Instant) -> u64 {
+        self.0.iter().filter(|(_, until)| until.is_none_or(|u| u > at)).fold(0, |mask, &(i, _)| mask | 1 << i)
+    }
+
+    /// The upstreams that asked for longer than `MAX_RETRY_AFTER`, as a mask.
+    fn beyond_reach(&self) -> u64 {
+        self.0.iter().filter(|(_, until)| until.is_none()).fold(0, |mask, &(i, _)| mask | 1 << i)
+    }
+
+    /// When the first upstream still waiting at `at` may be tried again.
+    fn next_free(&self, at: Instant) -> Option<Instant> {
+        self.0.iter().filter_map(|&(_, until)| until).filter(|&u| u > at).min()
+    }
+}
+
+impl Failed {
+    /// A failed answer kept while later attempts run (see [`RelayBody::set_aside`]); one whose
+    /// body breaks off while being read becomes the gateway error it is.
+    async fn set_aside(self, upstream: &Upstream) -> Failed {
+        let Failed::Response(mut resp) = self else { return self };
+        match resp.body_mut().set_aside().await {
+            Ok(()) => Failed::Response(resp),
+            Err(e) => Failed::Error(ApiError::bad_gateway(format!(
+                "upstream {} broke off its {} answer: {e}",
+                upstream.name,
+                resp.status().as_u16()
+            ))),
+        }
+    }
 }
 
 fn finish(last: Option<Failed>, group: &Group, why: Unavailable) -> Result<Response<RelayBody>, ApiError> {

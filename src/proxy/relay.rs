@@ -25,7 +25,7 @@ use crate::upstream::direct::DirectBody;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::Upstream;
 use crate::usage::{ModelName, UsageScanner};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -124,6 +124,9 @@ struct KeepAlive {
 
 const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
+/// The largest failed answer body read into memory when the answer is set aside.
+const SET_ASIDE_MAX: u64 = 64 * 1024;
+
 impl KeepAlive {
     fn between_events(&self) -> bool {
         !self.sent_any || self.tail == *b"\n\n"
@@ -153,11 +156,14 @@ struct Relay {
     /// When the last upstream frame arrived (for the idle timer).
     last_frame: Instant,
     first_byte_seen: bool,
+    /// The upstream body has ended (what follows is only what the scanner held back).
+    inner_ended: bool,
     scanner: Option<UsageScanner>,
     keepalive: Option<KeepAlive>,
     delivery: Option<Delivery>,
-    /// The upstream's in-flight slot, released when the body ends or is dropped.
-    _inflight: InflightGuard,
+    /// The upstream's in-flight slot, released when the body ends or is dropped (or when the
+    /// answer is set aside).
+    inflight: Option<InflightGuard>,
 }
 
 /// How the relay treats the body beyond passing it on.
@@ -213,11 +219,33 @@ impl RelayBody {
             status,
             last_frame: now,
             first_byte_seen: false,
+            inner_ended: false,
             scanner: options.scanner,
             keepalive,
             delivery: None,
-            _inflight: inflight,
+            inflight: Some(inflight),
         }))
+    }
+
+    /// Keeps a failed answer while later attempts run without holding on to its upstream: the
+    /// in-flight slot is released, and a body of known length up to `SET_ASIDE_MAX` — error
+    /// bodies are small — is read now, so the upstream connection is free again too. A longer or
+    /// unsized body stays attached and is relayed as it is if this answer ends up the client's.
+    pub async fn set_aside(&mut self) -> Result<(), BoxError> {
+        let relay = &mut *self.0;
+        relay.inflight = None;
+        if relay.inner.size_hint().exact().is_none_or(|n| n > SET_ASIDE_MAX) {
+            return Ok(());
+        }
+        let mut body = BytesMut::new();
+        while let Some(frame) = std::future::poll_fn(|cx| relay.poll_frame(cx)).await {
+            if let Ok(data) = frame?.into_data() {
+                body.extend_from_slice(&data);
+            }
+        }
+        relay.inner = UpstreamBody::Mock(crate::body::full(body.freeze()));
+        relay.inner_ended = false;
+        Ok(())
     }
 
     /// Marks this as the response the client gets.
@@ -289,7 +317,9 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.inner.is_end_stream()
+        let relay = &self.0;
+        relay.inner_ended
+            || (relay.inner.is_end_stream() && !relay.scanner.as_ref().is_some_and(UsageScanner::holds_back))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -319,6 +349,9 @@ impl Relay {
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self;
+        if this.inner_ended {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if matches!(this.timer, Timer::Idle(_)) {
@@ -357,7 +390,12 @@ impl Relay {
                 crate::warn!("upstream {} broke off its response: {e}", this.upstream.name);
                 Poll::Ready(Some(Err(e)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.inner_ended = true;
+                Poll::Ready(
+                    this.scanner.as_mut().and_then(UsageScanner::take_held_back).map(|tail| Ok(Frame::data(tail))),
+                )
+            }
             Poll::Pending => {
                 if let Some(k) = &mut this.keepalive {
                     if k.sleep.as_mut().poll(cx).is_ready() {

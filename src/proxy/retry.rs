@@ -58,7 +58,9 @@ fn parse_http_date(s: &str) -> Option<u64> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = parts.next()?.parse().ok()?;
+    // Years beyond 9999 are not HTTP dates (RFC 9110 §5.6.7 has four digits), and bounding the
+    // year keeps the day arithmetic below from overflowing.
+    let year: i64 = parts.next()?.parse().ok().filter(|y| (0..=9999).contains(y))?;
     let mut hms = parts.next()?.split(':').map(|x| x.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
     if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
@@ -96,6 +98,9 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("Sun, 32 Nov 1994 08:49:37 GMT", now), None);
+        for huge in ["Sun, 06 Nov 999999999999999 08:49:37 GMT", "Sun, 06 Nov -9223372036854775808 08:49:37 GMT"] {
+            assert_eq!(parse_retry_after(huge, now), None, "{huge}: no overflow, not a date");
+        }
     }
 
     #[test]

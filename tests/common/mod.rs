@@ -150,6 +150,14 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
             serde_json::json!({"error": {"message": "always 503", "type": "upstream"}}),
         );
     }
+    if req.uri().path().starts_with("/always429/") {
+        let mut r = json(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({"error": {"message": "always 429", "type": "upstream"}}),
+        );
+        r.headers_mut().insert("retry-after", "3600".parse().unwrap());
+        return r;
+    }
     let q = query(&req);
     let num = |k: &str, d: u64| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
     let last = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
