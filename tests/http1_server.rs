@@ -158,6 +158,46 @@ async fn a_drain_closes_idle_connections_at_once() {
     assert_eq!(read_to_close(&mut silent).await, "");
 }
 
+#[tokio::test]
+async fn a_drain_answers_requests_that_have_already_arrived() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let addr = server.forward_addr("main").unwrap();
+    // A keep-alive connection whose next request is sent as the drain begins, and a new one
+    // whose first request is: both requests are in the proxy's hands, so both are answered.
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    read_until(&mut kept, r#""path":"/v1/echo"}"#).await;
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET /v1/echo?n=2 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    fresh.write_all(b"GET /v1/echo?n=3 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(5), server.shutdown(Duration::from_secs(30))).await;
+    assert_eq!(drained, Ok(true));
+    for (c, n) in [(&mut kept, 2), (&mut fresh, 3)] {
+        let text = read_to_close(c).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "request {n}: {text}");
+        assert!(text.contains(&format!(r#""path":"/v1/echo?n={n}"}}"#)), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_of_its_answer_is_cut_after_timeout_connect() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await; // timeout.connect: 1 s
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    // 32 MiB: more than the socket buffers between proxy and client can hold.
+    c.write_all(b"GET /v1/big?mb=32 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let rt = server.shared.runtime();
+    let load = &rt.groups[0].members[0].upstream.load;
+    assert!(eventually(Duration::from_secs(5), || load.inflight() == 1).await);
+    // The client never reads: once the buffers are full the proxy gives up on it, and with it
+    // the upstream request and its in-flight slot.
+    assert!(eventually(Duration::from_secs(10), || load.inflight() == 0).await, "the stalled answer is still held");
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut received)).await;
+    assert!(received.len() < (32 << 20), "the answer was cut");
+}
+
 /// A forward that refuses requests without a client key (401 before the body is read).
 async fn keyed_proxy(up: &TestUpstream) -> llmproxy::server::Server {
     let config = single_upstream_config(&up.url("/v1"), "", "").replace(

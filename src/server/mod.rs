@@ -323,10 +323,21 @@ async fn serve_plain_forward(
 ) {
     let peer = conn.peer;
     let mut draining = drain.clone();
-    let sniffed = tokio::select! {
-        sniffed = tokio::time::timeout(idle_limit, http1::looks_like_h2(&stream)) => sniffed,
-        // A connection that has not said a word yet does not hold up a drain.
-        _ = draining.changed() => return,
+    let sniffed = {
+        let mut sniff = std::pin::pin!(tokio::time::timeout(idle_limit, http1::looks_like_h2(&stream)));
+        tokio::select! {
+            biased;
+            sniffed = &mut sniff => sniffed,
+            // A connection that has not said a word yet does not hold up a drain; one whose
+            // first request has arrived (perhaps unreported yet: accepted in the drain's last
+            // sweep) is answered.
+            _ = draining.changed() => {
+                if !http1::has_input(&stream) {
+                    return;
+                }
+                sniff.await
+            }
+        }
     };
     match sniffed {
         Ok(Ok(false)) => {}
@@ -341,7 +352,7 @@ async fn serve_plain_forward(
     let closing = Arc::new(AtomicBool::new(false));
     let connection = http1::serve(
         stream,
-        http1::Connection { shared, forward, conn, activity: activity.clone(), closing: closing.clone() },
+        http1::Connection { shared, forward, conn, activity: activity.clone(), closing: closing.clone(), idle_limit },
     );
     let _draining = drain.clone();
     let on_drain = move |_: std::pin::Pin<&mut _>| closing.store(true, Ordering::Relaxed);

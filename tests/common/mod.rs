@@ -84,6 +84,7 @@ impl UpstreamLog {
 /// - `reset?after=N`: N events, then an aborted connection
 /// - `status?code=C`: that status with a JSON body
 /// - `slow-head?ms=M`: the head after M ms
+/// - `big?mb=M`: M MiB of `x`
 /// - `flaky?fail=N&code=C&retry_after=S`: the first N requests get C (with Retry-After S), then 200
 /// - `openai-stream?gap_ms=G` (or any path under `/openai-stream/`): an OpenAI chat stream (3 tokens); the usage chunk only when the
 ///   request asked for it with `stream_options.include_usage`
@@ -223,6 +224,11 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
             } else {
                 json(StatusCode::OK, serde_json::json!({"ok": true}))
             }
+        }
+        "big" => {
+            let mut r = Response::new(llmproxy::body::full(vec![b'x'; (num("mb", 1) as usize) << 20]));
+            r.headers_mut().insert("content-type", "text/plain".parse().unwrap());
+            r
         }
         "slow-head" => {
             tokio::time::sleep(Duration::from_millis(num("ms", 1000))).await;

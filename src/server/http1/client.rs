@@ -17,6 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -33,6 +34,9 @@ pub struct Client<'s> {
     inbound: Mutex<Inbound<'s>>,
     /// The idle guard's view of the connection (see `server::idle`).
     activity: Arc<Activity>,
+    /// How long a write may wait for the client to accept bytes: a client that reads nothing
+    /// must not hold its upstream request (and the upstream's slot) forever.
+    pub stall_limit: Duration,
 }
 
 pub struct Inbound<'s> {
@@ -55,8 +59,14 @@ pub struct Inbound<'s> {
     busy: Option<Busy>,
 }
 
+impl Inbound<'_> {
+    pub fn socket(&self) -> &TcpStream {
+        self.read.as_ref()
+    }
+}
+
 impl<'s> Client<'s> {
-    pub fn new(stream: &'s mut TcpStream, activity: Arc<Activity>) -> Self {
+    pub fn new(stream: &'s mut TcpStream, activity: Arc<Activity>, stall_limit: Duration) -> Self {
         let (read, write) = stream.split();
         let buf = BytesMut::with_capacity(READ_CHUNK);
         let inbound = Inbound {
@@ -68,7 +78,7 @@ impl<'s> Client<'s> {
             pipelined_then_closed: false,
             busy: None,
         };
-        Client { write, inbound: Mutex::new(inbound), activity }
+        Client { write, inbound: Mutex::new(inbound), activity, stall_limit }
     }
 
     /// The request is in flight (idempotent); see [`Inbound::busy`].

@@ -32,9 +32,11 @@ use client::Client;
 use hyper::{Method, Request, Version};
 use response::{AnswerTo, WriteError, Writer};
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// What a connection serves and the signals that end it.
@@ -44,8 +46,11 @@ pub struct Connection {
     pub conn: ClientConn,
     /// Requests in flight and idleness (the idle guard reads it).
     pub activity: Arc<Activity>,
-    /// Set when the listener drains: finish the answer in flight, start no other.
+    /// Set when the listener drains: finish the answer in flight, and answer a request that has
+    /// already arrived (with `Connection: close`); wait for no other.
     pub closing: Arc<AtomicBool>,
+    /// The forward's `timeout.connect`: also the longest a client may accept none of its answer.
+    pub idle_limit: Duration,
 }
 
 /// The first bytes of HTTP/2 by prior knowledge (RFC 9113 §3.3): such connections go to hyper.
@@ -61,10 +66,10 @@ pub async fn looks_like_h2(stream: &TcpStream) -> std::io::Result<bool> {
 
 /// Serves requests on `stream` until either side closes, the listener drains, or an error.
 pub async fn serve(mut stream: TcpStream, c: Connection) {
-    let client = Client::new(&mut stream, c.activity.clone());
+    let client = Client::new(&mut stream, c.activity.clone(), c.idle_limit);
     let mut writer = Writer::default();
     loop {
-        let head = match next_head(&client, &c).await {
+        let head = match next_head(&client, &c.closing, c.conn.peer).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refusal) => {
@@ -109,7 +114,10 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
         };
         client.mark_idle();
         if !kept {
-            if !body_done && !client.lock().eof {
+            // Unread input (a body, pipelined requests) would make the close a reset, which can
+            // destroy the answer before the client has read it.
+            let unread = { !body_done || !client.lock().buf.is_empty() };
+            if unread && !client.lock().eof {
                 client.linger().await;
             }
             return;
@@ -117,15 +125,16 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
     }
 }
 
-/// The next request head, or `None` when the connection is done: closed, failed or draining.
-/// An error is the answer to a malformed head.
-async fn next_head(client: &Client<'_>, c: &Connection) -> Result<Option<request::Head>, ApiError> {
+/// The next request head, or `None` when the connection is done: closed, failed, or draining
+/// with no request on its way. An error is the answer to a malformed head.
+async fn next_head(
+    client: &Client<'_>,
+    closing: &AtomicBool,
+    peer: SocketAddr,
+) -> Result<Option<request::Head>, ApiError> {
     poll_fn(|cx| {
         let mut inbound = client.lock();
         loop {
-            if c.closing.load(Ordering::Relaxed) {
-                return Poll::Ready(Ok(None));
-            }
             if !inbound.buf.is_empty() {
                 if let Some(head) = request::parse(&mut inbound.buf)? {
                     return Poll::Ready(Ok(Some(head)));
@@ -134,11 +143,55 @@ async fn next_head(client: &Client<'_>, c: &Connection) -> Result<Option<request
             if inbound.eof {
                 return Poll::Ready(Ok(None));
             }
-            if let Err(e) = std::task::ready!(Client::poll_fill(&mut inbound, cx)) {
-                crate::debug!("connection from {} failed: {e}", c.conn.peer);
-                return Poll::Ready(Ok(None));
+            match Client::poll_fill(&mut inbound, cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    crate::debug!("connection from {peer} failed: {e}");
+                    return Poll::Ready(Ok(None));
+                }
+                // Draining: a request already sent is answered — a client whose request reached
+                // us must not lose it — but none is waited for. Bytes the event loop has not
+                // reported yet are seen by asking the socket itself.
+                Poll::Pending
+                    if closing.load(Ordering::Relaxed) && inbound.buf.is_empty() && !has_input(inbound.socket()) =>
+                {
+                    return Poll::Ready(Ok(None))
+                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     })
     .await
+}
+
+/// Whether bytes from the client are waiting in the socket, whether or not the event loop has
+/// reported them yet (one `recv(MSG_PEEK)`; used only when draining).
+pub fn has_input(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(stream).peek(&mut probe), Ok(n) if n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn draining_answers_a_request_the_event_loop_has_not_reported_yet() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut accepted, peer) = listener.accept().await.unwrap();
+        let c = Client::new(&mut accepted, Activity::new(), Duration::from_secs(1));
+        let closing = AtomicBool::new(false);
+        client.write_all(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        assert!(next_head(&c, &closing, peer).await.unwrap().is_some());
+        // The next request is in the socket, but no poll has reported it (the short read of the
+        // first one cleared the readiness) — as when the drain begins in between.
+        client.write_all(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        closing.store(true, Ordering::Relaxed);
+        let head = next_head(&c, &closing, peer).await.unwrap();
+        assert_eq!(head.map(|h| h.parts.uri.to_string()), Some("/2".to_string()));
+        // Nothing more on its way: done at once.
+        assert!(next_head(&c, &closing, peer).await.unwrap().is_none());
+    }
 }

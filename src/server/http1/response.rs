@@ -276,7 +276,12 @@ impl Writer {
                 match client.write.try_write_vectored(&slices[..count]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.write.as_ref().writable().await?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let writable = client.write.as_ref().writable();
+                        tokio::time::timeout(client.stall_limit, writable).await.map_err(|_| {
+                            io::Error::new(io::ErrorKind::TimedOut, "the client accepted none of its answer in time")
+                        })??
+                    }
                     Err(e) => return Err(e),
                 }
             };
