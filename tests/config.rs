@@ -371,6 +371,13 @@ fn environment_expansion_and_overrides() {
     assert_eq!(c.upstreams[0].auth, Auth::Bearer { token: "sk-override".into() });
     assert_eq!(c.http_server.forwards[0].port, 3999);
     assert!(!c.upstream_groups[0].http_client.stream);
+    // Override values are literal: no second expansion, and no error that could print them.
+    for token in ["pa$$w", "x${y", "${KEY}"] {
+        let c = config::from_str(&text, &env(&[("KEY", "k"), ("LLMPROXY_UPSTREAMS__0__AUTH__TOKEN", token)])).unwrap();
+        assert_eq!(c.upstreams[0].auth, Auth::Bearer { token: token.into() });
+    }
+    let err = config::from_str(&text.replace("${KEY}", "sk-secret${"), &no_env()).unwrap_err().to_string();
+    assert!(err.starts_with("upstreams[0].auth.token: ") && !err.contains("sk-secret"), "{err}");
     let bad = env(&[("KEY", "k"), ("LLMPROXY_UPSTREAMS__0__COLOUR", "red")]);
     let err = config::from_str(&text, &bad).unwrap_err().to_string();
     assert!(err.contains("upstreams[0].colour: unknown key"), "{err}");
@@ -519,6 +526,10 @@ fn llm_gateway_keys_are_validated_with_paths() {
     assert_eq!(c.http_server.forwards[0].routing[0].headers, vec![("x-tenant".to_string(), "acme-*".to_string())]);
     let err = rule("[{model: 'gpt-*', path: 'v1', target_group: g}]").unwrap_err();
     assert!(err.contains("routing[0].path"), "{err}");
+    let err =
+        rule("[{model: 'gpt-*', target_group: g}, {model: 'o*', target_group: g}, {model: 'gpt-*', target_group: g}]")
+            .unwrap_err();
+    assert!(err.contains("http_server.forwards[0].routing[2]: repeats the conditions of an earlier rule"), "{err}");
 
     let err =
         with("http_server.forwards.0.access", serde_yaml::from_str("{allow: [10.0.0.0/8, 10.0.0.0/33]}").unwrap())
@@ -541,13 +552,15 @@ fn llm_gateway_keys_are_validated_with_paths() {
     let err = keys("{keys: []}").unwrap_err();
     assert!(err.contains("auth.keys: needs at least one key"), "{err}");
 
-    for (v, ok) in [(0, false), (1, true), (3600, true), (3601, false)] {
+    for (v, ok) in [(0, false), (1, true), (299, true), (300, false), (3601, false)] {
         assert_eq!(
             with("upstream_groups.0.http_client.sse_keepalive", Value::from(v)).is_ok(),
             ok,
             "sse_keepalive {v}"
         );
     }
+    let err = with("upstream_groups.0.http_client.sse_keepalive", Value::from(300)).unwrap_err();
+    assert!(err.contains("http_client.sse_keepalive: must be shorter than timeout.request (300s)"), "{err}");
     let c = parse(MINIMAL).unwrap();
     assert!(!c.upstream_groups[0].http_client.track_usage && c.upstream_groups[0].http_client.sse_keepalive.is_none());
     assert!(!c.http_server.forwards[0].access_log && c.http_server.forwards[0].auth.is_none());

@@ -41,7 +41,9 @@ impl Env for ProcessEnv {
         std::env::var(name).ok()
     }
     fn vars(&self) -> Vec<(String, String)> {
-        std::env::vars().collect()
+        // `vars()` would panic on a variable that is not UTF-8; such a variable cannot be one
+        // of ours, so it is skipped.
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
     }
 }
 
@@ -78,14 +80,15 @@ pub fn expand(input: &str, env: &dyn Env) -> Result<Expanded, String> {
             out.value.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| format!("unterminated \"${{\" in {input:?}"))?;
+            // The input is never quoted in errors: it may hold a secret.
+            let end = body.find('}').ok_or("unterminated \"${\"")?;
             let spec = &body[..end];
             let (name, default) = match spec.find(":-") {
                 Some(i) => (&spec[..i], Some(&spec[i + 2..])),
                 None => (spec, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid variable name {name:?} in {input:?}"));
+                return Err(format!("invalid variable name {name:?} in \"${{…}}\""));
             }
             out.vars.push(name.to_string());
             match env.var(name).filter(|v| !(v.is_empty() && default.is_some())) {
@@ -109,6 +112,7 @@ const OVERRIDE_PREFIX: &str = "LLMPROXY_";
 /// validation, creating mappings as needed. Variables without `__` (such as
 /// `LLMPROXY_ADMIN_AUTH_TOKEN`) are settings of their own, not overrides. Values are set as
 /// strings; the typed reader parses numbers and booleans from strings, so `…__PORT=8080` works.
+/// A value is taken literally: its `$` are escaped, so a token like `pa$$w` is not expanded.
 /// Returns the overrides applied (name only, never the value, which may be a secret).
 pub fn apply_overrides(root: &mut Value, env: &dyn Env) -> Result<Vec<String>, String> {
     let mut vars: Vec<(String, String)> =
@@ -121,7 +125,8 @@ pub fn apply_overrides(root: &mut Value, env: &dyn Env) -> Result<Vec<String>, S
         if path.iter().any(|s| s.is_empty()) {
             return Err(format!("environment override {name}: empty path segment"));
         }
-        set_path(root, &path, Value::String(value)).map_err(|e| format!("environment override {name}: {e}"))?;
+        set_path(root, &path, Value::String(value.replace('$', "$$")))
+            .map_err(|e| format!("environment override {name}: {e}"))?;
         applied.push(name);
     }
     Ok(applied)

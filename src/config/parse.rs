@@ -526,6 +526,21 @@ fn http_client(node: &Node) -> Result<HttpClient, ConfigError> {
             }
         }
     };
+    let sse_keepalive = match f.get("sse_keepalive") {
+        None => None,
+        Some(n) => {
+            let every = n.u64_in(1..=3600)?;
+            // The comments fill silences shorter than timeout.request, which ends the stream
+            // (or the whole answer) first: a longer interval would never send one.
+            if every >= timeout.request {
+                return Err(n.error(format!(
+                    "must be shorter than timeout.request ({}s), which would end a silent stream before the first keep-alive",
+                    timeout.request
+                )));
+            }
+            Some(every)
+        }
+    };
     Ok(HttpClient {
         agent,
         keepalive: f.u64_or("keepalive", 60, 0..=600)?,
@@ -534,6 +549,6 @@ fn http_client(node: &Node) -> Result<HttpClient, ConfigError> {
         retry,
         proxy,
         track_usage: f.bool_or("track_usage", false)?,
-        sse_keepalive: f.get("sse_keepalive").map(|n| n.u64_in(1..=3600)).transpose()?,
+        sse_keepalive,
     })
 }

@@ -23,8 +23,17 @@ pub fn config(c: &Config) -> Result<(), ConfigError> {
     for (i, f) in c.http_server.forwards.iter().enumerate() {
         known_group(format!("http_server.forwards[{i}].default_group"), &f.default_group)?;
         let mut router = crate::router::Router::new();
+        let mut rules = HashSet::new();
         for (j, r) in f.routing.iter().enumerate() {
             known_group(format!("http_server.forwards[{i}].routing[{j}].target_group"), &r.target_group)?;
+            // A repeated rule could never match (the first one wins) and would share its id in
+            // the admin API.
+            if r.is_conditional() && !rules.insert(r.key()) {
+                return Err(ConfigError::at(
+                    &format!("http_server.forwards[{i}].routing[{j}]"),
+                    "repeats the conditions of an earlier rule, which always matches first",
+                ));
+            }
             let Some(path) = &r.path else { continue };
             let at = format!("http_server.forwards[{i}].routing[{j}].path");
             // Conditional rules are matched one by one, path rules share the trie (where a

@@ -5,8 +5,10 @@
 //! ignored and trailer fields dropped (no LLM API sends them, and the client's response is
 //! re-framed by the server side anyway). Anything malformed is an error: the body's end would
 //! be unknown, so the connection cannot be trusted further. A bare CR inside a framing line is
-//! refused (parsers that disagree on it are how requests are smuggled); a bare LF line end is
-//! accepted, as most servers do. Extensions and trailers together are capped per body, so a
+//! refused (parsers that disagree on it are how requests are smuggled). A bare LF line end is
+//! accepted from upstreams, as most clients do, but not in a client's request body
+//! ([`Chunked::for_requests`]): a front proxy that reads `2;x\nAB` as one extension line would
+//! see another body than we do. Extensions and trailers together are capped per body, so a
 //! peer cannot keep a body going on framing alone.
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,6 +24,8 @@ pub struct Chunked {
     at: At,
     /// Bytes of extensions and trailers seen so far.
     overhead: usize,
+    /// Every framing line must end with CRLF.
+    strict: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +52,18 @@ pub enum Step {
 }
 
 impl Chunked {
+    /// A decoder for request bodies: every framing line must end with CRLF.
+    pub fn for_requests() -> Self {
+        Chunked { strict: true, ..Chunked::default() }
+    }
+
     /// Consumes framing from `buf` up to the next piece of data, the end, or the end of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
         loop {
             match self.at {
                 At::Size => {
                     let Some(line_len) = line(buf)? else { return Ok(Step::NeedMore) };
-                    let (size, extensions) = chunk_size(&buf[..line_len])?;
+                    let (size, extensions) = chunk_size(self.line_end(&buf[..line_len])?)?;
                     self.add_overhead(extensions)?;
                     buf.advance(line_len);
                     self.at = if size == 0 { At::Trailers } else { At::Data(size) };
@@ -71,7 +80,7 @@ impl Chunked {
                 At::DataEnd => {
                     match buf.first() {
                         None => return Ok(Step::NeedMore),
-                        Some(b'\n') => buf.advance(1),
+                        Some(b'\n') if !self.strict => buf.advance(1),
                         Some(b'\r') if buf.len() < 2 => return Ok(Step::NeedMore),
                         Some(b'\r') if buf[1] == b'\n' => buf.advance(2),
                         Some(_) => return Err("chunk data not followed by CRLF"),
@@ -80,6 +89,7 @@ impl Chunked {
                 }
                 At::Trailers => {
                     let Some(line_len) = line(buf)? else { return Ok(Step::NeedMore) };
+                    self.line_end(&buf[..line_len])?;
                     let blank = matches!(&buf[..line_len], b"\n" | b"\r\n");
                     if !blank {
                         content(&buf[..line_len])?;
@@ -93,6 +103,14 @@ impl Chunked {
                 At::Done => return Ok(Step::End),
             }
         }
+    }
+
+    /// `line` itself, if its line end is one this decoder accepts.
+    fn line_end<'a>(&self, line: &'a [u8]) -> Result<&'a [u8], &'static str> {
+        if self.strict && !line.ends_with(b"\r\n") {
+            return Err("chunk framing line not ended by CRLF");
+        }
+        Ok(line)
     }
 
     fn add_overhead(&mut self, bytes: usize) -> Result<(), &'static str> {
@@ -149,7 +167,10 @@ mod tests {
     /// Feeds `wire` to a decoder `piece` bytes at a time; returns the data and what was left
     /// in the buffer after the end.
     fn decode_in_pieces(wire: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
-        let mut state = Chunked::default();
+        decode_with(Chunked::default(), wire, piece)
+    }
+
+    fn decode_with(mut state: Chunked, wire: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
         let mut buf = BytesMut::new();
         let mut data = Vec::new();
         let mut chunks = wire.chunks(piece);
@@ -200,5 +221,17 @@ mod tests {
         assert_eq!(decode_in_pieces(&extensions, 4096), Err("chunk extensions and trailers too long"));
         let trailers: Vec<u8> = [&b"0\r\n"[..], &b"x-t: 1\r\n".repeat(3000), b"\r\n"].concat();
         assert_eq!(decode_in_pieces(&trailers, 4096), Err("chunk extensions and trailers too long"));
+    }
+
+    #[test]
+    fn request_bodies_need_crlf_everywhere() {
+        let good = b"2;x=1\r\nAB\r\n0\r\nt: 1\r\n\r\n";
+        assert_eq!(decode_with(Chunked::for_requests(), good, 3).unwrap().0, b"AB");
+        let bare_lf: [&[u8]; 4] =
+            [b"2;x\nAB\r\n0\r\n\r\n", b"2\r\nAB\n0\r\n\r\n", b"2\r\nAB\r\n0\n\r\n", b"0\r\nt: 1\n\r\n"];
+        for wire in bare_lf {
+            assert!(decode_with(Chunked::for_requests(), wire, 64).is_err(), "{:?}", String::from_utf8_lossy(wire));
+            assert!(decode_in_pieces(wire, 64).is_ok(), "answers stay lenient: {:?}", String::from_utf8_lossy(wire));
+        }
     }
 }

@@ -103,7 +103,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         (Some(true), None) if version == Version::HTTP_10 => {
             return Err(ApiError::bad_request("transfer-encoding in an HTTP/1.0 request"))
         }
-        (Some(true), None) => BodyFraming::Chunked(Chunked::default()),
+        (Some(true), None) => BodyFraming::Chunked(Chunked::for_requests()),
         (None, n) => BodyFraming::Length(n.unwrap_or(0)),
     };
     let mut parts = Request::new(()).into_parts().0;
