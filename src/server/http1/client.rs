@@ -49,6 +49,8 @@ pub struct Inbound<'s> {
     body: Option<BodyFraming>,
     /// Bytes of `100 Continue` written, while it is owed (see [`Client::start_request`]).
     continue_written: Option<usize>,
+    /// How much of `buf` the last parse found to be an incomplete head (0: none tried).
+    pub partial_head: usize,
     /// The client closed its side (or the connection failed).
     pub eof: bool,
     /// The close came with requests still buffered (see [`Client::poll_gone`]).
@@ -63,6 +65,23 @@ impl Inbound<'_> {
     pub fn socket(&self) -> &TcpStream {
         self.read.as_ref()
     }
+
+    /// Whether parsing `buf` again may find a complete head: on the first bytes, once a blank
+    /// line has arrived, or once the buffer has doubled since the last try (so a malformed head
+    /// is still refused early). A head trickling in byte by byte is then parsed a logarithmic
+    /// number of times, not once per byte.
+    pub fn head_may_be_complete(&self) -> bool {
+        let tried = self.partial_head;
+        if self.buf.len() <= tried {
+            return false;
+        }
+        if tried == 0 || self.buf.len() >= 2 * tried {
+            return true;
+        }
+        // The new bytes, and the three before them that may start `\n\r\n`.
+        let fresh = &self.buf[tried.saturating_sub(3)..];
+        fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n")
+    }
 }
 
 impl<'s> Client<'s> {
@@ -74,6 +93,7 @@ impl<'s> Client<'s> {
             buf,
             body: None,
             continue_written: None,
+            partial_head: 0,
             eof: false,
             pipelined_then_closed: false,
             busy: None,

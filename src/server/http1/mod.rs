@@ -135,9 +135,13 @@ async fn next_head(
     poll_fn(|cx| {
         let mut inbound = client.lock();
         loop {
-            if !inbound.buf.is_empty() {
-                if let Some(head) = request::parse(&mut inbound.buf)? {
-                    return Poll::Ready(Ok(Some(head)));
+            if inbound.head_may_be_complete() {
+                match request::parse(&mut inbound.buf)? {
+                    Some(head) => {
+                        inbound.partial_head = 0;
+                        return Poll::Ready(Ok(Some(head)));
+                    }
+                    None => inbound.partial_head = inbound.buf.len(),
                 }
             }
             if inbound.eof {
@@ -193,5 +197,28 @@ mod tests {
         assert_eq!(head.map(|h| h.parts.uri.to_string()), Some("/2".to_string()));
         // Nothing more on its way: done at once.
         assert!(next_head(&c, &closing, peer).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_head_arriving_in_small_pieces_is_not_parsed_again_for_each() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        let c = Client::new(&mut accepted, Activity::new(), Duration::from_secs(1));
+        let mut inbound = c.lock();
+        inbound.buf.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\nx-long-header-name: ");
+        assert!(inbound.head_may_be_complete(), "the first bytes are parsed (a bad request line fails early)");
+        inbound.partial_head = inbound.buf.len();
+        assert!(!inbound.head_may_be_complete(), "nothing new");
+        inbound.buf.extend_from_slice(b"v\r\n");
+        assert!(!inbound.head_may_be_complete(), "no blank line yet, and far from twice the size");
+        inbound.buf.extend_from_slice(b"\r");
+        assert!(!inbound.head_may_be_complete());
+        inbound.buf.extend_from_slice(b"\n");
+        assert!(inbound.head_may_be_complete(), "the blank line, split across two reads");
+        let tried = inbound.partial_head;
+        inbound.buf.truncate(tried);
+        inbound.buf.extend_from_slice(&[b'v'; 64]);
+        assert!(inbound.head_may_be_complete(), "twice the size: parsed again to enforce the limits");
     }
 }
