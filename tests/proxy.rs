@@ -560,7 +560,8 @@ async fn upstream_connections_are_reused_and_a_closed_one_is_replaced() {
 
 /// A raw TCP upstream for framing cases no HTTP library would produce on purpose: each request
 /// (on any connection) gets the next canned answer, written a few bytes at a time. A connection
-/// stays open after its answer unless the answer ends with the close.
+/// stays open after its answer unless the answer ends with the close (an empty answer with the
+/// close: the request is read and the connection closed unanswered).
 async fn raw_upstream(answers: Vec<(&'static [u8], bool)>) -> (std::net::SocketAddr, std::sync::Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -599,6 +600,27 @@ async fn raw_upstream(answers: Vec<(&'static [u8], bool)>) -> (std::net::SocketA
         }
     });
     (addr, connections)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_pooled_connection_closes_unanswered_is_sent_again() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // The second request finds the pooled connection closing under it (a keep-alive timeout
+    // racing the request): a GET goes again on a fresh connection and succeeds.
+    let (up, connections) = raw_upstream(vec![(OK, false), (b"", true), (OK, false)]).await;
+    let server = start(&single_upstream_config(&format!("http://{up}"), "", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    assert_eq!(get(addr, "/a").await.0, StatusCode::OK);
+    let (status, _, body) = get(addr, "/b").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    // A POST is not sent twice behind the retry policy's back: the upstream may have acted on it.
+    let (up, connections) = raw_upstream(vec![(OK, false), (b"", true), (OK, false)]).await;
+    let server = start(&single_upstream_config(&format!("http://{up}"), "", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    assert_eq!(post(addr, "/a", "{}").await.0, StatusCode::OK);
+    assert_eq!(post(addr, "/b", "{}").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -15,9 +15,13 @@
 //! else the body runs to the close. A connection is reused only after a complete, exactly framed
 //! response that did not ask to close.
 //!
-//! An idle connection is not read, so a close by the upstream is noticed when it is taken (from
-//! the readiness the event loop already has — no system call); a request whose write fails on
-//! a pooled connection was not received and goes again on a fresh one.
+//! An idle connection is not read, so a close by the upstream is noticed when it is taken: from
+//! the readiness the event loop already has (no system call), and, for a connection idle long
+//! enough for an upstream's keep-alive timeout to have ended it, by asking the socket. A request
+//! whose write fails on a pooled connection was not received and goes again on a fresh one; so
+//! does an idempotent request whose pooled connection closes before any byte of an answer (the
+//! upstream's keep-alive ran out as it went out), as RFC 9110 §9.2.2 allows. A `POST` is not
+//! sent twice behind the retry policy's back: the upstream may have started on it.
 
 use crate::http1::chunked::{Chunked, Step};
 use crate::http1::{format_u64, HeadFacts};
@@ -45,6 +49,9 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
+/// A pooled connection idle this long is checked with a system call before reuse: the close of
+/// an upstream keep-alive timeout (uvicorn's is 5 s) may not have been reported yet.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 /// One upstream connection and its buffers, reused from request to request.
 struct Conn {
@@ -110,11 +117,13 @@ impl DirectPool {
         Arc::new(DirectPool { address, connect_timeout, keepalive, idle_timeout, idle: Mutex::new(Vec::new()) })
     }
 
-    fn take(&self) -> Option<Conn> {
+    /// The most recently used idle connection, and how long it was idle.
+    fn take(&self) -> Option<(Conn, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < self.idle_timeout {
-                return Some(c.conn);
+            let idle_for = c.since.elapsed();
+            if idle_for < self.idle_timeout {
+                return Some((c.conn, idle_for));
             }
         }
         None
@@ -143,10 +152,11 @@ impl DirectPool {
     /// as it is polled, and the connection returns to the pool when the body has been read.
     pub async fn send(self: &Arc<Self>, out: Outgoing<'_>) -> Result<Response<DirectBody>, SendError> {
         let head_request = out.method == Method::HEAD;
+        let idempotent = out.method.is_idempotent();
         loop {
             let (mut conn, pooled) = match self.take() {
-                Some(conn) if conn.closed_while_idle() => continue,
-                Some(conn) => (conn, true),
+                Some((conn, idle_for)) if conn.closed_while_idle(idle_for >= PROBE_AFTER) => continue,
+                Some((conn, _)) => (conn, true),
                 // Boxed: dialling is rare, and its future would otherwise enlarge every request's.
                 None => (Box::pin(self.dial()).await?, false),
             };
@@ -157,7 +167,11 @@ impl DirectPool {
                 Err(_) if pooled => continue,
                 Err(e) => return Err(SendError::Io(e)),
             }
-            let (head, framing) = conn.read_head(head_request).await?;
+            let (head, framing) = match conn.read_head(head_request).await {
+                Ok(head) => head,
+                Err(SendError::Io(e)) if pooled && idempotent && conn.read.is_empty() && closed(&e) => continue,
+                Err(e) => return Err(e),
+            };
             let mut body = DirectBody { conn: Some(conn), pool: self.clone(), framing };
             if body.framing.is_complete() {
                 body.finish();
@@ -168,10 +182,14 @@ impl DirectPool {
 }
 
 impl Conn {
-    /// Whether the upstream closed (or wrote to) the connection while it sat in the pool. Only
-    /// readiness the event loop already recorded leads to a read, so a live connection costs no
-    /// system call here.
-    fn closed_while_idle(&self) -> bool {
+    /// Whether the upstream closed (or wrote to) the connection while it sat in the pool. Unless
+    /// `ask_socket`, only readiness the event loop already recorded leads to a read, so a live
+    /// connection costs no system call here.
+    fn closed_while_idle(&self, ask_socket: bool) -> bool {
+        if ask_socket {
+            let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+            return !matches!(socket2::SockRef::from(&self.io).peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        }
         let mut probe = [0u8; 1];
         !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -235,6 +253,12 @@ impl Conn {
             }
         }
     }
+}
+
+/// Whether `e` says the connection was closed under us (rather than, say, a timeout).
+fn closed(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 /// Parses a complete response head at the start of `buf` and removes it (skipping interim 1xx
