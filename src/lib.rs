@@ -21,6 +21,7 @@ pub mod http1;
 pub mod json_scan;
 pub mod metrics;
 pub mod mock;
+pub mod percent;
 pub mod proxy;
 pub mod rand;
 pub mod ratelimit;

@@ -208,6 +208,15 @@ async fn client_keys_are_listed_masked_added_and_removed_through_the_api() {
         .body(Full::default())
         .unwrap();
     assert_eq!(send(addr, with_c).await.0, StatusCode::UNAUTHORIZED);
+    // The last key cannot be removed: the forward would be open to anyone.
+    let delete = |name: &str| {
+        Request::delete(format!("http://{admin}/api/v1/forwards/main/keys/{name}")).body(Full::default()).unwrap()
+    };
+    assert_eq!(send(admin, delete("team-a")).await.0, 200);
+    let (status, _, body) = send(admin, delete("team-b")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_message(&body).contains("last key"), "{}", error_message(&body));
+    assert_eq!(get(addr, "/v1/echo").await.0, StatusCode::UNAUTHORIZED, "still closed");
 }
 
 #[tokio::test]

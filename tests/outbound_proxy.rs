@@ -134,6 +134,49 @@ async fn socks5_proxy_carries_upstream_traffic_with_credentials() {
 }
 
 #[tokio::test]
+async fn percent_encoded_proxy_credentials_are_decoded() {
+    let up = TestUpstream::start().await;
+    let (proxy_url, log) = connect_proxy().await;
+    let proxy_url = proxy_url.replace("user:pa55@", "us%40er:p%2Fss%3A@");
+    let server =
+        start(&single_upstream_config(&up.url("/v1"), "", &format!("      proxy: {{url: \"{proxy_url}\"}}"))).await;
+    assert_eq!(get(server.forward_addr("main").unwrap(), "/v1/echo").await.0, 200);
+    // base64("us@er:p/ss:")
+    let head = log.last_auth.lock().unwrap().clone();
+    assert!(head.contains("Basic dXNAZXI6cC9zczo="), "{head}");
+}
+
+#[tokio::test]
+async fn a_proxy_that_accepts_and_stalls_fails_the_connect_after_timeout_connect() {
+    let up = TestUpstream::start().await;
+    // Accepts, reads, never answers the CONNECT.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            held.push(c);
+        }
+    });
+    let client = format!("      proxy: {{url: \"http://{addr}\"}}\n      timeout: {{connect: 1, request: 300}}");
+    let server = start(&single_upstream_config(&up.url("/v1"), "", &client)).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, 502, "{}", error_message(&body));
+    assert!(error_message(&body).contains("timeout.connect"), "{}", error_message(&body));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "waited {:?}", started.elapsed());
+}
+
+#[test]
+fn https_proxies_are_refused_and_errors_mask_the_password() {
+    let yaml =
+        single_upstream_config("http://127.0.0.1:9/v1", "", "      proxy: {url: \"https://u:hunter2@proxy.example\"}");
+    let err = llmproxy::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("proxy.url") && err.contains("scheme \"https\" is not supported"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
 async fn unreachable_proxy_is_a_502() {
     let up = TestUpstream::start().await;
     let proxy_url = closed_port_url();

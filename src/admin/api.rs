@@ -37,7 +37,7 @@ where
         Err(_) => return ApiError::body_too_large(MAX_BODY as u64).into_response(),
     };
     let path = parts.uri.path().strip_prefix("/api/v1").unwrap_or("");
-    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
+    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(crate::percent::decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match route(shared, &parts.method, &segments, &body) {
         Ok((status, data)) => {
@@ -393,39 +393,22 @@ fn add_key(shared: &Shared, forward_name: &str, body: &[u8]) -> Reply {
     Ok((StatusCode::CREATED, shown))
 }
 
-/// Removes a client key by name. Removing the last key leaves the forward open (no `auth`).
+/// Removes a client key by name. The last key cannot be removed: a forward left without keys
+/// would serve anyone on the upstreams' credentials (revoking a leaked only key must not open the
+/// gateway). Opening a forward on purpose is a change to its `auth`, made in its configuration.
 fn delete_key(shared: &Shared, forward_name: &str, name: &str) -> Reply {
     change(shared, format!("forward {forward_name}: client key {name} removed"), |tree| {
         let keys = keys_mut(tree, forward_name)?;
         let i = position(keys, "name", name)
             .ok_or_else(|| ApiError::not_found(format!("forward \"{forward_name}\" has no key named \"{name}\"")))?;
-        keys.remove(i);
-        if keys.is_empty() {
-            let forwards = list_mut(tree, &["http_server", "forwards"])?;
-            if let Some(f) = position(forwards, "name", forward_name).and_then(|i| forwards[i].as_mapping_mut()) {
-                f.remove("auth");
-            }
+        if keys.len() == 1 {
+            return Err(ApiError::conflict(format!(
+                "\"{name}\" is the last key of forward \"{forward_name}\": without keys the forward would be open to \
+                 anyone; add its replacement first (or remove `auth` from the forward to open it)"
+            )));
         }
+        keys.remove(i);
         Ok(())
     })?;
     ok(json!({ "deleted": name }))
-}
-
-/// Decodes `%XX` escapes in a path segment (names may contain characters a URL must escape).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(b) = s.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -12,7 +12,7 @@ fn is_sensitive_header(name: &str) -> bool {
 }
 
 /// `scheme://user:password@host` → `scheme://user:***@host`.
-fn mask_userinfo(url: &str) -> String {
+pub fn mask_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {

@@ -320,14 +320,16 @@ fn health_check(node: &Node) -> Result<HealthCheck, ConfigError> {
 
 /// Checks that `url` parses and has one of `schemes` and a host.
 fn check_http_url(node: &Node, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let uri: hyper::Uri = url.parse().map_err(|e| node.error(format!("{url:?} is not a valid URL: {e}")))?;
+    // Errors show the URL with its password masked: they are logged.
+    let shown_url = crate::admin::redact::mask_userinfo(url);
+    let uri: hyper::Uri = url.parse().map_err(|e| node.error(format!("{shown_url:?} is not a valid URL: {e}")))?;
     let scheme = uri.scheme_str().unwrap_or("");
     if !schemes.contains(&scheme) {
         let shown = if scheme.is_empty() { "none".to_string() } else { format!("{scheme:?}") };
-        return Err(node.error(format!("{url:?}: scheme {shown} is not supported (use {})", schemes.join(", "))));
+        return Err(node.error(format!("{shown_url:?}: scheme {shown} is not supported (use {})", schemes.join(", "))));
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(node.error(format!("{url:?} has no host")));
+        return Err(node.error(format!("{shown_url:?} has no host")));
     }
     Ok(())
 }
@@ -519,7 +521,10 @@ fn http_client(node: &Node) -> Result<HttpClient, ConfigError> {
             let enabled = p.bool_or("enabled", !url.is_empty())?;
             if enabled {
                 let url_node = p.require("url")?;
-                check_http_url(&url_node, &url, &["http", "https", "socks5", "socks5h"])?;
+                // The proxy itself is spoken to in plain TCP (what is tunnelled to an https
+                // upstream stays TLS end to end): an `https://` proxy would get its CONNECT, and
+                // the credentials in it, in the clear.
+                check_http_url(&url_node, &url, &["http", "socks5", "socks5h"])?;
                 Some(OutboundProxy { url })
             } else {
                 None

@@ -1,9 +1,11 @@
 //! The pooled HTTP client of an upstream group: HTTP/1.1 and HTTP/2 (by ALPN), TLS with the
-//! webpki roots compiled in (a static binary on a bare host trusts public CAs), connect timeout,
-//! TCP keepalive, pool idle timeout, and an optional outbound proxy (HTTP CONNECT or SOCKS5).
+//! webpki roots compiled in (a static binary on a bare host trusts public CAs), connect timeout
+//! (over the whole connect: TCP, the proxy's handshake and TLS), TCP keepalive, pool idle
+//! timeout, and an optional outbound proxy (HTTP CONNECT or SOCKS5).
 //! Plain `http://` upstreams reached without a proxy use [`super::direct`] instead, which is
 //! cheaper per request; everything else goes through this client.
 
+use crate::body::BoxError;
 use crate::config;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,10 +16,13 @@ use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-type Pool<C> = Client<HttpsConnector<C>, Full<Bytes>>;
+type Pool<C> = Client<ConnectWithin<HttpsConnector<C>>, Full<Bytes>>;
 
 /// One concrete client type per way of reaching the network; a trait object would cost a box per
 /// connection attempt and hide the types hyper needs to see.
@@ -40,7 +45,8 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(cfg.timeout.idle))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
-        let wrap = |tls: rustls::ClientConfig| {
+        let limit = Duration::from_secs(cfg.timeout.connect);
+        let https = |tls: rustls::ClientConfig| {
             hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http()
@@ -48,7 +54,7 @@ impl HttpClient {
                 .enable_http2()
         };
         let Some(proxy) = &cfg.proxy else {
-            return Ok(HttpClient::Direct(builder.build(wrap(tls).wrap_connector(tcp))));
+            return Ok(HttpClient::Direct(builder.build(ConnectWithin::new(https(tls).wrap_connector(tcp), limit))));
         };
         let uri: Uri = proxy.url.parse().map_err(|e| format!("proxy url: {e}"))?;
         let (userinfo, host_port) = match uri.authority().map(|a| a.as_str()) {
@@ -62,21 +68,30 @@ impl HttpClient {
         let dst: Uri = format!("{}://{host_port}", if scheme.starts_with("socks") { "http" } else { scheme })
             .parse()
             .map_err(|e| format!("proxy url: {e}"))?;
+        // Userinfo is percent-encoded in a URL (a password with `/`, `@` or `:` must be).
+        let credentials = userinfo.as_deref().map(|u| match u.split_once(':') {
+            Some((user, pass)) => (crate::percent::decode(user), crate::percent::decode(pass)),
+            None => (crate::percent::decode(u), String::new()),
+        });
         if scheme.starts_with("socks5") {
             let mut socks = SocksV5::new(dst, tcp).local_dns(scheme == "socks5");
-            if let Some((user, pass)) = userinfo.as_deref().and_then(|u| u.split_once(':')) {
-                socks = socks.with_auth(user.to_string(), pass.to_string());
+            if let Some((user, pass)) = credentials {
+                // RFC 1929 gives each a one-byte length.
+                if user.len() > 255 || pass.len() > 255 {
+                    return Err("SOCKS5 user name and password must be at most 255 bytes each".into());
+                }
+                socks = socks.with_auth(user, pass);
             }
-            Ok(HttpClient::Socks(builder.build(wrap(tls).wrap_connector(socks))))
+            Ok(HttpClient::Socks(builder.build(ConnectWithin::new(https(tls).wrap_connector(socks), limit))))
         } else {
             let mut tunnel = Tunnel::new(dst, tcp);
-            if let Some(u) = userinfo {
-                let value = format!("Basic {}", crate::base64::encode(u.as_bytes()));
+            if let Some((user, pass)) = credentials {
+                let value = format!("Basic {}", crate::base64::encode(format!("{user}:{pass}").as_bytes()));
                 let header = hyper::header::HeaderValue::from_str(&value)
                     .map_err(|_| "proxy credentials are not valid".to_string())?;
                 tunnel = tunnel.with_auth(header);
             }
-            Ok(HttpClient::Tunnel(builder.build(wrap(tls).wrap_connector(tunnel))))
+            Ok(HttpClient::Tunnel(builder.build(ConnectWithin::new(https(tls).wrap_connector(tunnel), limit))))
         }
     }
 
@@ -86,6 +101,48 @@ impl HttpClient {
             HttpClient::Tunnel(c) => c.request(req).await,
             HttpClient::Socks(c) => c.request(req).await,
         }
+    }
+}
+
+/// A connector whose whole connect — TCP, the proxy's CONNECT or SOCKS5 exchange, the TLS
+/// handshake — must finish within `timeout.connect`. hyper's own connect timeout covers only
+/// TCP: a proxy or upstream that accepts and then stalls would hold the attempt until
+/// `timeout.request`, and a connect that lost its race to a pooled connection (which hyper
+/// finishes in the background) would never end.
+#[derive(Clone)]
+pub struct ConnectWithin<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> ConnectWithin<C> {
+    fn new(inner: C, limit: Duration) -> Self {
+        ConnectWithin { inner, limit }
+    }
+}
+
+impl<C> tower_service::Service<Uri> for ConnectWithin<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (connecting, limit) = (self.inner.call(uri), self.limit);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(done) => done.map_err(Into::into),
+                Err(_) => Err(format!("connect did not finish within {}s (timeout.connect)", limit.as_secs()).into()),
+            }
+        })
     }
 }
 
