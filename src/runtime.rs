@@ -203,7 +203,10 @@ fn build_group(
             let direct = direct_pool(
                 &upstreams[i],
                 &g.http_client,
-                old_group.and_then(|og| og.members.iter().find(|om| om.upstream.name == m.name)),
+                // Kept only while the client settings that shaped it (timeouts, keepalive) hold.
+                old_group
+                    .filter(|og| og.config.http_client == g.http_client)
+                    .and_then(|og| og.members.iter().find(|om| om.upstream.name == m.name)),
             );
             Ok(Member { upstream: upstreams[i].clone(), weight: m.weight, metrics, direct })
         })
@@ -325,5 +328,32 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(group_client: &str) -> Config {
+        let yaml = format!(
+            "http_server:\n  forwards: [{{name: f, port: 0, address: 127.0.0.1, default_group: g}}]\n\
+             upstreams: [{{name: up, url: \"http://127.0.0.1:9\"}}]\n\
+             upstream_groups: [{{name: g, upstreams: [{{name: up}}], http_client: {group_client}}}]\n"
+        );
+        crate::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap()
+    }
+
+    fn pool(rt: &Runtime) -> Arc<DirectPool> {
+        rt.groups[0].members[0].direct.clone().unwrap()
+    }
+
+    #[test]
+    fn a_direct_pool_is_kept_only_while_its_client_settings_hold() {
+        let first = Runtime::build(config("{timeout: {connect: 5}}")).unwrap();
+        let same = Runtime::rebuild(config("{timeout: {connect: 5}}"), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&pool(&first), &pool(&same)), "unchanged: connections are kept");
+        let changed = Runtime::rebuild(config("{timeout: {connect: 1}}"), Some(&same)).unwrap();
+        assert!(!Arc::ptr_eq(&pool(&same), &pool(&changed)), "a new connect timeout takes effect");
     }
 }

@@ -88,6 +88,23 @@ impl ForwardMetrics {
 /// and upstreams, so their number is capped and the rest are counted under `model="other"`.
 const MAX_TOKEN_SERIES: usize = 1000;
 
+/// The longest model name kept as a label: real ones are far shorter, and a client-chosen name
+/// must not make every scrape megabytes long.
+const MAX_MODEL_LABEL: usize = 128;
+
+/// `model` as a label: cut to `MAX_MODEL_LABEL` bytes (at a character boundary), and `invalid`
+/// when it holds control characters, which no model name has.
+fn model_label(model: &str) -> &str {
+    if model.chars().any(char::is_control) {
+        return "invalid";
+    }
+    let mut end = model.len().min(MAX_MODEL_LABEL);
+    while !model.is_char_boundary(end) {
+        end -= 1;
+    }
+    &model[..end]
+}
+
 struct TokenSeries {
     group: Box<str>,
     upstream: Box<str>,
@@ -107,6 +124,7 @@ pub struct TokenCounters {
 
 impl TokenCounters {
     pub fn add(&self, group: &str, upstream: &str, model: &str, key: Option<&str>, usage: crate::usage::Usage) {
+        let model = model_label(model);
         let find = |series: &[TokenSeries], model: &str| {
             series.iter().position(|s| {
                 &*s.group == group && &*s.upstream == upstream && &*s.model == model && s.key.as_deref() == key
@@ -397,5 +415,18 @@ fn health_checks(e: &mut Encoder, rt: &Runtime) {
             &[("upstream", &u.name), ("result", "fail")],
             u.health_failures.get(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_bounded_and_printable() {
+        assert_eq!(model_label("gpt-4o"), "gpt-4o");
+        assert_eq!(model_label(&"m".repeat(1_000_000)).len(), MAX_MODEL_LABEL);
+        assert_eq!(model_label(&format!("{}é", "m".repeat(MAX_MODEL_LABEL - 1))), "m".repeat(MAX_MODEL_LABEL - 1));
+        assert_eq!(model_label("a\nb"), "invalid");
     }
 }
