@@ -12,7 +12,7 @@ use crate::metrics::Counter;
 use crate::ratelimit::Gcra;
 use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -44,14 +44,16 @@ impl ClientKeys {
         let keys: Vec<ClientKey> = cfg
             .keys
             .iter()
-            .map(|k| ClientKey {
-                name: k.name.as_str().into(),
-                secret: k.key.as_bytes().into(),
-                limiter: k.ratelimit.as_ref().map(|r| (Gcra::new(r.per_second, r.burst), AtomicU64::new(0))),
-                requests: previous
-                    .and_then(|p| p.keys.iter().find(|old| *old.name == *k.name))
-                    .map(|old| old.requests.clone())
-                    .unwrap_or_default(),
+            .map(|k| {
+                // A key kept across a change keeps its count and what it owes its rate limit.
+                let old = previous.and_then(|p| p.keys.iter().find(|old| *old.name == *k.name));
+                let debt = old.and_then(|o| o.limiter.as_ref()).map_or(0, |(_, tat)| tat.load(Ordering::Acquire));
+                ClientKey {
+                    name: k.name.as_str().into(),
+                    secret: k.key.as_bytes().into(),
+                    limiter: k.ratelimit.as_ref().map(|r| (Gcra::new(r.per_second, r.burst), AtomicU64::new(debt))),
+                    requests: old.map(|o| o.requests.clone()).unwrap_or_default(),
+                }
             })
             .collect();
         let by_secret = keys.iter().enumerate().map(|(i, k)| (k.secret.clone(), i)).collect();

@@ -41,8 +41,9 @@ pub struct Forward {
     pub rules: Vec<ConditionalRule>,
     pub default_group: usize,
     pub max_body_size: u64,
-    /// Per-client-IP limiter, when the forward's `ratelimit` is enabled.
-    pub client_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// Per-client-IP limiter, when the forward's `ratelimit` is enabled (shared with the
+    /// previous runtime while the limits are unchanged, so a reload forgives no client).
+    pub client_limiter: Option<Arc<KeyedLimiter<IpAddr>>>,
     pub access: Option<AccessList>,
     pub keys: Option<ClientKeys>,
     pub access_log: bool,
@@ -112,9 +113,14 @@ impl Runtime {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| match previous.and_then(|p| p.upstreams.iter().find(|old| old.config == *u)) {
-                Some(old) => Ok(old.clone()),
-                None => Upstream::compile(u).map(Arc::new).map_err(|e| format!("upstream {}: {e}", u.name)),
+            .map(|u| {
+                let old = previous.and_then(|p| p.upstreams.iter().find(|old| old.name == u.name));
+                match old {
+                    Some(old) if old.config == *u => Ok(old.clone()),
+                    _ => Upstream::compile_after(u, old.map(|o| &**o))
+                        .map(Arc::new)
+                        .map_err(|e| format!("upstream {}: {e}", u.name)),
+                }
             })
             .collect::<Result<_, _>>()?;
         let groups = config
@@ -136,12 +142,17 @@ impl Runtime {
                     _ => rules.push(ConditionalRule::compile(r, target)?),
                 }
             }
-            let client_limiter = f
-                .ratelimit
-                .as_ref()
-                .filter(|r| r.enabled)
-                .map(|r| KeyedLimiter::new(Gcra::new(r.per_second, r.burst), CLIENT_LIMITER_CAPACITY));
             let old = previous.and_then(|p| p.forward(&f.name));
+            let old_limits = previous
+                .and_then(|p| p.config.http_server.forwards.iter().find(|o| o.name == f.name))
+                .map(|o| &o.ratelimit);
+            let client_limiter =
+                match old.and_then(|o| o.client_limiter.clone()) {
+                    Some(same) if old_limits == Some(&f.ratelimit) => Some(same),
+                    _ => f.ratelimit.as_ref().filter(|r| r.enabled).map(|r| {
+                        Arc::new(KeyedLimiter::new(Gcra::new(r.per_second, r.burst), CLIENT_LIMITER_CAPACITY))
+                    }),
+                };
             let metrics = old.map(|o| o.metrics.clone()).unwrap_or_default();
             forwards.push(Forward {
                 name: f.name.as_str().into(),
@@ -355,5 +366,42 @@ mod tests {
         assert!(Arc::ptr_eq(&pool(&first), &pool(&same)), "unchanged: connections are kept");
         let changed = Runtime::rebuild(config("{timeout: {connect: 1}}"), Some(&same)).unwrap();
         assert!(!Arc::ptr_eq(&pool(&same), &pool(&changed)), "a new connect timeout takes effect");
+    }
+
+    fn limited(token: &str, body: &str) -> Config {
+        let yaml = format!(
+            "http_server:\n  forwards:\n    - {{name: f, port: 0, address: 127.0.0.1, default_group: g, max_body_size: {body},\n       \
+             ratelimit: {{per_second: 1, burst: 1}}, auth: {{keys: [{{name: k, key: sk-1, ratelimit: {{per_second: 1, burst: 1}}}}]}}}}\n\
+             upstreams:\n  - {{name: up, url: \"http://127.0.0.1:9\", auth: {{type: bearer, token: {token}}},\n     \
+             max_concurrency: 2, breaker: {{threshold: 0.5, cooldown: 60}}, ratelimit: {{per_second: 1, burst: 1}}}}\n\
+             upstream_groups: [{{name: g, upstreams: [{{name: up}}]}}]\n"
+        );
+        crate::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap()
+    }
+
+    #[test]
+    fn a_change_forgives_no_client_and_forgets_no_request_in_flight() {
+        let first = Runtime::build(limited("t1", "1MiB")).unwrap();
+        let now = 1_000 * crate::clock::NANOS_PER_SEC;
+        let up = first.upstreams[0].clone();
+        let _in_flight = up.load.try_begin(Some(2)).unwrap();
+        up.healthy.store(false, Ordering::Relaxed);
+        let fwd = first.forward("f").unwrap();
+        let client = IpAddr::from([10, 0, 0, 1]);
+        assert!(fwd.client_limiter.as_ref().unwrap().check(&client, now).is_ok());
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-api-key", hyper::header::HeaderValue::from_static("sk-1"));
+        assert!(fwd.keys.as_ref().unwrap().admit(&mut headers.clone(), now).is_ok());
+
+        // The upstream's token and the forward's body limit change; the limits do not.
+        let second = Runtime::rebuild(limited("t2", "2MiB"), Some(&first)).unwrap();
+        let next = &second.upstreams[0];
+        assert!(!Arc::ptr_eq(&up, next), "recompiled with the new token");
+        assert_eq!(next.load.inflight(), 1, "the request in flight still counts against max_concurrency");
+        assert!(Arc::ptr_eq(up.breaker.as_ref().unwrap(), next.breaker.as_ref().unwrap()));
+        assert!(!next.healthy.load(Ordering::Relaxed), "a failing upstream stays out until it passes");
+        let fwd = second.forward("f").unwrap();
+        assert!(fwd.client_limiter.as_ref().unwrap().check(&client, now).is_err(), "the client still owes");
+        assert!(fwd.keys.as_ref().unwrap().admit(&mut headers, now).is_err(), "the key still owes");
     }
 }

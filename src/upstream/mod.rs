@@ -16,7 +16,7 @@ use breaker::Breaker;
 use header_plan::{HeaderOp, PlannedHeader};
 use hyper::header::{HeaderName, HeaderValue};
 use load::Load;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 pub use target::HttpTarget;
 
@@ -33,7 +33,9 @@ pub struct Upstream {
     pub authorization: Option<HeaderValue>,
     /// The `headers` operations, reduced to their net effect per header name.
     pub header_plan: Vec<PlannedHeader>,
-    pub breaker: Option<Breaker>,
+    /// Shared with the upstream this one replaces on a reload when the breaker settings and the
+    /// target are the same (an open breaker stays open).
+    pub breaker: Option<Arc<Breaker>>,
     pub load: Arc<Load>,
     /// Request-rate cap towards this upstream: the limiter and its one word of state.
     pub rate: Option<(Gcra, AtomicU64)>,
@@ -50,6 +52,15 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn compile(cfg: &config::Upstream) -> Result<Self, String> {
+        Self::compile_after(cfg, None)
+    }
+
+    /// Compiles `cfg` as the successor of `previous` (the same upstream, changed by a reload or
+    /// the admin API): what describes the upstream's current condition carries over — requests
+    /// in flight (so `max_concurrency` holds across the change), load statistics, rate-limit
+    /// debt, breaker and health state — as long as it is still the same target; counters
+    /// continue.
+    pub fn compile_after(cfg: &config::Upstream, previous: Option<&Upstream>) -> Result<Self, String> {
         let target = match &cfg.mock {
             Some(mock) => Target::Mock(mock.clone()),
             None => Target::Http(HttpTarget::parse(&cfg.url)?),
@@ -77,19 +88,34 @@ impl Upstream {
                 Ok(HeaderOp { kind: op.op, name, value })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let same = previous.filter(|p| p.config.url == cfg.url && p.config.mock == cfg.mock);
+        let breaker = match (&cfg.breaker, same) {
+            (Some(b), Some(p)) if p.config.breaker.as_ref() == Some(b) => p.breaker.clone(),
+            (Some(b), _) => Some(Arc::new(Breaker::new(b.threshold, b.cooldown))),
+            (None, _) => None,
+        };
+        let rate = cfg.ratelimit.as_ref().map(|r| {
+            let debt = same.and_then(|p| p.rate.as_ref()).map_or(0, |(_, tat)| tat.load(Ordering::Acquire));
+            (Gcra::new(r.per_second, r.burst), AtomicU64::new(debt))
+        });
+        let carried = |counter: fn(&Upstream) -> &Counter| {
+            let c = Counter::default();
+            c.add(previous.map_or(0, |p| counter(p).get()));
+            c
+        };
         Ok(Upstream {
             name: cfg.name.clone(),
             target,
             authorization,
             header_plan: header_plan::plan(&header_ops),
-            breaker: cfg.breaker.as_ref().map(|b| Breaker::new(b.threshold, b.cooldown)),
-            load: Arc::new(Load::default()),
-            rate: cfg.ratelimit.as_ref().map(|r| (Gcra::new(r.per_second, r.burst), AtomicU64::new(0))),
+            breaker,
+            load: same.map_or_else(|| Arc::new(Load::default()), |p| p.load.clone()),
+            rate,
             max_concurrency: cfg.max_concurrency,
-            healthy: AtomicBool::new(true),
+            healthy: AtomicBool::new(same.is_none_or(|p| p.healthy.load(Ordering::Acquire))),
             health_check: cfg.health_check.clone(),
-            health_passes: Counter::default(),
-            health_failures: Counter::default(),
+            health_passes: carried(|u| &u.health_passes),
+            health_failures: carried(|u| &u.health_failures),
             config: cfg.clone(),
         })
     }
