@@ -40,6 +40,13 @@ fn main() -> ExitCode {
             error!("{}: {e}", args.config.display());
             return ExitCode::FAILURE;
         }
+        // The certificates too: a pre-start check that passes must mean the start can.
+        let tls =
+            config.http_server.forwards.iter().filter_map(|f| f.tls.as_ref()).chain(&config.http_server.admin.tls);
+        if let Err(e) = tls.map(llmproxy::server::tls::acceptor).collect::<Result<Vec<_>, _>>() {
+            error!("{}: {e}", args.config.display());
+            return ExitCode::FAILURE;
+        }
         println!(
             "{}: configuration ok: {} forward(s), {} upstream(s), {} group(s), {} route(s)",
             args.config.display(),

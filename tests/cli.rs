@@ -63,6 +63,18 @@ fn test_flag_rejects_a_broken_config_with_file_and_path() {
 }
 
 #[test]
+fn test_flag_reads_the_tls_files() {
+    let yaml = mock_config(3000, 9000, "{}").replace(
+        "default_group: g}",
+        "default_group: g, tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}}",
+    );
+    let path = temp_config("tls.yaml", &yaml);
+    let out = bin().args(["-t", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "a check that passes must mean the start can");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls.cert /nonexistent/cert.pem"));
+}
+
+#[test]
 fn missing_config_names_the_path() {
     let out = bin().args(["-t", "-c", "/nonexistent/dir/cfg.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

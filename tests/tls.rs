@@ -18,8 +18,18 @@ fn tls_client(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 > {
+    client_trusting("ca.pem", h2)
+}
+
+fn client_trusting(
+    ca: &str,
+    h2: bool,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(format!("{FIXTURES}/ca.pem")).unwrap() {
+    for cert in CertificateDer::pem_file_iter(format!("{FIXTURES}/{ca}")).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -62,4 +72,40 @@ async fn unreadable_certificate_is_a_startup_error() {
     let config = llmproxy::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap();
     let err = llmproxy::server::Server::start(config).await.err().expect("must fail");
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reload_serves_a_certificate_renewed_in_place() {
+    let dir = std::env::temp_dir().join(format!("llmproxy-tls-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(format!("{FIXTURES}/cert.pem"), &cert).unwrap();
+    std::fs::copy(format!("{FIXTURES}/key.pem"), &key).unwrap();
+    let up = TestUpstream::start().await;
+    let yaml = single_upstream_config(&up.url("/v1"), "", "").replace(
+        "timeout: {connect: 1}",
+        &format!("timeout: {{connect: 5}}\n      tls: {{cert: {}, key: {}}}", cert.display(), key.display()),
+    );
+    let server = start(&yaml).await;
+    let port = server.forward_addr("main").unwrap().port();
+    let call = |ca: &'static str| async move {
+        client_trusting(ca, false)
+            .request(Request::get(format!("https://localhost:{port}/v1/echo")).body(Full::default()).unwrap())
+            .await
+            .map(|r| r.status())
+    };
+    assert_eq!(call("ca.pem").await.unwrap(), 200);
+    assert!(call("ca2.pem").await.is_err(), "the renewed certificate is not served yet");
+    // Renewed in place (as certbot does), then a reload of the unchanged configuration.
+    std::fs::copy(format!("{FIXTURES}/cert2.pem"), &cert).unwrap();
+    std::fs::copy(format!("{FIXTURES}/key2.pem"), &key).unwrap();
+    server.reload(llmproxy::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap()).unwrap();
+    assert_eq!(call("ca2.pem").await.unwrap(), 200, "new handshakes get the renewed certificate");
+    assert_eq!(server.forward_addr("main").unwrap().port(), port, "the listener was kept");
+    // A renewal that cannot be read rejects the reload and keeps serving the last good one.
+    std::fs::write(&key, "not a key").unwrap();
+    let err = server.reload(llmproxy::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap());
+    assert!(err.unwrap_err().contains("tls"));
+    assert_eq!(call("ca2.pem").await.unwrap(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -42,6 +42,8 @@ pub struct Server {
     pub admin: SocketAddr,
     forwards: Mutex<Vec<ForwardListener>>,
     admin_loop: Running,
+    /// The admin listener's certificate (renewed on reload; the listener itself is not rebound).
+    admin_tls: Option<Arc<tls::CertSlot>>,
 }
 
 /// An accept loop and the handle that stops it.
@@ -62,6 +64,7 @@ struct ForwardListener {
     config: config::Forward,
     addr: SocketAddr,
     running: Running,
+    tls: Option<Arc<tls::CertSlot>>,
 }
 
 #[derive(Clone)]
@@ -73,7 +76,7 @@ enum Role {
 struct Listener {
     role: Role,
     socket: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::CertSlot>>,
     header_timeout: Duration,
 }
 
@@ -81,9 +84,14 @@ fn forward_listener(f: &config::Forward) -> Result<Listener, String> {
     Ok(Listener {
         role: Role::Forward(f.name.as_str().into()),
         socket: listener::bind(SocketAddr::new(f.address, f.port))?,
-        tls: f.tls.as_ref().map(tls::acceptor).transpose()?,
+        tls: f.tls.as_ref().map(tls::CertSlot::load).transpose()?,
         header_timeout: Duration::from_secs(f.timeout.connect),
     })
+}
+
+/// The certificate a kept TLS listener is to serve after a reload, read again from its files.
+fn renewal(slot: Option<&Arc<tls::CertSlot>>) -> Result<Option<(Arc<tls::CertSlot>, TlsAcceptor)>, String> {
+    slot.map(|slot| Ok((slot.clone(), tls::acceptor(&slot.files)?))).transpose()
 }
 
 /// The parts of a forward that its listener depends on (the rest is read per request from the
@@ -121,7 +129,7 @@ impl Server {
         let admin_socket = Listener {
             role: Role::Admin,
             socket: listener::bind(SocketAddr::new(admin_cfg.address, admin_cfg.port))?,
-            tls: admin_cfg.tls.as_ref().map(tls::acceptor).transpose()?,
+            tls: admin_cfg.tls.as_ref().map(tls::CertSlot::load).transpose()?,
             header_timeout: Duration::from_secs(admin_cfg.timeout.connect),
         };
         let forward_configs = config.http_server.forwards.clone();
@@ -130,11 +138,13 @@ impl Server {
         let shared = Arc::new(Shared::new(runtime, admin_token));
         let mut forwards = Vec::new();
         for (l, cfg) in forward_sockets.into_iter().zip(forward_configs) {
+            let tls = l.tls.clone();
             let (addr, running) = spawn(l, &shared)?;
-            forwards.push(ForwardListener { config: cfg, addr, running });
+            forwards.push(ForwardListener { config: cfg, addr, running, tls });
         }
+        let admin_tls = admin_socket.tls.clone();
         let (admin, admin_loop) = spawn(admin_socket, &shared)?;
-        Ok(Server { shared, admin, forwards: Mutex::new(forwards), admin_loop })
+        Ok(Server { shared, admin, forwards: Mutex::new(forwards), admin_loop, admin_tls })
     }
 
     /// The bound address of a forward, by name.
@@ -152,23 +162,33 @@ impl Server {
     }
 
     /// Applies a configuration read from the file: binds listeners for new or moved forwards
-    /// (a bind failure rejects the whole reload), swaps the runtime, then drains the listeners of
-    /// forwards that are gone. The admin listener is not rebound.
+    /// and reads every TLS certificate again (a failure rejects the whole reload), swaps the
+    /// runtime, renews the certificates of the listeners kept, then drains the listeners of
+    /// forwards that are gone. The admin listener is not rebound (its certificate is renewed).
     pub fn reload(&self, config: Config) -> Result<(), String> {
         let mut forwards = self.lock_forwards();
         let mut fresh = Vec::new();
+        let mut renewed = Vec::new();
         for f in &config.http_server.forwards {
-            if !forwards.iter().any(|old| same_listener(&old.config, f)) {
+            match forwards.iter().find(|old| same_listener(&old.config, f)) {
+                Some(kept) => renewed.extend(renewal(kept.tls.as_ref())?),
                 // The old listener of a moved forward still holds the port: with SO_REUSEPORT the
                 // new one can bind beside it, and the old one drains once the swap is done.
-                fresh.push((forward_listener(f)?, f.clone()));
+                None => fresh.push((forward_listener(f)?, f.clone())),
             }
+        }
+        renewed.extend(renewal(self.admin_tls.as_ref())?);
+        if config.http_server.admin.tls.as_ref() != self.admin_tls.as_ref().map(|t| &t.files) {
+            crate::warn!("reload: the admin listener's TLS files changed; that takes a restart");
         }
         if self.shared.mark_file_config(Arc::new(config.clone())) {
             crate::warn!("reload: changes made through the admin API since the last load are replaced by the file");
         }
         let new_forwards = config.http_server.forwards.clone();
         self.shared.update(|_| Ok::<_, String>(config))?;
+        for (slot, acceptor) in renewed {
+            slot.replace(acceptor);
+        }
         let (keep, gone): (Vec<_>, Vec<_>) =
             forwards.drain(..).partition(|old| new_forwards.iter().any(|f| same_listener(&old.config, f)));
         for old in gone {
@@ -177,8 +197,9 @@ impl Server {
         }
         *forwards = keep;
         for (l, cfg) in fresh {
+            let tls = l.tls.clone();
             let (addr, running) = spawn(l, &self.shared)?;
-            forwards.push(ForwardListener { config: cfg, addr, running });
+            forwards.push(ForwardListener { config: cfg, addr, running, tls });
         }
         // Configuration order, so `forward_addrs` lists what the file lists.
         forwards.sort_by_key(|f| new_forwards.iter().position(|n| n.name == f.config.name));
@@ -249,7 +270,7 @@ fn serve(
     let shared = shared.clone();
     let conn = ClientConn::new(peer, l.tls.is_some());
     let idle_limit = l.header_timeout;
-    match (l.tls.clone(), role) {
+    match (l.tls.as_ref().map(|slot| slot.current()), role) {
         (None, Role::Forward(name)) => {
             tokio::spawn(serve_plain_forward(stream, name, builder, shared, conn, watcher, idle_limit));
         }

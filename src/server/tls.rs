@@ -1,9 +1,12 @@
-//! TLS termination (rustls, `ring` provider): HTTP/2 and HTTP/1.1 offered by ALPN.
+//! TLS termination (rustls, `ring` provider): HTTP/2 and HTTP/1.1 offered by ALPN. A
+//! listener's certificate sits in a [`CertSlot`], so a reload can put a renewed one in place
+//! for the next handshake without rebinding (certbot renews files in place, then reloads).
 
 use crate::config::Tls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
+use std::sync::RwLock;
 use tokio_rustls::TlsAcceptor;
 
 pub fn acceptor(cfg: &Tls) -> Result<TlsAcceptor, String> {
@@ -23,4 +26,25 @@ pub fn acceptor(cfg: &Tls) -> Result<TlsAcceptor, String> {
         .map_err(|e| format!("tls {} / {}: {e}", cfg.cert, cfg.key))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The acceptor a listener's next handshake uses.
+pub struct CertSlot {
+    acceptor: RwLock<TlsAcceptor>,
+    /// Where it was read from.
+    pub files: Tls,
+}
+
+impl CertSlot {
+    pub fn load(cfg: &Tls) -> Result<Arc<CertSlot>, String> {
+        Ok(Arc::new(CertSlot { acceptor: RwLock::new(acceptor(cfg)?), files: cfg.clone() }))
+    }
+
+    pub fn current(&self) -> TlsAcceptor {
+        self.acceptor.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, fresh: TlsAcceptor) {
+        *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
 }
