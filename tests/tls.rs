@@ -109,3 +109,59 @@ async fn a_reload_serves_a_certificate_renewed_in_place() {
     assert_eq!(call("ca2.pem").await.unwrap(), 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TLS connection to `port` speaking HTTP/1.1, trusting the test CA.
+async fn tls_stream(port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(format!("{FIXTURES}/ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+fn tls_config(up: &TestUpstream) -> String {
+    single_upstream_config(&up.url("/v1"), "", "").replace(
+        "timeout: {connect: 1}",
+        &format!("timeout: {{connect: 1}}\n      tls: {{cert: {FIXTURES}/cert.pem, key: {FIXTURES}/key.pem}}"),
+    )
+}
+
+#[tokio::test]
+async fn over_tls_a_body_that_stops_arriving_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start().await;
+    let server = start(&tls_config(&up)).await;
+    let mut c = tls_stream(server.forward_addr("main").unwrap().port()).await;
+    c.write_all(b"POST /v1/echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the stalled body must not hold the connection");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(up.log.requests(), 0);
+}
+
+#[tokio::test]
+async fn over_tls_a_client_that_reads_nothing_is_cut() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start().await;
+    let server = start(&tls_config(&up)).await;
+    let mut c = tls_stream(server.forward_addr("main").unwrap().port()).await;
+    c.write_all(b"GET /v1/big?mb=32 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let rt = server.shared.runtime();
+    let load = &rt.groups[0].members[0].upstream.load;
+    assert!(eventually(std::time::Duration::from_secs(5), || load.inflight() == 1).await);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || load.inflight() == 0).await,
+        "the answer nobody reads still holds the upstream"
+    );
+    drop(c);
+}

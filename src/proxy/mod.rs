@@ -201,8 +201,18 @@ where
     let (mut first, mut joined): (Option<Bytes>, Option<BytesMut>) = (None, None);
     let mut size = 0u64;
     while let Some(frame) = body.as_mut().frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::bad_request(format!("could not read the request body: {}", e.into())))?;
+        let frame = frame.map_err(|e| {
+            let e = e.into();
+            match e.downcast_ref::<crate::server::idle::BodyStalled>() {
+                Some(stalled) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    "request_timeout",
+                    stalled.to_string(),
+                ),
+                None => ApiError::bad_request(format!("could not read the request body: {e}")),
+            }
+        })?;
         let Ok(data) = frame.into_data() else { continue }; // trailers: nothing to forward
         size += data.len() as u64;
         if size > limit {

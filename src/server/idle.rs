@@ -10,10 +10,17 @@
 //! (a slow model, a long stream), never counts as idle. On the proxy's own HTTP/1.1 server a
 //! request counts as in flight once its body has arrived; until then the limit applies between
 //! the pieces of the body, so a client cannot hold a connection by trickling a body either.
+//!
+//! On connections hyper serves (TLS, HTTP/2) the same two limits hold through wrappers: a
+//! request body that stops arriving for the limit fails ([`Stalling`]), and a connection whose
+//! requests in flight all wait for the client to take their answers — hyper asks an answer
+//! for its next piece only once the client has made room — is closed when none has moved for
+//! the limit ([`Tracked`]): a client that stops reading must not hold its upstream requests.
 
 use crate::clock;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,11 +31,22 @@ pub struct Activity {
     in_flight: AtomicU32,
     /// When the last request ended (or the connection opened), on `clock`.
     idle_since: AtomicU64,
+    /// Requests in flight whose answer handed hyper a piece that it has not yet written (it
+    /// has not asked for the next one).
+    waiting_for_client: AtomicU32,
+    /// When an answer last moved (a piece handed over, or the next one asked for), on `clock`.
+    moved_at: AtomicU64,
 }
 
 impl Activity {
     pub fn new() -> Arc<Self> {
-        Arc::new(Activity { in_flight: AtomicU32::new(0), idle_since: AtomicU64::new(clock::now()) })
+        let now = clock::now();
+        Arc::new(Activity {
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(now),
+            waiting_for_client: AtomicU32::new(0),
+            moved_at: AtomicU64::new(now),
+        })
     }
 
     /// A request's head has arrived; the connection is busy until the guard is dropped.
@@ -45,11 +63,19 @@ impl Activity {
 
     /// How long past the limit the connection has been idle, or how long until it will be.
     fn remaining(&self, limit: Duration, now: u64) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Some(limit);
-        }
-        let deadline = self.idle_since.load(Ordering::Relaxed).saturating_add(limit.as_nanos() as u64);
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let since = match in_flight {
+            0 => self.idle_since.load(Ordering::Relaxed),
+            // Every answer waits for the client to read: stalled since the last movement.
+            n if self.waiting_for_client.load(Ordering::Relaxed) >= n => self.moved_at.load(Ordering::Relaxed),
+            _ => return Some(limit),
+        };
+        let deadline = since.saturating_add(limit.as_nanos() as u64);
         (deadline > now).then(|| Duration::from_nanos(deadline - now))
+    }
+
+    fn moved(&self) {
+        self.moved_at.store(clock::now(), Ordering::Relaxed);
     }
 }
 
@@ -71,15 +97,36 @@ pub async fn expired(activity: Arc<Activity>, limit: Duration) {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it is dropped.
+/// A response body that keeps its request counted as in flight until it is dropped, and notes
+/// whether its last piece is still waiting for the client.
 pub struct Tracked<B> {
     body: B,
-    _busy: Busy,
+    busy: Busy,
+    handed: bool,
 }
 
 impl<B> Tracked<B> {
     pub fn new(body: B, busy: Busy) -> Self {
-        Tracked { body, _busy: busy }
+        Tracked { body, busy, handed: false }
+    }
+
+    fn set_handed(&mut self, handed: bool) {
+        if self.handed != handed {
+            self.handed = handed;
+            let waiting = &self.busy.0.waiting_for_client;
+            if handed {
+                waiting.fetch_add(1, Ordering::Relaxed);
+            } else {
+                waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.busy.0.moved();
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.set_handed(false);
     }
 }
 
@@ -88,7 +135,78 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        // Asked for more: the client took what it was given.
+        this.set_handed(false);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            this.set_handed(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that fails when no piece of it arrives for `limit` (hyper-served
+/// connections; the proxy's own HTTP/1.1 server has this built in).
+pub struct Stalling<B> {
+    body: B,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Stalling<B> {
+    pub fn new(body: B, limit: Duration) -> Self {
+        Stalling { body, limit, timer: None }
+    }
+}
+
+/// The error of a request body that stopped arriving.
+#[derive(Debug)]
+pub struct BodyStalled(pub Duration);
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no part of the request body arrived for {}s (timeout.connect)", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl<B> Body for Stalling<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::body::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // The timer is armed only while a piece is awaited, and moved when one comes.
+                if let Some(t) = &mut this.timer {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.limit);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(limit))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

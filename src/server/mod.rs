@@ -313,7 +313,10 @@ async fn serve_io<I>(
             // The request's future (some kilobytes) is boxed once here; hyper moves the future it
             // is given several times per request, and that one is now a few hundred bytes.
             let resp = match &role {
-                Role::Forward(name) => Box::pin(crate::proxy::handle(&shared.runtime(), name, conn, req)).await,
+                Role::Forward(name) => {
+                    let req = req.map(|body| idle::Stalling::new(body, idle_limit));
+                    Box::pin(crate::proxy::handle(&shared.runtime(), name, conn, req)).await
+                }
                 Role::Admin => Box::pin(crate::admin::handle(&shared, req)).await,
             };
             Ok::<_, Infallible>(resp.map(|body| idle::Tracked::new(body, busy)))
