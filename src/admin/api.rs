@@ -221,7 +221,7 @@ fn replace_upstream(shared: &Shared, name: &str, body: &[u8]) -> Reply {
         _ => item["name"] = Value::String(name.to_string()),
     }
     let current = serde_json::to_value(upstream(&shared.runtime(), name)?).unwrap_or(Value::Null);
-    restore(&mut item, &current);
+    restore(&mut item, &current).map_err(ApiError::invalid_config)?;
     let yaml = to_yaml(&item)?;
     let rt = change(shared, format!("upstream {name} replaced"), |tree| {
         let list = list_mut(tree, &["upstreams"])?;
@@ -264,7 +264,7 @@ fn patch_group(shared: &Shared, name: &str, body: &[u8]) -> Reply {
         return Err(ApiError::bad_request("a group cannot be renamed"));
     }
     let current = serde_json::to_value(group(&shared.runtime(), name)?).unwrap_or(Value::Null);
-    restore(&mut patch, &current);
+    restore(&mut patch, &current).map_err(ApiError::invalid_config)?;
     let Value::Object(patch) = patch else {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     };

@@ -53,26 +53,52 @@ pub fn redact(v: &mut Value) {
 }
 
 /// Puts back current secrets wherever `new` carries the masked form of the value `old` has at
-/// the same place.
-pub fn restore(new: &mut Value, old: &Value) {
-    match (new, old) {
-        (Value::Object(n), Value::Object(o)) => {
+/// the same place. List items are matched by what names them — a header operation by its
+/// header, anything else by its `name` — so removing or reordering items cannot put one item's
+/// secret into another; items that name nothing are matched by position. A masked value with no
+/// counterpart is an error: it would otherwise be sent upstream as the literal `***`.
+pub fn restore(new: &mut Value, old: &Value) -> Result<(), String> {
+    restore_at(new, Some(old), "")
+}
+
+fn restore_at(new: &mut Value, old: Option<&Value>, path: &str) -> Result<(), String> {
+    match new {
+        Value::Object(n) => {
             for (k, child) in n.iter_mut() {
-                if let Some(prev) = o.get(k) {
-                    restore(child, prev);
-                }
+                let prev = old.and_then(|o| o.get(k));
+                restore_at(child, prev, &format!("{path}.{k}"))?;
             }
         }
-        (Value::Array(n), Value::Array(o)) => {
-            for (child, prev) in n.iter_mut().zip(o) {
-                restore(child, prev);
+        Value::Array(items) => {
+            let olds = old.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            for (i, child) in items.iter_mut().enumerate() {
+                let prev = match identity(child) {
+                    Some(id) => olds.iter().find(|o| identity(o).as_ref() == Some(&id)),
+                    None => olds.get(i),
+                };
+                restore_at(child, prev, &format!("{path}[{i}]"))?;
             }
         }
-        (Value::String(n), Value::String(o)) if n == MASK || (n.contains(MASK) && *n == mask_userinfo(o)) => {
-            *n = o.clone();
-        }
+        Value::String(n) if *n == MASK || n.contains(&format!(":{MASK}@")) => match old {
+            Some(Value::String(o)) if *n == MASK || *n == mask_userinfo(o) => *n = o.clone(),
+            _ => {
+                let at = path.trim_start_matches('.');
+                return Err(format!(
+                    "{at}: \"{MASK}\" stands for a secret, but there is none to keep here; send the value"
+                ));
+            }
+        },
         _ => {}
     }
+    Ok(())
+}
+
+/// What names a list item: a header operation's header (case-insensitive), else its `name`.
+fn identity(item: &Value) -> Option<String> {
+    if item.get("op").is_some() {
+        return item.get("key").and_then(Value::as_str).map(|k| format!("header {}", k.to_ascii_lowercase()));
+    }
+    item.get("name").and_then(Value::as_str).map(|n| format!("name {n}"))
 }
 
 #[cfg(test)]
@@ -98,7 +124,22 @@ mod tests {
         assert_eq!(shown["headers"][1]["value"], "on");
         assert_eq!(shown["url"], "https://bob:***@api.example.com/v1");
         let mut back = shown.clone();
-        restore(&mut back, &original);
+        restore(&mut back, &original).unwrap();
         assert_eq!(back, original);
+    }
+
+    #[test]
+    fn list_items_get_back_their_own_secrets_and_a_lone_mask_is_refused() {
+        let original = json!({"headers": [
+            {"op": "insert", "key": "x-trace", "value": "on"},
+            {"op": "insert", "key": "x-api-key", "value": "k-2"}
+        ]});
+        // x-trace removed: the masked x-api-key is now first, and must get its own value.
+        let mut edited = json!({"headers": [{"op": "insert", "key": "X-Api-Key", "value": "***"}]});
+        restore(&mut edited, &original).unwrap();
+        assert_eq!(edited["headers"][0]["value"], "k-2");
+        let mut unknown = json!({"headers": [{"op": "insert", "key": "authorization", "value": "***"}]});
+        let err = restore(&mut unknown, &original).unwrap_err();
+        assert!(err.starts_with("headers[0].value: "), "{err}");
     }
 }
