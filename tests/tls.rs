@@ -165,3 +165,20 @@ async fn over_tls_a_client_that_reads_nothing_is_cut() {
     );
     drop(c);
 }
+
+#[tokio::test]
+async fn over_tls_a_request_sent_just_after_the_drain_began_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start().await;
+    let server = start(&tls_config(&up)).await;
+    // Handshake done, request not yet sent (as for a connection from the drain's last sweep).
+    let mut c = tls_stream(server.forward_addr("main").unwrap().port()).await;
+    let drained = tokio::spawn(server.shutdown(std::time::Duration::from_secs(5)));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    c.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(drained.await.unwrap());
+}

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub struct Activity {
     waiting_for_client: AtomicU32,
     /// When an answer last moved (a piece handed over, or the next one asked for), on `clock`.
     moved_at: AtomicU64,
+    /// A request has begun on this connection.
+    began_any: AtomicBool,
 }
 
 impl Activity {
@@ -46,13 +48,19 @@ impl Activity {
             idle_since: AtomicU64::new(now),
             waiting_for_client: AtomicU32::new(0),
             moved_at: AtomicU64::new(now),
+            began_any: AtomicBool::new(false),
         })
     }
 
     /// A request's head has arrived; the connection is busy until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.began_any.store(true, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    pub fn began_any(&self) -> bool {
+        self.began_any.load(Ordering::Relaxed)
     }
 
     /// The client just made progress without a request being in flight yet (a piece of a

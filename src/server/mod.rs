@@ -33,6 +33,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+/// How long a connection hyper serves may take to begin its first request once a drain began.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// How long a forward removed by a reload may take to finish its requests and streams.
 const REMOVED_FORWARD_GRACE: Duration = Duration::from_secs(300);
 
@@ -326,7 +329,11 @@ async fn serve_io<I>(
     // A drain waits for every receiver to drop; `interrupts` drops its own when it fires, so this
     // one keeps the connection counted until it has closed.
     let _draining = drain.clone();
-    let outcome = drain::Guarded::new(connection, interrupts(drain, activity, idle_limit), |c| c.graceful_shutdown());
+    // hyper's graceful shutdown closes a connection that has not begun a request at once, even
+    // when the request is on its way (TLS handshake just done, or accepted in the drain's last
+    // sweep): such a connection gets a moment to begin one.
+    let side = interrupts(drain, activity, idle_limit, FIRST_REQUEST_GRACE);
+    let outcome = drain::Guarded::new(connection, side, |c| c.graceful_shutdown());
     match outcome.await {
         Some(Ok(())) => {}
         Some(Err(e)) => crate::debug!("connection from {peer} ended: {e}"),
@@ -380,20 +387,31 @@ async fn serve_plain_forward(
     );
     let _draining = drain.clone();
     let on_drain = move |_: std::pin::Pin<&mut _>| closing.store(true, Ordering::Relaxed);
-    if drain::Guarded::new(connection, interrupts(drain, activity, idle_limit), on_drain).await.is_none() {
+    // The HTTP/1.1 server answers a request that has arrived by itself (see `http1::next_head`).
+    let side = interrupts(drain, activity, idle_limit, Duration::ZERO);
+    if drain::Guarded::new(connection, side, on_drain).await.is_none() {
         closed_idle(peer, idle_limit);
     }
 }
 
 /// What may end a connection early: the listener's drain, or `idle_limit` without a request.
+/// On a drain, a connection that has not begun any request yet is given up to `first_request`
+/// to begin one.
 async fn interrupts(
     mut drain: watch::Receiver<()>,
     activity: Arc<idle::Activity>,
     idle_limit: Duration,
+    first_request: Duration,
 ) -> drain::Interrupt {
     tokio::select! {
-        _ = drain.changed() => drain::Interrupt::Drain,
-        () = idle::expired(activity, idle_limit) => drain::Interrupt::Idle,
+        _ = drain.changed() => {
+            let waited = tokio::time::Instant::now() + first_request.min(idle_limit);
+            while !activity.began_any() && tokio::time::Instant::now() < waited {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drain::Interrupt::Drain
+        }
+        () = idle::expired(activity.clone(), idle_limit) => drain::Interrupt::Idle,
     }
 }
 
