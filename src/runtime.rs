@@ -324,13 +324,16 @@ impl Shared {
         Ok(next)
     }
 
-    /// Records `config` as the file's content; returns whether the running configuration had
-    /// diverged from the previous file content (changes made through the admin API).
-    pub fn mark_file_config(&self, config: Arc<Config>) -> bool {
-        let mut file = self.file_config.lock().unwrap_or_else(|p| p.into_inner());
-        let diverged = file.as_ref().is_some_and(|f| **f != *self.runtime().config);
-        *file = Some(config);
-        diverged
+    /// Whether the running configuration differs from the file's last loaded content (changes
+    /// made through the admin API).
+    pub fn diverged_from_file(&self) -> bool {
+        let file = self.file_config.lock().unwrap_or_else(|p| p.into_inner());
+        file.as_ref().is_some_and(|f| **f != *self.runtime().config)
+    }
+
+    /// Records `config` as the file's content, once it runs.
+    pub fn set_file_config(&self, config: Arc<Config>) {
+        *self.file_config.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
     }
 
     pub fn set_draining(&self) {

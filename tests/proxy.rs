@@ -403,6 +403,31 @@ async fn graceful_shutdown_drains_a_stream_and_health_reports_draining() {
 }
 
 #[tokio::test]
+async fn shutdown_waits_for_streams_of_a_forward_a_reload_removed() {
+    let up = TestUpstream::start().await;
+    let two = |with_b: bool| {
+        let b = if with_b { "    - {name: b, port: 0, address: 127.0.0.1, default_group: g}\n" } else { "" };
+        format!(
+            "http_server:\n  forwards:\n    - {{name: a, port: 0, address: 127.0.0.1, default_group: g}}\n{b}\
+             upstreams:\n  - {{name: up, url: \"{}\"}}\nupstream_groups:\n  - {{name: g, upstreams: [{{name: up}}]}}\n",
+            up.url("/v1")
+        )
+    };
+    let server = start(&two(true)).await;
+    let started = std::time::Instant::now();
+    // About a second of events.
+    let stream = tokio::spawn(read_stream(server.forward_addr("b").unwrap(), "/v1/stream?n=10&gap_ms=100"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let env = std::collections::HashMap::new();
+    server.reload(llmproxy::config::from_str(&two(false), &env).unwrap()).unwrap();
+    assert!(server.forward_addr("b").is_none());
+    assert!(server.shutdown(Duration::from_secs(10)).await);
+    assert!(started.elapsed() >= Duration::from_millis(800), "shutdown returned while b's stream was running");
+    let (text, end) = stream.await.unwrap();
+    assert_eq!((text.matches("data: ").count(), end), (10, Ok(())));
+}
+
+#[tokio::test]
 async fn routes_pick_groups_by_priority_and_default() {
     let yaml = r#"
 http_server:

@@ -47,6 +47,8 @@ pub struct Server {
     admin_loop: Running,
     /// The admin listener's certificate (renewed on reload; the listener itself is not rebound).
     admin_tls: Option<Arc<tls::CertSlot>>,
+    /// Accept loops of forwards a reload removed, finishing their requests and streams.
+    retired: Mutex<Vec<JoinHandle<bool>>>,
 }
 
 /// An accept loop and the handle that stops it.
@@ -147,7 +149,7 @@ impl Server {
         }
         let admin_tls = admin_socket.tls.clone();
         let (admin, admin_loop) = spawn(admin_socket, &shared)?;
-        Ok(Server { shared, admin, forwards: Mutex::new(forwards), admin_loop, admin_tls })
+        Ok(Server { shared, admin, forwards: Mutex::new(forwards), admin_loop, admin_tls, retired: Mutex::default() })
     }
 
     /// The bound address of a forward, by name.
@@ -184,19 +186,24 @@ impl Server {
         if config.http_server.admin.tls.as_ref() != self.admin_tls.as_ref().map(|t| &t.files) {
             crate::warn!("reload: the admin listener's TLS files changed; that takes a restart");
         }
-        if self.shared.mark_file_config(Arc::new(config.clone())) {
+        let diverged = self.shared.diverged_from_file();
+        let new_forwards = config.http_server.forwards.clone();
+        let file = Arc::new(config.clone());
+        self.shared.update(|_| Ok::<_, String>(config))?;
+        self.shared.set_file_config(file);
+        if diverged {
             crate::warn!("reload: changes made through the admin API since the last load are replaced by the file");
         }
-        let new_forwards = config.http_server.forwards.clone();
-        self.shared.update(|_| Ok::<_, String>(config))?;
         for (slot, acceptor) in renewed {
             slot.replace(acceptor);
         }
         let (keep, gone): (Vec<_>, Vec<_>) =
             forwards.drain(..).partition(|old| new_forwards.iter().any(|f| same_listener(&old.config, f)));
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|t| !t.is_finished());
         for old in gone {
             crate::info!("forward {} removed or changed: draining its listener on {}", old.config.name, old.addr);
-            drop(old.running.stop(REMOVED_FORWARD_GRACE));
+            retired.push(old.running.stop(REMOVED_FORWARD_GRACE));
         }
         *forwards = keep;
         for (l, cfg) in fresh {
@@ -215,11 +222,17 @@ impl Server {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shared.set_draining();
         let forwards = std::mem::take(&mut *self.lock_forwards());
-        let tasks: Vec<_> = forwards.into_iter().map(|f| f.running.stop(grace)).collect();
-        let mut drained = true;
-        for t in tasks {
-            drained &= t.await.unwrap_or(false);
-        }
+        let mut tasks: Vec<_> = forwards.into_iter().map(|f| f.running.stop(grace)).collect();
+        // Listeners a reload retired may still be finishing streams: they are waited for too.
+        tasks.append(&mut self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        let waited = tokio::time::timeout(grace, async {
+            let mut drained = true;
+            for t in tasks {
+                drained &= t.await.unwrap_or(false);
+            }
+            drained
+        });
+        let drained = waited.await.unwrap_or(false);
         let _ = self.admin_loop.stop(Duration::from_secs(1)).await;
         drained
     }

@@ -65,6 +65,11 @@ impl HttpClient {
             None => return Err("proxy url has no host".into()),
         };
         let scheme = uri.scheme_str().unwrap_or("http");
+        // The proxy's address as an `http://` URI; SOCKS's own port, 1080, when none is given.
+        let host_port = match uri.port_u16() {
+            None if scheme.starts_with("socks") => format!("{host_port}:1080"),
+            _ => host_port,
+        };
         let dst: Uri = format!("{}://{host_port}", if scheme.starts_with("socks") { "http" } else { scheme })
             .parse()
             .map_err(|e| format!("proxy url: {e}"))?;
