@@ -89,7 +89,9 @@ impl Encoder {
     /// `_bucket` lines (cumulative, ending with `+Inf`), `_sum` and `_count`.
     pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
         let cumulative = h.cumulative();
-        let count = h.count();
+        // An observation counts in its bucket before it counts in `count`: one taking place
+        // during this scrape could otherwise show a bucket above +Inf.
+        let count = h.count().max(cumulative[cumulative.len() - 1]);
         let mut le = String::with_capacity(8);
         for (bound, n) in BUCKETS.iter().zip(cumulative) {
             le.clear();
