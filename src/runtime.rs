@@ -60,6 +60,8 @@ pub struct Group {
     pub agent: HeaderValue,
     pub stream: bool,
     pub request_timeout: Duration,
+    /// `timeout.connect`: also how long a failed answer kept for later may take to arrive.
+    pub connect_timeout: Duration,
     pub retry: RetryPolicy,
     pub track_usage: bool,
     pub sse_keepalive: Option<Duration>,
@@ -236,6 +238,7 @@ fn build_group(
         agent,
         stream: g.http_client.stream,
         request_timeout: Duration::from_secs(g.http_client.timeout.request),
+        connect_timeout: Duration::from_secs(g.http_client.timeout.connect),
         retry: RetryPolicy::of(g),
         track_usage: g.http_client.track_usage,
         sse_keepalive: g.http_client.sse_keepalive.map(Duration::from_secs),
@@ -372,11 +375,15 @@ mod tests {
     }
 
     fn limited(token: &str, body: &str) -> Config {
+        limited_with(token, body, ", health_check: {path: /health}")
+    }
+
+    fn limited_with(token: &str, body: &str, upstream_extra: &str) -> Config {
         let yaml = format!(
             "http_server:\n  forwards:\n    - {{name: f, port: 0, address: 127.0.0.1, default_group: g, max_body_size: {body},\n       \
              ratelimit: {{per_second: 1, burst: 1}}, auth: {{keys: [{{name: k, key: sk-1, ratelimit: {{per_second: 1, burst: 1}}}}]}}}}\n\
              upstreams:\n  - {{name: up, url: \"http://127.0.0.1:9\", auth: {{type: bearer, token: {token}}},\n     \
-             max_concurrency: 2, breaker: {{threshold: 0.5, cooldown: 60}}, ratelimit: {{per_second: 1, burst: 1}}}}\n\
+             max_concurrency: 2, breaker: {{threshold: 0.5, cooldown: 60}}, ratelimit: {{per_second: 1, burst: 1}}{upstream_extra}}}\n\
              upstream_groups: [{{name: g, upstreams: [{{name: up}}]}}]\n"
         );
         crate::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap()
@@ -406,5 +413,9 @@ mod tests {
         let fwd = second.forward("f").unwrap();
         assert!(fwd.client_limiter.as_ref().unwrap().check(&client, now).is_err(), "the client still owes");
         assert!(fwd.keys.as_ref().unwrap().admit(&mut headers, now).is_err(), "the key still owes");
+
+        // Without a health check nothing could bring it back: it starts healthy.
+        let third = Runtime::rebuild(limited_with("t2", "2MiB", ""), Some(&second)).unwrap();
+        assert!(third.upstreams[0].healthy.load(Ordering::Relaxed));
     }
 }

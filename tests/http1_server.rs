@@ -181,6 +181,17 @@ async fn a_drain_answers_requests_that_have_already_arrived() {
 }
 
 #[tokio::test]
+async fn a_head_still_trickling_in_does_not_hold_a_drain_beyond_timeout_connect() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await; // timeout.connect: 1 s
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"GET /v1/echo HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drained = tokio::time::timeout(Duration::from_secs(5), server.shutdown(Duration::from_secs(60))).await;
+    assert_eq!(drained, Ok(true), "the idle guard still applies while draining");
+}
+
+#[tokio::test]
 async fn a_client_that_reads_nothing_of_its_answer_is_cut_after_timeout_connect() {
     let up = TestUpstream::start().await;
     let server = proxy(&up).await; // timeout.connect: 1 s

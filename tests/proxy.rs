@@ -649,6 +649,24 @@ async fn an_idempotent_request_whose_pooled_connection_closes_unanswered_is_sent
 }
 
 #[tokio::test]
+async fn a_failed_answer_whose_body_stalls_does_not_hold_up_the_next_upstream() {
+    // a answers 503 but never finishes its body; b is fine. Moving on to b must not wait for
+    // a's body beyond timeout.connect.
+    let (a, _) =
+        raw_upstream(vec![(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nshort", false)]).await;
+    let b = TestUpstream::start().await;
+    let server = start(&group_config(
+        &[("a", format!("http://{a}"), ""), ("b", b.url(""), "")],
+        "    balance: {strategy: failover}\n    http_client: {timeout: {connect: 1}}",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let (status, _, _) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn upstream_framing_chunked_interim_and_until_close() {
     let (up, connections) = raw_upstream(vec![
         (

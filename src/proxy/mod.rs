@@ -318,7 +318,11 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Respo
                     retry_afters.note(picked.index, after);
                 }
                 let upstream = &group.members[picked.index].upstream;
-                last = Some(if n < policy.max_attempts { Box::pin(failed.set_aside(upstream)).await } else { failed });
+                last = Some(if n < policy.max_attempts {
+                    Box::pin(failed.set_aside(upstream, group.connect_timeout)).await
+                } else {
+                    failed
+                });
                 cause = Some((picked.index, kind));
             }
         }
@@ -372,18 +376,18 @@ impl RetryAfters {
 }
 
 impl Failed {
-    /// A failed answer kept while later attempts run (see [`RelayBody::set_aside`]); one whose
-    /// body breaks off while being read becomes the gateway error it is.
-    async fn set_aside(self, upstream: &Upstream) -> Failed {
+    /// A failed answer kept while later attempts run (see [`RelayBody::set_aside`]). Its body
+    /// gets `limit` (the group's connect timeout) to arrive — the next attempt must not wait on a
+    /// failed upstream — and one that breaks off or is late becomes the gateway error it is.
+    async fn set_aside(self, upstream: &Upstream, limit: Duration) -> Failed {
         let Failed::Response(mut resp) = self else { return self };
-        match resp.body_mut().set_aside().await {
-            Ok(()) => Failed::Response(resp),
-            Err(e) => Failed::Error(ApiError::bad_gateway(format!(
-                "upstream {} broke off its {} answer: {e}",
-                upstream.name,
-                resp.status().as_u16()
-            ))),
-        }
+        let status = resp.status().as_u16();
+        let why = match tokio::time::timeout(limit, resp.body_mut().set_aside()).await {
+            Ok(Ok(())) => return Failed::Response(resp),
+            Ok(Err(e)) => format!("broke off its {status} answer: {e}"),
+            Err(_) => format!("did not finish its {status} answer within {}s", limit.as_secs()),
+        };
+        Failed::Error(ApiError::bad_gateway(format!("upstream {} {why}", upstream.name)))
     }
 }
 

@@ -37,6 +37,33 @@ impl Drain {
     }
 }
 
+/// The two things that may interrupt a connection: the drain signal (once), and idleness —
+/// which still applies during a drain, so a client that trickles a head or a body cannot hold a
+/// drain (or a removed forward's listener) open.
+pub struct Interrupts {
+    drain: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    idle: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Interrupts {
+    pub fn new(
+        drain: impl Future<Output = ()> + Send + 'static,
+        idle: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Interrupts { drain: Some(Box::pin(drain)), idle: Box::pin(idle) }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Interrupt> {
+        if let Some(drain) = &mut self.drain {
+            if drain.as_mut().poll(cx).is_ready() {
+                self.drain = None;
+                return Poll::Ready(Interrupt::Drain);
+            }
+        }
+        self.idle.as_mut().poll(cx).map(|()| Interrupt::Idle)
+    }
+}
+
 /// What ended a connection early.
 pub enum Interrupt {
     /// The listener drains: let the current response finish, then close.
@@ -64,36 +91,33 @@ impl Wake for SideWaker {
     }
 }
 
-/// A connection, and `side` — polled only when woken — which may interrupt it. On `Drain`,
-/// `on_drain` is called once (hyper's graceful shutdown) and the connection runs to its end;
-/// on `Idle`, the connection is dropped (closed) at once.
-pub struct Guarded<C, S, F> {
+/// A connection, and the interrupts — polled only when woken — which may end it early. On
+/// `Drain`, `on_drain` is called once (hyper's graceful shutdown) and the connection runs to its
+/// end unless it goes idle; on `Idle`, the connection is dropped (closed) at once.
+pub struct Guarded<C, F> {
     conn: Pin<Box<C>>,
-    side: Pin<Box<S>>,
-    side_fired: bool,
+    side: Interrupts,
     on_drain: F,
     waker: Arc<SideWaker>,
     side_waker: Waker,
 }
 
-impl<C, S, F> Guarded<C, S, F>
+impl<C, F> Guarded<C, F>
 where
     C: Future,
-    S: Future<Output = Interrupt>,
     F: FnMut(Pin<&mut C>),
 {
-    pub fn new(conn: C, side: S, on_drain: F) -> Self {
+    pub fn new(conn: C, side: Interrupts, on_drain: F) -> Self {
         // Woken at first, so the side futures get their first poll (and register their timers).
         let waker = Arc::new(SideWaker { woken: AtomicBool::new(true), task: Mutex::new(None) });
         let side_waker = Waker::from(waker.clone());
-        Guarded { conn: Box::pin(conn), side: Box::pin(side), side_fired: false, on_drain, waker, side_waker }
+        Guarded { conn: Box::pin(conn), side, on_drain, waker, side_waker }
     }
 }
 
-impl<C, S, F> Future for Guarded<C, S, F>
+impl<C, F> Future for Guarded<C, F>
 where
     C: Future,
-    S: Future<Output = Interrupt>,
     F: FnMut(Pin<&mut C>) + Unpin,
 {
     /// The connection's own outcome, or `None` when it was closed for idleness.
@@ -101,19 +125,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if !this.side_fired && this.waker.woken.swap(false, Ordering::Acquire) {
+        if this.waker.woken.swap(false, Ordering::Acquire) {
             {
                 let mut task = this.waker.task.lock().unwrap_or_else(|p| p.into_inner());
                 if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
                     *task = Some(cx.waker().clone());
                 }
             }
-            match this.side.as_mut().poll(&mut Context::from_waker(&this.side_waker)) {
-                Poll::Pending => {}
-                Poll::Ready(Interrupt::Idle) => return Poll::Ready(None),
-                Poll::Ready(Interrupt::Drain) => {
-                    this.side_fired = true;
-                    (this.on_drain)(this.conn.as_mut());
+            let mut side_cx = Context::from_waker(&this.side_waker);
+            // Drain first, then idleness (both may be ready in one wake-up).
+            while let Poll::Ready(interrupt) = this.side.poll_next(&mut side_cx) {
+                match interrupt {
+                    Interrupt::Idle => return Poll::Ready(None),
+                    Interrupt::Drain => (this.on_drain)(this.conn.as_mut()),
                 }
             }
         }
@@ -130,10 +154,7 @@ mod tests {
     async fn side_interrupts_reach_the_connection() {
         // Idle: the connection is dropped.
         let conn = std::future::pending::<()>();
-        let side = async {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Interrupt::Idle
-        };
+        let side = Interrupts::new(std::future::pending(), tokio::time::sleep(Duration::from_secs(5)));
         assert!(Guarded::new(conn, side, |_| {}).await.is_none());
 
         // Drain: the connection is told, then runs to its own end.
@@ -145,10 +166,12 @@ mod tests {
             let _ = told_rx.await;
             "finished"
         };
-        let side = async move {
-            let _ = rx.changed().await;
-            Interrupt::Drain
-        };
+        let side = Interrupts::new(
+            async move {
+                let _ = rx.changed().await;
+            },
+            std::future::pending(),
+        );
         let guarded = tokio::spawn(Guarded::new(conn, side, move |_| {
             if let Some(t) = told_tx.take() {
                 let _ = t.send(());
@@ -157,5 +180,17 @@ mod tests {
         tokio::task::yield_now().await;
         let _ = drain.tx.send(());
         assert_eq!(guarded.await.unwrap(), Some("finished"));
+
+        // Idle during a drain: still dropped.
+        let drain = Drain::default();
+        let mut rx = drain.watcher();
+        let side = Interrupts::new(
+            async move {
+                let _ = rx.changed().await;
+            },
+            tokio::time::sleep(Duration::from_secs(5)),
+        );
+        let _ = drain.tx.send(());
+        assert!(Guarded::new(std::future::pending::<()>(), side, |_| {}).await.is_none());
     }
 }

@@ -36,8 +36,9 @@ pub struct Activity {
     waiting_for_client: AtomicU32,
     /// When an answer last moved (a piece handed over, or the next one asked for), on `clock`.
     moved_at: AtomicU64,
-    /// A request has begun on this connection.
+    /// A request has begun on this connection, and who waits for that (a drain).
     began_any: AtomicBool,
+    first_began: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -49,18 +50,25 @@ impl Activity {
             waiting_for_client: AtomicU32::new(0),
             moved_at: AtomicU64::new(now),
             began_any: AtomicBool::new(false),
+            first_began: tokio::sync::Notify::new(),
         })
     }
 
     /// A request's head has arrived; the connection is busy until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.began_any.store(true, Ordering::Relaxed);
+        if !self.began_any.swap(true, Ordering::AcqRel) {
+            self.first_began.notify_waiters();
+        }
         Busy(self.clone())
     }
 
-    pub fn began_any(&self) -> bool {
-        self.began_any.load(Ordering::Relaxed)
+    /// Resolves once a request has begun on this connection.
+    pub async fn first_request(&self) {
+        let began = self.first_began.notified();
+        if !self.began_any.load(Ordering::Acquire) {
+            began.await;
+        }
     }
 
     /// The client just made progress without a request being in flight yet (a piece of a

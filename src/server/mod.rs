@@ -407,25 +407,23 @@ async fn serve_plain_forward(
     }
 }
 
-/// What may end a connection early: the listener's drain, or `idle_limit` without a request.
-/// On a drain, a connection that has not begun any request yet is given up to `first_request`
-/// to begin one.
-async fn interrupts(
+/// What may end a connection early: the listener's drain, or `idle_limit` without a request
+/// (also during the drain). On a drain, a connection that has not begun any request yet is
+/// given up to `first_request` to begin one.
+fn interrupts(
     mut drain: watch::Receiver<()>,
     activity: Arc<idle::Activity>,
     idle_limit: Duration,
     first_request: Duration,
-) -> drain::Interrupt {
-    tokio::select! {
-        _ = drain.changed() => {
-            let waited = tokio::time::Instant::now() + first_request.min(idle_limit);
-            while !activity.began_any() && tokio::time::Instant::now() < waited {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            drain::Interrupt::Drain
+) -> drain::Interrupts {
+    let starting = activity.clone();
+    let drained = async move {
+        let _ = drain.changed().await;
+        if !first_request.is_zero() {
+            let _ = tokio::time::timeout(first_request.min(idle_limit), starting.first_request()).await;
         }
-        () = idle::expired(activity.clone(), idle_limit) => drain::Interrupt::Idle,
-    }
+    };
+    drain::Interrupts::new(drained, idle::expired(activity, idle_limit))
 }
 
 fn closed_idle(peer: SocketAddr, idle_limit: Duration) {

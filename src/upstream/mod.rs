@@ -112,7 +112,10 @@ impl Upstream {
             load: same.map_or_else(|| Arc::new(Load::default()), |p| p.load.clone()),
             rate,
             max_concurrency: cfg.max_concurrency,
-            healthy: AtomicBool::new(same.is_none_or(|p| p.healthy.load(Ordering::Acquire))),
+            // Only a health check brings an upstream back: without one, it starts healthy.
+            healthy: AtomicBool::new(
+                cfg.health_check.is_none() || same.is_none_or(|p| p.healthy.load(Ordering::Acquire)),
+            ),
             health_check: cfg.health_check.clone(),
             health_passes: carried(|u| &u.health_passes),
             health_failures: carried(|u| &u.health_failures),
