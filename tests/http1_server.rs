@@ -116,6 +116,14 @@ async fn malformed_heads_get_a_json_error_and_a_close() {
     assert_eq!(up.log.requests.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing malformed went upstream");
     // The server is unaffected.
     assert_eq!(get(addr, "/v1/echo").await.0, 200);
+    // And the refusals are counted.
+    let (_, _, metrics) = get(server.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics);
+    let errors = |code: &str, status: u16| {
+        format!("llmproxy_http_request_errors_total{{forward=\"main\",error=\"{code}\",status=\"{status}\"}}")
+    };
+    assert!(text.contains(&format!("{} 4", errors("bad_request", 400))), "{text}");
+    assert!(text.contains(&format!("{} 1", errors("request_head_too_large", 431))), "{text}");
 }
 
 #[tokio::test]

@@ -29,11 +29,14 @@ pub fn method_index(m: &Method) -> usize {
 }
 
 /// Errors the proxy itself answers with: `(error label, status)`, matching [`crate::error`] codes.
-pub const PROXY_ERRORS: [(&str, u16); 10] = [
+pub const PROXY_ERRORS: [(&str, u16); 13] = [
     ("bad_request", 400),
     ("unauthorized", 401),
     ("forbidden", 403),
+    ("request_timeout", 408),
     ("request_too_large", 413),
+    ("request_head_too_large", 431),
+    ("unsupported_transfer_coding", 501),
     ("rate_limited", 429),
     ("upstream_rate_limited", 429),
     ("upstream_unreachable", 502),

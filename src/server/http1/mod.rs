@@ -74,6 +74,9 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             Ok(None) => return,
             Err(refusal) => {
                 crate::debug!("refused a request head from {}: {}", c.conn.peer, refusal.message);
+                if let Some(fwd) = c.shared.runtime().forward(&c.forward) {
+                    fwd.metrics.proxy_error(refusal.code);
+                }
                 let to = AnswerTo { head_request: false, http_1_1: true, keep_alive: false };
                 if writer.answer(&client, refusal.into_response(), to).await.is_ok() {
                     client.linger().await;
