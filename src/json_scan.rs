@@ -105,8 +105,8 @@ impl<'a> Scanner<'a> {
         Some(if escaped { unescape(raw).map(Cow::Owned) } else { std::str::from_utf8(raw).ok().map(Cow::Borrowed) })
     }
 
-    /// The non-negative integer at the cursor, or `None` inside `Some` for any other value
-    /// (which is skipped).
+    /// The non-negative integer at the cursor (also written as `12.0`), or `None` inside `Some`
+    /// for any other value (which is skipped).
     pub fn u64_or_other(&mut self) -> Option<Option<u64>> {
         self.ws();
         let start = self.i;
@@ -114,6 +114,13 @@ impl<'a> Scanner<'a> {
             self.i += 1;
         }
         let digits = &self.b[start..self.i];
+        // An integral fraction, as some OpenAI-compatible servers write counts.
+        if self.peek() == Some(b'.') && self.b.get(self.i + 1) == Some(&b'0') {
+            self.i += 1;
+            while self.peek() == Some(b'0') {
+                self.i += 1;
+            }
+        }
         let ends_here = matches!(self.peek(), Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
         if !digits.is_empty() && ends_here {
             let n = digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')));
@@ -302,6 +309,15 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
         offset += 8;
     }
     words.remainder().iter().position(|&c| c == b'"' || c == b'\\').map(|p| offset + p)
+}
+
+/// Whether an object key (raw bytes between the quotes, and whether they hold escapes) is `name`.
+pub fn key_is(raw: &[u8], escaped: bool, name: &str) -> bool {
+    if escaped {
+        unescape(raw).is_some_and(|k| k == name)
+    } else {
+        raw == name.as_bytes()
+    }
 }
 
 /// Decodes a string with escapes (rare in model names; never on the hot path).

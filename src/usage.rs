@@ -58,8 +58,11 @@ impl PartialEq for ModelName {
 
 /// A line longer than this is not a usage event; it is skipped rather than buffered.
 const MAX_LINE: usize = 1024 * 1024;
-/// JSON bodies larger than this are not parsed for usage (their frames are not retained).
+/// JSON bodies larger than this are not kept whole: only their start (for `model`) and their
+/// last `JSON_TAIL` bytes (for `usage`, which APIs put last) are.
 const MAX_JSON: usize = 2 * 1024 * 1024;
+const JSON_HEAD: usize = 4 * 1024;
+const JSON_TAIL: usize = 64 * 1024;
 
 enum Mode {
     Sse {
@@ -73,6 +76,9 @@ enum Mode {
         first: Option<Bytes>,
         more: Vec<Bytes>,
         size: usize,
+        /// Over `MAX_JSON`: `first` is the body's start and `more` its last frames (at most
+        /// `JSON_TAIL` bytes).
+        only_ends: bool,
     },
 }
 
@@ -91,7 +97,7 @@ impl UsageScanner {
         let mode = if is("text/event-stream") {
             Mode::Sse { partial: Vec::new(), overlong: false, dropping_event: false }
         } else if is("application/json") {
-            Mode::Json { first: None, more: Vec::new(), size: 0 }
+            Mode::Json { first: None, more: Vec::new(), size: 0, only_ends: false }
         } else {
             return None;
         };
@@ -107,16 +113,22 @@ impl UsageScanner {
     /// unless usage chunks are being stripped.
     pub fn frame(&mut self, data: Bytes) -> Bytes {
         match &mut self.mode {
-            Mode::Json { first, more, size } => {
-                if *size + data.len() <= MAX_JSON {
-                    *size += data.len();
-                    match first {
-                        None => *first = Some(data.clone()),
-                        Some(_) => more.push(data.clone()),
-                    }
-                } else {
-                    (*first, *more) = (None, Vec::new());
-                    *size = usize::MAX / 2;
+            Mode::Json { first, more, size, only_ends } => {
+                *size = size.saturating_add(data.len());
+                match first {
+                    None => *first = Some(data.clone()),
+                    Some(_) => more.push(data.clone()),
+                }
+                if !*only_ends && *size > MAX_JSON {
+                    let frames: Vec<Bytes> = first.take().into_iter().chain(more.drain(..)).collect();
+                    // Copied, so the large frames themselves are not held.
+                    let head: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).take(JSON_HEAD).collect();
+                    *first = Some(Bytes::from(head));
+                    *more = frames;
+                    *only_ends = true;
+                }
+                if *only_ends {
+                    keep_tail(more);
                 }
                 data
             }
@@ -245,9 +257,13 @@ impl UsageScanner {
     fn report(&mut self, json: &[u8]) -> bool {
         let Some(r) = Report::read(json) else { return false };
         if self.model.is_none() {
-            self.model = r.model.or(r.message_model).map(|m| ModelName::Owned(m.into_owned()));
+            // An empty name (Azure's first, content-filter chunk) is no name.
+            let named = |m: &Option<Cow<'_, str>>| m.as_ref().is_some_and(|m| !m.is_empty());
+            let model = if named(&r.model) { r.model } else { r.message_model.filter(|m| !m.is_empty()) };
+            self.model = model.map(|m| ModelName::Owned(m.into_owned()));
         }
-        let usage = if r.kind == Some(b"message_start") { r.message_usage } else { r.usage };
+        let nested = r.kind.is_some_and(|k| k == b"message_start" || k.starts_with(b"response."));
+        let usage = if nested { r.message_usage } else { r.usage };
         let Some(u) = usage else { return false };
         // Later values replace earlier ones: Anthropic's counts are cumulative.
         if let Some(p) = u.prompt {
@@ -272,7 +288,7 @@ impl UsageScanner {
             self.usage.completion = u.completion.or(self.usage.completion);
         }
         if self.model.is_none() {
-            self.model = crate::router::model::extract(json).map(|m| match m {
+            self.model = crate::router::model::leading(json).filter(|m| !m.is_empty()).map(|m| match m {
                 Cow::Borrowed(name) => ModelName::Shared(json.slice_ref(name.as_bytes())),
                 Cow::Owned(name) => ModelName::Owned(name),
             });
@@ -281,18 +297,36 @@ impl UsageScanner {
 
     /// Usage and the model the upstream reported, once the body has ended.
     pub fn finish(&mut self) -> (Usage, Option<ModelName>) {
-        if let Mode::Json { first, more, size } = &mut self.mode {
-            let (first, more) = (first.take(), std::mem::take(more));
+        if let Mode::Json { first, more, only_ends, .. } = &mut self.mode {
+            let (first, more, only_ends) = (first.take(), std::mem::take(more), *only_ends);
             match first {
+                Some(head) if only_ends => {
+                    let tail: Vec<u8> = more.iter().flatten().copied().collect();
+                    self.report_ends(&head, &tail);
+                }
                 Some(one) if more.is_empty() => self.report_body(&one),
-                Some(one) if *size <= MAX_JSON => {
+                Some(one) => {
                     let body: Vec<u8> = one.iter().chain(more.iter().flatten()).copied().collect();
                     self.report_body(&Bytes::from(body));
                 }
-                _ => {}
+                None => {}
             }
         }
         (self.usage, self.model.take())
+    }
+
+    /// A JSON answer too large to keep: `usage` from its last bytes, `model` from its first.
+    fn report_ends(&mut self, head: &[u8], tail: &[u8]) {
+        if let Some(Some(u)) =
+            crate::json_scan::last_member(tail, b"usage", 4).and_then(|v| counts(&mut Scanner::new(v)))
+        {
+            self.usage.prompt = u.prompt.or(self.usage.prompt);
+            self.usage.completion = u.completion.or(self.usage.completion);
+        }
+        if self.model.is_none() {
+            let model = crate::router::model::leading(head).filter(|m| !m.is_empty());
+            self.model = model.map(|m| ModelName::Owned(m.into_owned()));
+        }
     }
 }
 
@@ -304,7 +338,8 @@ struct Report<'a> {
     /// `type`, when it is a plain string (Anthropic events).
     kind: Option<&'a [u8]>,
     usage: Option<Usage>,
-    /// `message.model` and `message.usage` (Anthropic `message_start`).
+    /// `message.model` and `message.usage` (Anthropic `message_start`), or `response.…`
+    /// (OpenAI Responses API events).
     message_model: Option<Cow<'a, str>>,
     message_usage: Option<Usage>,
     /// Whether `choices` is an empty array, when it is an array.
@@ -326,7 +361,9 @@ impl<'a> Report<'a> {
                 }
                 b"usage" => r.usage = counts(s)?,
                 b"choices" => r.choices_empty = s.array_is_empty()?,
-                b"message" if s.peek_value()? == b'{' => s.object(|s, key, escaped| match key {
+                // Anthropic's `message_start` carries them in `message`, OpenAI's Responses API
+                // events (`response.completed`, …) in `response`.
+                b"message" | b"response" if s.peek_value()? == b'{' => s.object(|s, key, escaped| match key {
                     _ if escaped => s.skip_value(),
                     b"model" => s.string_or_null().map(|m| r.message_model = m),
                     b"usage" => counts(s).map(|u| r.message_usage = u),
@@ -348,23 +385,41 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
         return Some(None);
     }
     let mut u = Usage::default();
+    // Anthropic counts input read from and written to its prompt cache apart from
+    // `input_tokens`; OpenAI's `prompt_tokens` includes cached input. Prompt tokens here are
+    // all input, as OpenAI counts them.
+    let mut cached = None;
+    let count = |s: &mut Scanner<'_>| Some(s.u64_or_other()?.filter(|&n| n <= MAX_TOKENS));
     s.object(|s, key, _| {
         match key {
-            b"prompt_tokens" | b"input_tokens" => u.prompt = u.prompt.or(s.u64_or_other()?),
-            b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(s.u64_or_other()?),
+            b"prompt_tokens" | b"input_tokens" => u.prompt = u.prompt.or(count(s)?),
+            b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(count(s)?),
+            b"cache_read_input_tokens" | b"cache_creation_input_tokens" => {
+                if let Some(n) = count(s)? {
+                    cached = Some(cached.unwrap_or(0u64).saturating_add(n));
+                }
+            }
             _ => s.skip_value()?,
         }
         Some(())
     })?;
+    if let (Some(prompt), Some(cached)) = (&mut u.prompt, cached) {
+        *prompt = prompt.saturating_add(cached);
+    }
     Some(Some(u))
 }
 
+/// More tokens than any request has: a count beyond this is a broken upstream, not usage (and
+/// would make the counter jump, or wrap).
+const MAX_TOKENS: u64 = 1 << 40;
+
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
-/// behalf — an OpenAI-style streaming chat request that does not ask for it — or `None`.
+/// behalf — an OpenAI-style streaming chat or text completion that does not ask for it — or
+/// `None`.
 /// Without a `stream_options` key the field is inserted textually, so every other byte of the
 /// request stays as the client wrote it.
 pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
-    if !path.trim_end_matches('/').ends_with("/chat/completions") {
+    if !path.trim_end_matches('/').ends_with("/completions") {
         return None;
     }
     let mut v: Value = serde_json::from_slice(body).ok()?;
@@ -389,6 +444,21 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
             }
             options["include_usage"] = Value::Bool(true);
             serde_json::to_vec(&v).ok().map(Bytes::from)
+        }
+    }
+}
+
+/// Drops the oldest frames (or the oldest part of the one left) beyond `JSON_TAIL` bytes.
+fn keep_tail(frames: &mut Vec<Bytes>) {
+    let mut total: usize = frames.iter().map(Bytes::len).sum();
+    while total > JSON_TAIL {
+        let excess = total - JSON_TAIL;
+        if frames[0].len() <= excess {
+            total -= frames.remove(0).len();
+        } else {
+            // Copied, so the rest of a large frame is not held by the slice.
+            frames[0] = Bytes::copy_from_slice(&frames[0][excess..]);
+            total = JSON_TAIL;
         }
     }
 }
@@ -487,6 +557,43 @@ data: [DONE]\n\n";
         out.extend_from_slice(&s.frame(Bytes::from_static(b"xx\n\n")));
         assert_eq!(out.len(), 6 + MAX_LINE + 4);
         assert!(!s.holds_back());
+    }
+
+    #[test]
+    fn responses_api_streams_azure_filters_and_anthropic_cache_are_counted() {
+        let responses = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":null}}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":900,\"output_tokens\":300}}}\n\n";
+        let (u, m, _) = scan_in_pieces("text/event-stream", responses, 7, false);
+        assert_eq!((u, m.as_deref()), (Usage { prompt: Some(900), completion: Some(300) }, Some("gpt-4.1")));
+
+        let azure = "data: {\"choices\":[],\"id\":\"\",\"model\":\"\",\"prompt_filter_results\":[]}\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"model\":\"gpt-4o\"}\n\n";
+        assert_eq!(scan_in_pieces("text/event-stream", azure, 5, false).1.as_deref(), Some("gpt-4o"));
+
+        let cached = r#"{"type":"message","model":"claude-x","usage":{"input_tokens":5,"cache_read_input_tokens":90000,"cache_creation_input_tokens":10,"output_tokens":3}}"#;
+        let (u, _, _) = scan_in_pieces("application/json", cached, 9, false);
+        assert_eq!(u, Usage { prompt: Some(90_015), completion: Some(3) }, "prompt tokens are all input");
+    }
+
+    #[test]
+    fn counts_written_as_integral_fractions_are_read_and_absurd_ones_are_not() {
+        let read = |usage: &str| scan_in_pieces("application/json", &format!(r#"{{"usage":{usage}}}"#), 64, false).0;
+        assert_eq!(read(r#"{"prompt_tokens":12.0,"completion_tokens":3}"#).prompt, Some(12));
+        assert_eq!(read(r#"{"prompt_tokens":12.5,"completion_tokens":3}"#).prompt, None);
+        assert_eq!(read(r#"{"prompt_tokens":18446744073709551615,"completion_tokens":3}"#).prompt, None);
+    }
+
+    #[test]
+    fn a_json_answer_too_large_to_keep_is_still_counted_from_its_ends() {
+        let big = format!(
+            r#"{{"model":"embed-1","data":["{}"],"usage":{{"prompt_tokens":7,"total_tokens":7}}}}"#,
+            "x".repeat(3 * MAX_JSON / 2)
+        );
+        for piece in [1000, 100_000, big.len() - 10, big.len()] {
+            let (u, m, out) = scan_in_pieces("application/json", &big, piece, false);
+            assert_eq!((u.prompt, m.as_deref()), (Some(7), Some("embed-1")), "piece {piece}");
+            assert_eq!(out.len(), big.len());
+        }
     }
 
     #[test]

@@ -667,6 +667,33 @@ async fn a_failed_answer_whose_body_stalls_does_not_hold_up_the_next_upstream() 
 }
 
 #[tokio::test]
+async fn upstreams_are_asked_for_uncompressed_answers_and_compressed_ones_pass_untouched() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await;
+    let addr = server.forward_addr("main").unwrap();
+    let req =
+        Request::get(format!("http://{addr}/v1/echo")).header("accept-encoding", "gzip, br").body(Full::default());
+    let (_, _, body) = send(addr, req.unwrap()).await;
+    assert_eq!(
+        json_of(&body)["headers"]["accept-encoding"],
+        serde_json::json!(["identity"]),
+        "usage must stay readable"
+    );
+
+    // An upstream that compresses anyway: its bytes are relayed as they are (no usage chunk
+    // stripping, no keep-alive comments inside compressed data), and its length kept.
+    const GZIPPED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\n\x1f\x8b\x08zzz\nxy";
+    let (raw, _) = raw_upstream(vec![(GZIPPED, false)]).await;
+    let yaml = single_upstream_config(&format!("http://{raw}"), "", "      track_usage: true\n      sse_keepalive: 1");
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    let (status, headers, body) = post(addr, "/v1/chat/completions", r#"{"model":"m","stream":true}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"\x1f\x8b\x08zzz\nxy");
+    assert_eq!(headers["content-length"], "9");
+}
+
+#[tokio::test]
 async fn upstream_framing_chunked_interim_and_until_close() {
     let (up, connections) = raw_upstream(vec![
         (

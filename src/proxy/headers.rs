@@ -64,8 +64,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// - hop-by-hop headers (and those `Connection` names), `Host` and `Content-Length` are not
 ///   forwarded (the body's length is set from what is actually sent);
 /// - the proxy sets `Host` (the upstream's), `X-Forwarded-For` (prior values, then the
-///   client's address, in one value), `X-Forwarded-Proto`, `User-Agent`, and — when the
-///   upstream has `auth` — `Authorization`, replacing every value the client sent;
+///   client's address, in one value), `X-Forwarded-Proto`, `User-Agent`, `Accept-Encoding:
+///   identity` (the proxy reads token usage from answers, which it cannot in compressed ones;
+///   LLM answers are small), and — when the upstream has `auth` — `Authorization`, replacing
+///   every value the client sent;
 /// - then the upstream's header operations apply, as planned at load time.
 pub fn for_each_upstream_header(
     client: &HeaderMap,
@@ -94,6 +96,7 @@ pub fn for_each_upstream_header(
             || name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::USER_AGENT
+            || name == header::ACCEPT_ENCODING
             || name == X_FORWARDED_PROTO
             || (replaces_authorization && name == header::AUTHORIZATION)
             || lists(&connection, name)
@@ -122,6 +125,7 @@ pub fn for_each_upstream_header(
     }
     apply(&X_FORWARDED_PROTO, &HeaderValue::from_static(fwd.proto), emit);
     apply(&header::USER_AGENT, fwd.agent, emit);
+    apply(&header::ACCEPT_ENCODING, &HeaderValue::from_static("identity"), emit);
     if let Some(auth) = &upstream.authorization {
         apply(&header::AUTHORIZATION, auth, emit);
     }

@@ -18,7 +18,7 @@ use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -550,17 +550,20 @@ async fn attempt(
     let telemetry = Telemetry { member: member.metrics.clone(), sent_at, first_byte_ms: None };
     let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let is_sse = content_type.starts_with("text/event-stream");
+    // A compressed answer (an upstream that compresses unasked, or header ops that asked) is
+    // relayed untouched: it can be neither read for usage nor have comments put in.
+    let plain = resp.headers().get(CONTENT_ENCODING).is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
     let options = RelayOptions {
         timer,
         sleep,
         head_at,
         // Usage is read from successful answers only; error bodies carry none.
-        scanner: if failure.is_none() && status < 300 {
+        scanner: if failure.is_none() && status < 300 && plain {
             UsageScanner::for_content_type(content_type, out.strip_usage)
         } else {
             None
         },
-        keepalive: group.sse_keepalive.filter(|_| is_sse),
+        keepalive: group.sse_keepalive.filter(|_| is_sse && plain),
     };
     let mut resp = resp;
     if options.rewrites_body() {
