@@ -438,12 +438,29 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
             Some(out.into())
         }
         Some(_) => {
-            let options = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
-            if !options.is_object() {
-                *options = Value::Object(Default::default());
+            // Edited in place too: the option goes last in the object, where it wins over an
+            // earlier `include_usage` (as in the upstream's decoder); a value that is not an
+            // object is replaced.
+            let value = crate::json_scan::member(body, b"stream_options")?;
+            let start = crate::http1::offset_in(body, value) as usize;
+            let end = start + value.len();
+            let mut out = Vec::with_capacity(body.len() + 24);
+            match value {
+                [b'{', inner @ .., b'}'] => {
+                    out.extend_from_slice(&body[..end - 1]);
+                    if !inner.iter().all(u8::is_ascii_whitespace) {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(br#""include_usage":true"#);
+                    out.extend_from_slice(&body[end - 1..]);
+                }
+                _ => {
+                    out.extend_from_slice(&body[..start]);
+                    out.extend_from_slice(br#"{"include_usage":true}"#);
+                    out.extend_from_slice(&body[end..]);
+                }
             }
-            options["include_usage"] = Value::Bool(true);
-            serde_json::to_vec(&v).ok().map(Bytes::from)
+            Some(out.into())
         }
     }
 }
@@ -620,6 +637,20 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         .unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert!(ask_for_usage(p, br#"{"stream":true,"stream_options":{"include_usage":true}}"#).is_none());
+        // Every other byte stays as the client wrote it (key order, numbers beyond u64).
+        let edited = |body: &str| String::from_utf8(ask_for_usage(p, body.as_bytes()).unwrap().to_vec()).unwrap();
+        assert_eq!(
+            edited(r#"{"stream":true,"stream_options":{"include_usage":false},"seed":123456789012345678901234}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":true},"seed":123456789012345678901234}"#
+        );
+        assert_eq!(
+            edited(r#"{"stream_options": { },"stream":true}"#),
+            r#"{"stream_options": { "include_usage":true},"stream":true}"#
+        );
+        assert_eq!(
+            edited(r#"{"stream":true,"stream_options":null}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        );
         assert!(ask_for_usage(p, br#"{"stream":false}"#).is_none());
         assert!(ask_for_usage("/v1/embeddings", br#"{"stream":true}"#).is_none());
         assert!(ask_for_usage(p, b"not json").is_none());
