@@ -388,24 +388,21 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
     // Anthropic counts input read from and written to its prompt cache apart from
     // `input_tokens`; OpenAI's `prompt_tokens` includes cached input. Prompt tokens here are
     // all input, as OpenAI counts them.
-    let mut cached = None;
-    let count = |s: &mut Scanner<'_>| Some(s.u64_or_other()?.filter(|&n| n <= MAX_TOKENS));
+    let mut cached = 0u64;
     s.object(|s, key, _| {
         match key {
-            b"prompt_tokens" | b"input_tokens" => u.prompt = u.prompt.or(count(s)?),
-            b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(count(s)?),
+            b"prompt_tokens" | b"input_tokens" => u.prompt = u.prompt.or(s.u64_or_other()?),
+            b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(s.u64_or_other()?),
             b"cache_read_input_tokens" | b"cache_creation_input_tokens" => {
-                if let Some(n) = count(s)? {
-                    cached = Some(cached.unwrap_or(0u64).saturating_add(n));
-                }
+                cached = cached.saturating_add(s.u64_or_other()?.unwrap_or(0));
             }
             _ => s.skip_value()?,
         }
         Some(())
     })?;
-    if let (Some(prompt), Some(cached)) = (&mut u.prompt, cached) {
-        *prompt = prompt.saturating_add(cached);
-    }
+    let sane = |n: &u64| *n <= MAX_TOKENS;
+    u.prompt = u.prompt.filter(sane).map(|n| n.saturating_add(cached.min(MAX_TOKENS)));
+    u.completion = u.completion.filter(sane);
     Some(Some(u))
 }
 
