@@ -187,7 +187,13 @@ impl Runtime {
     pub fn start_background(&self, previous: Option<&Runtime>) {
         for u in &self.upstreams {
             if !previous.is_some_and(|p| p.upstreams.iter().any(|old| Arc::ptr_eq(old, u))) {
-                crate::upstream::health_check::spawn(u);
+                let proxy = self
+                    .config
+                    .upstream_groups
+                    .iter()
+                    .filter(|g| g.upstreams.iter().any(|m| m.name == u.name))
+                    .find_map(|g| g.http_client.proxy.clone());
+                crate::upstream::health_check::spawn(u, proxy);
             }
         }
     }

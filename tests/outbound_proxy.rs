@@ -177,6 +177,26 @@ fn https_proxies_are_refused_and_errors_mask_the_password() {
 }
 
 #[tokio::test]
+async fn health_checks_go_through_the_groups_proxy() {
+    let up = TestUpstream::start().await;
+    let (proxy_url, log) = connect_proxy().await;
+    let server = start(&single_upstream_config(
+        &up.url("/v1"),
+        "    health_check: {path: /health, interval: 1, timeout: 1}",
+        &format!("      proxy: {{url: \"{proxy_url}\"}}"),
+    ))
+    .await;
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || log.tunnels.load(Ordering::SeqCst) >= 1).await,
+        "the check must reach the upstream the way requests do"
+    );
+    let rt = server.shared.runtime();
+    let up_state = rt.upstreams[0].clone();
+    assert!(eventually(std::time::Duration::from_secs(5), || up_state.health_passes.get() >= 1).await, "and pass");
+    assert_eq!(up_state.health_failures.get(), 0);
+}
+
+#[tokio::test]
 async fn unreachable_proxy_is_a_502() {
     let up = TestUpstream::start().await;
     let proxy_url = closed_port_url();

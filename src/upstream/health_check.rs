@@ -16,8 +16,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Starts the check loop for `upstream` if it has one configured.
-pub fn spawn(upstream: &Arc<Upstream>) {
+/// Starts the check loop for `upstream` if it has one configured. `proxy` is the outbound
+/// proxy the upstream is reached through (that of the first group using it that has one): an
+/// upstream reachable only through it must be checked through it.
+pub fn spawn(upstream: &Arc<Upstream>, proxy: Option<config::OutboundProxy>) {
     let Some(cfg) = upstream.health_check.clone() else { return };
     let weak = Arc::downgrade(upstream);
     let client = match HttpClient::new(&config::HttpClient {
@@ -26,7 +28,7 @@ pub fn spawn(upstream: &Arc<Upstream>) {
         stream: false,
         timeout: config::ClientTimeout { connect: cfg.timeout, request: cfg.timeout, idle: 60 },
         retry: None,
-        proxy: None,
+        proxy,
         track_usage: false,
         sse_keepalive: None,
     }) {
