@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// How often the guard of a connection with requests in flight looks at it again.
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
+
 pub struct Activity {
     in_flight: AtomicU32,
     /// When the last request ended (or the connection opened), on `clock`.
@@ -84,7 +87,9 @@ impl Activity {
             0 => self.idle_since.load(Ordering::Relaxed),
             // Every answer waits for the client to read: stalled since the last movement.
             n if self.waiting_for_client.load(Ordering::Relaxed) >= n => self.moved_at.load(Ordering::Relaxed),
-            _ => return Some(limit),
+            // Busy: looked at again within a second, so that once every answer waits for the
+            // client, the limit runs from when that began (not up to twice the limit).
+            _ => return Some(limit.min(BUSY_RECHECK)),
         };
         let deadline = since.saturating_add(limit.as_nanos() as u64);
         (deadline > now).then(|| Duration::from_nanos(deadline - now))
@@ -247,15 +252,33 @@ mod tests {
         assert_eq!(a.remaining(limit, s(4)), Some(Duration::from_secs(6)));
         assert_eq!(a.remaining(limit, s(10)), None, "idle since it opened: expired");
         let busy = a.begin();
-        assert_eq!(a.remaining(limit, s(100)), Some(limit), "a request in flight is never idle");
+        assert_eq!(a.remaining(limit, s(100)), Some(BUSY_RECHECK), "a request in flight is never idle");
         let second = a.begin();
         drop(busy);
-        assert_eq!(a.remaining(limit, s(100)), Some(limit), "one of two requests still in flight");
+        assert_eq!(a.remaining(limit, s(100)), Some(BUSY_RECHECK), "one of two requests still in flight");
         drop(second);
         a.touch();
         let ended = a.idle_since.load(Ordering::Relaxed);
         assert!(ended >= t0);
         assert_eq!(a.remaining(limit, ended + 3 * clock::NANOS_PER_SEC), Some(Duration::from_secs(7)));
         assert_eq!(a.remaining(limit, ended + 10 * clock::NANOS_PER_SEC), None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answers_all_wait_for_the_client_runs_out_of_time() {
+        use http_body_util::BodyExt;
+        let limit = Duration::from_secs(10);
+        let a = Activity::new();
+        let mut answer = Tracked::new(http_body_util::Full::new(Bytes::from_static(b"x")), a.begin());
+        let _still_busy = a.begin(); // a second request, still waiting for its upstream
+        assert!(answer.frame().await.is_some(), "a piece handed to the server, not yet written");
+        let moved = a.moved_at.load(Ordering::Relaxed);
+        let at = |secs: u64| moved + secs * clock::NANOS_PER_SEC;
+        assert_eq!(a.remaining(limit, at(3)), Some(BUSY_RECHECK), "the other request is not waiting for the client");
+        drop(_still_busy);
+        assert_eq!(a.remaining(limit, at(3)), Some(Duration::from_secs(7)), "every answer waits: the clock runs");
+        assert_eq!(a.remaining(limit, at(10)), None);
+        assert!(answer.frame().await.is_none(), "asked for more: the client took it");
+        assert_eq!(a.waiting_for_client.load(Ordering::Relaxed), 0);
     }
 }
