@@ -313,10 +313,12 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
 
 /// Whether an object key (raw bytes between the quotes, and whether they hold escapes) is `name`.
 pub fn key_is(raw: &[u8], escaped: bool, name: &str) -> bool {
-    if escaped {
+    // An escape is at most six bytes (`\uXXXX`) for one character: anything longer is another key,
+    // and is not decoded (a body of many escaped keys must not cost an allocation each).
+    if escaped && raw.len() <= 6 * name.len() {
         unescape(raw).is_some_and(|k| k == name)
     } else {
-        raw == name.as_bytes()
+        !escaped && raw == name.as_bytes()
     }
 }
 

@@ -70,14 +70,14 @@ enum Mode {
         overlong: bool,
         dropping_event: bool,
     },
-    /// The body's frames (reference counts, not copies); the first is held apart because most
-    /// JSON answers arrive in one frame, which then costs no vector.
+    /// The body: its first frame by reference (most JSON answers arrive in one, which then
+    /// costs no copy), the rest copied — so many small frames pin no buffers of their own.
     Json {
         first: Option<Bytes>,
-        more: Vec<Bytes>,
+        rest: BytesMut,
         size: usize,
-        /// Over `MAX_JSON`: `first` is the body's start and `more` its last frames (at most
-        /// `JSON_TAIL` bytes).
+        /// Over `MAX_JSON`: `first` holds the body's first `JSON_HEAD` bytes and `rest` its
+        /// latest (at most twice `JSON_TAIL`).
         only_ends: bool,
     },
 }
@@ -97,7 +97,7 @@ impl UsageScanner {
         let mode = if is("text/event-stream") {
             Mode::Sse { partial: Vec::new(), overlong: false, dropping_event: false }
         } else if is("application/json") {
-            Mode::Json { first: None, more: Vec::new(), size: 0, only_ends: false }
+            Mode::Json { first: None, rest: BytesMut::new(), size: 0, only_ends: false }
         } else {
             return None;
         };
@@ -113,22 +113,27 @@ impl UsageScanner {
     /// unless usage chunks are being stripped.
     pub fn frame(&mut self, data: Bytes) -> Bytes {
         match &mut self.mode {
-            Mode::Json { first, more, size, only_ends } => {
+            Mode::Json { first, rest, size, only_ends } => {
                 *size = size.saturating_add(data.len());
                 match first {
                     None => *first = Some(data.clone()),
-                    Some(_) => more.push(data.clone()),
+                    Some(_) => rest.extend_from_slice(&data),
                 }
                 if !*only_ends && *size > MAX_JSON {
-                    let frames: Vec<Bytes> = first.take().into_iter().chain(more.drain(..)).collect();
-                    // Copied, so the large frames themselves are not held.
-                    let head: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).take(JSON_HEAD).collect();
-                    *first = Some(Bytes::from(head));
-                    *more = frames;
-                    *only_ends = true;
-                }
-                if *only_ends {
-                    keep_tail(more);
+                    let whole = first.as_deref().unwrap_or_default();
+                    let mut head = whole[..whole.len().min(JSON_HEAD)].to_vec();
+                    head.extend_from_slice(&rest[..rest.len().min(JSON_HEAD - head.len())]);
+                    // The last JSON_TAIL bytes of the body so far: from `rest`, and from `first`
+                    // when `rest` is shorter.
+                    let from_first = JSON_TAIL.saturating_sub(rest.len()).min(whole.len());
+                    let from_rest = rest.len().min(JSON_TAIL);
+                    let mut tail = BytesMut::with_capacity(2 * JSON_TAIL);
+                    tail.extend_from_slice(&whole[whole.len() - from_first..]);
+                    tail.extend_from_slice(&rest[rest.len() - from_rest..]);
+                    (*first, *rest, *only_ends) = (Some(Bytes::from(head)), tail, true);
+                } else if *only_ends && rest.len() > 2 * JSON_TAIL {
+                    // Copied down now and then: linear in the body, memory bounded.
+                    *rest = BytesMut::from(&rest[rest.len() - JSON_TAIL..]);
                 }
                 data
             }
@@ -297,17 +302,16 @@ impl UsageScanner {
 
     /// Usage and the model the upstream reported, once the body has ended.
     pub fn finish(&mut self) -> (Usage, Option<ModelName>) {
-        if let Mode::Json { first, more, only_ends, .. } = &mut self.mode {
-            let (first, more, only_ends) = (first.take(), std::mem::take(more), *only_ends);
+        if let Mode::Json { first, rest, only_ends, .. } = &mut self.mode {
+            let (first, rest, only_ends) = (first.take(), std::mem::take(rest), *only_ends);
             match first {
-                Some(head) if only_ends => {
-                    let tail: Vec<u8> = more.iter().flatten().copied().collect();
-                    self.report_ends(&head, &tail);
-                }
-                Some(one) if more.is_empty() => self.report_body(&one),
+                Some(head) if only_ends => self.report_ends(&head, &rest),
+                Some(one) if rest.is_empty() => self.report_body(&one),
                 Some(one) => {
-                    let body: Vec<u8> = one.iter().chain(more.iter().flatten()).copied().collect();
-                    self.report_body(&Bytes::from(body));
+                    let mut body = BytesMut::with_capacity(one.len() + rest.len());
+                    body.extend_from_slice(&one);
+                    body.extend_from_slice(&rest);
+                    self.report_body(&body.freeze());
                 }
                 None => {}
             }
@@ -324,7 +328,10 @@ impl UsageScanner {
             self.usage.completion = u.completion.or(self.usage.completion);
         }
         if self.model.is_none() {
-            let model = crate::router::model::leading(head).filter(|m| !m.is_empty());
+            // Near the end in some answers (OpenAI embeddings put it after `data`), else first.
+            let near_end = crate::json_scan::last_member(tail, b"model", 4)
+                .and_then(|v| Scanner::new(v).string_or_null().flatten());
+            let model = near_end.or_else(|| crate::router::model::leading(head)).filter(|m| !m.is_empty());
             self.model = model.map(|m| ModelName::Owned(m.into_owned()));
         }
     }
@@ -388,10 +395,14 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
     // Anthropic counts input read from and written to its prompt cache apart from
     // `input_tokens`; OpenAI's `prompt_tokens` includes cached input. Prompt tokens here are
     // all input, as OpenAI counts them.
-    let mut cached = 0u64;
+    let (mut cached, mut anthropic) = (0u64, false);
     s.object(|s, key, _| {
         match key {
-            b"prompt_tokens" | b"input_tokens" => u.prompt = u.prompt.or(s.u64_or_other()?),
+            b"prompt_tokens" => u.prompt = u.prompt.or(s.u64_or_other()?),
+            b"input_tokens" => {
+                anthropic = true;
+                u.prompt = u.prompt.or(s.u64_or_other()?);
+            }
             b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(s.u64_or_other()?),
             b"cache_read_input_tokens" | b"cache_creation_input_tokens" => {
                 cached = cached.saturating_add(s.u64_or_other()?.unwrap_or(0));
@@ -401,7 +412,10 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
         Some(())
     })?;
     let sane = |n: &u64| *n <= MAX_TOKENS;
-    u.prompt = u.prompt.filter(sane).map(|n| n.saturating_add(cached.min(MAX_TOKENS)));
+    // Only in Anthropic's layout are the cache counts apart from the input count (gateways that
+    // report `prompt_tokens` with them include them already).
+    let cached = if anthropic { cached.min(MAX_TOKENS) } else { 0 };
+    u.prompt = u.prompt.filter(sane).map(|n| n.saturating_add(cached));
     u.completion = u.completion.filter(sane);
     Some(Some(u))
 }
@@ -435,14 +449,23 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
             Some(out.into())
         }
         Some(_) => {
-            // Edited in place too: the option goes last in the object, where it wins over an
-            // earlier `include_usage` (as in the upstream's decoder); a value that is not an
-            // object is replaced.
+            // Edited in place too: an `include_usage` present gets `true`, else the option is
+            // added at the end of the object; a value that is not an object is replaced.
             let value = crate::json_scan::member(body, b"stream_options")?;
             let start = crate::http1::offset_in(body, value) as usize;
             let end = start + value.len();
             let mut out = Vec::with_capacity(body.len() + 24);
+            let existing = crate::json_scan::member(value, b"include_usage");
             match value {
+                // An `include_usage` that is not `true`: its value replaced (a duplicate key
+                // would be refused by strict decoders).
+                _ if existing.is_some() => {
+                    let v = existing?;
+                    let at = crate::http1::offset_in(body, v) as usize;
+                    out.extend_from_slice(&body[..at]);
+                    out.extend_from_slice(b"true");
+                    out.extend_from_slice(&body[at + v.len()..]);
+                }
                 [b'{', inner @ .., b'}'] => {
                     out.extend_from_slice(&body[..end - 1]);
                     if !inner.iter().all(u8::is_ascii_whitespace) {
@@ -458,21 +481,6 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
                 }
             }
             Some(out.into())
-        }
-    }
-}
-
-/// Drops the oldest frames (or the oldest part of the one left) beyond `JSON_TAIL` bytes.
-fn keep_tail(frames: &mut Vec<Bytes>) {
-    let mut total: usize = frames.iter().map(Bytes::len).sum();
-    while total > JSON_TAIL {
-        let excess = total - JSON_TAIL;
-        if frames[0].len() <= excess {
-            total -= frames.remove(0).len();
-        } else {
-            // Copied, so the rest of a large frame is not held by the slice.
-            frames[0] = Bytes::copy_from_slice(&frames[0][excess..]);
-            total = JSON_TAIL;
         }
     }
 }
@@ -587,6 +595,9 @@ data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"model\":\"gpt-4o\"}\n\n"
         let cached = r#"{"type":"message","model":"claude-x","usage":{"input_tokens":5,"cache_read_input_tokens":90000,"cache_creation_input_tokens":10,"output_tokens":3}}"#;
         let (u, _, _) = scan_in_pieces("application/json", cached, 9, false);
         assert_eq!(u, Usage { prompt: Some(90_015), completion: Some(3) }, "prompt tokens are all input");
+        // A gateway's OpenAI layout whose prompt_tokens already include the cache: not added twice.
+        let gateway = r#"{"usage":{"prompt_tokens":13559,"cache_read_input_tokens":13000,"completion_tokens":5}}"#;
+        assert_eq!(scan_in_pieces("application/json", gateway, 64, false).0.prompt, Some(13_559));
     }
 
     #[test]
@@ -603,11 +614,18 @@ data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"model\":\"gpt-4o\"}\n\n"
             r#"{{"model":"embed-1","data":["{}"],"usage":{{"prompt_tokens":7,"total_tokens":7}}}}"#,
             "x".repeat(3 * MAX_JSON / 2)
         );
-        for piece in [1000, 100_000, big.len() - 10, big.len()] {
+        for piece in [13, 1000, 100_000, big.len() - 10, big.len()] {
             let (u, m, out) = scan_in_pieces("application/json", &big, piece, false);
             assert_eq!((u.prompt, m.as_deref()), (Some(7), Some("embed-1")), "piece {piece}");
             assert_eq!(out.len(), big.len());
         }
+        // OpenAI's embeddings answers name the model after the data.
+        let embeddings = format!(
+            r#"{{"object":"list","data":["{}"],"model":"text-embedding-3-large","usage":{{"prompt_tokens":9,"total_tokens":9}}}}"#,
+            "x".repeat(3 * MAX_JSON / 2)
+        );
+        let (u, m, _) = scan_in_pieces("application/json", &embeddings, 65_536, false);
+        assert_eq!((u.prompt, m.as_deref()), (Some(9), Some("text-embedding-3-large")));
     }
 
     #[test]
@@ -638,7 +656,7 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         let edited = |body: &str| String::from_utf8(ask_for_usage(p, body.as_bytes()).unwrap().to_vec()).unwrap();
         assert_eq!(
             edited(r#"{"stream":true,"stream_options":{"include_usage":false},"seed":123456789012345678901234}"#),
-            r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":true},"seed":123456789012345678901234}"#
+            r#"{"stream":true,"stream_options":{"include_usage":true},"seed":123456789012345678901234}"#
         );
         assert_eq!(
             edited(r#"{"stream_options": { },"stream":true}"#),
