@@ -186,17 +186,25 @@ impl Runtime {
     /// kept from `previous` already have their checks running.
     pub fn start_background(&self, previous: Option<&Runtime>) {
         for u in &self.upstreams {
-            if !previous.is_some_and(|p| p.upstreams.iter().any(|old| Arc::ptr_eq(old, u))) {
-                let proxy = self
-                    .config
-                    .upstream_groups
-                    .iter()
-                    .filter(|g| g.upstreams.iter().any(|m| m.name == u.name))
-                    .find_map(|g| g.http_client.proxy.clone());
+            let proxy = health_check_proxy(&self.config, &u.name);
+            let kept = previous.is_some_and(|p| {
+                p.upstreams.iter().any(|old| Arc::ptr_eq(old, u)) && health_check_proxy(&p.config, &u.name) == proxy
+            });
+            if !kept {
                 crate::upstream::health_check::spawn(u, proxy);
             }
         }
     }
+}
+
+/// The outbound proxy an upstream's health checks go through: that of the first group using
+/// it that has one (its requests go the same way).
+fn health_check_proxy(config: &Config, upstream: &str) -> Option<config::OutboundProxy> {
+    config
+        .upstream_groups
+        .iter()
+        .filter(|g| g.upstreams.iter().any(|m| m.name == upstream))
+        .find_map(|g| g.http_client.proxy.clone())
 }
 
 fn build_group(

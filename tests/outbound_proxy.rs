@@ -197,6 +197,22 @@ async fn health_checks_go_through_the_groups_proxy() {
 }
 
 #[tokio::test]
+async fn a_reload_that_adds_a_proxy_moves_the_health_checks_onto_it() {
+    let up = TestUpstream::start().await;
+    let (proxy_url, log) = connect_proxy().await;
+    let check = "    health_check: {path: /health, interval: 1, timeout: 1}";
+    let server = start(&single_upstream_config(&up.url("/v1"), check, "")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(log.tunnels.load(Ordering::SeqCst), 0, "direct while there is no proxy");
+    let with_proxy = single_upstream_config(&up.url("/v1"), check, &format!("      proxy: {{url: \"{proxy_url}\"}}"));
+    server.reload(llmproxy::config::from_str(&with_proxy, &std::collections::HashMap::new()).unwrap()).unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || log.tunnels.load(Ordering::SeqCst) >= 1).await,
+        "the upstream is unchanged, but its checks now take the group's proxy"
+    );
+}
+
+#[tokio::test]
 async fn unreachable_proxy_is_a_502() {
     let up = TestUpstream::start().await;
     let proxy_url = closed_port_url();

@@ -38,15 +38,20 @@ pub fn spawn(upstream: &Arc<Upstream>, proxy: Option<config::OutboundProxy>) {
             return;
         }
     };
-    tokio::spawn(run(weak, cfg, client));
+    // A newer loop for the same upstream (its group's proxy changed) replaces this one.
+    let generation = upstream.health_loop.fetch_add(1, Ordering::AcqRel) + 1;
+    tokio::spawn(run(weak, cfg, client, generation));
 }
 
-async fn run(weak: Weak<Upstream>, cfg: config::HealthCheck, client: HttpClient) {
+async fn run(weak: Weak<Upstream>, cfg: config::HealthCheck, client: HttpClient, generation: u64) {
     let mut interval = tokio::time::interval(Duration::from_secs(cfg.interval));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let Some(upstream) = weak.upgrade() else { return };
+        if upstream.health_loop.load(Ordering::Acquire) != generation {
+            return;
+        }
         let ok = check(&upstream, &cfg, &client).await;
         if ok {
             upstream.health_passes.inc();

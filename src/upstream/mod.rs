@@ -45,6 +45,8 @@ pub struct Upstream {
     pub health_check: Option<config::HealthCheck>,
     pub health_passes: Counter,
     pub health_failures: Counter,
+    /// Which health-check loop is the current one (see `health_check::spawn`).
+    pub health_loop: AtomicU64,
     /// The configuration this was compiled from: a runtime swap keeps this upstream (and its
     /// breaker, load statistics and health state) when the new configuration is identical.
     pub config: config::Upstream,
@@ -119,6 +121,7 @@ impl Upstream {
             health_check: cfg.health_check.clone(),
             health_passes: carried(|u| &u.health_passes),
             health_failures: carried(|u| &u.health_failures),
+            health_loop: AtomicU64::new(0),
             config: cfg.clone(),
         })
     }
