@@ -128,6 +128,15 @@ pub fn sse(data: &[u8]) {
         let forwards = crate::json_scan::member(data, b"usage");
         let backwards = crate::json_scan::last_member(data, b"usage", usize::MAX);
         assert_eq!(backwards, forwards, "last_member disagrees");
+        // Asking for usage on the client's behalf keeps the request valid JSON, with the option on.
+        if let Some(asked) = crate::usage::ask_for_usage("/v1/chat/completions", data) {
+            let v: serde_json::Value = serde_json::from_slice(&asked).unwrap_or_else(|e| panic!("invalid JSON: {e}"));
+            assert_eq!(v["stream_options"]["include_usage"], serde_json::Value::Bool(true));
+        }
+    }
+    // A large answer's usage is read from its last bytes, which may start anywhere.
+    for start in [0, data.len() / 3, data.len() / 2] {
+        let _ = crate::json_scan::last_member(&data[start..], b"usage", 4);
     }
     let Some((&step, body)) = data.split_first() else { return };
     let step = usize::from(step % 17) + 1;

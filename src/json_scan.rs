@@ -193,11 +193,11 @@ impl<'a> Scanner<'a> {
 pub fn member<'a>(doc: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut s = Scanner::new(doc);
     let mut found = None;
-    s.object(|s, k, _| {
+    s.object(|s, k, escaped| {
         s.ws();
         let start = s.i;
         s.skip_value()?;
-        if k == key {
+        if key_matches(k, escaped, key) {
             found = Some(&doc[start..s.i]);
         }
         Some(())
@@ -221,7 +221,8 @@ pub fn last_member<'a>(doc: &'a [u8], key: &[u8], max_members: usize) -> Option<
         end -= trailing_ws(&doc[..end]);
         let close = end.checked_sub(1).filter(|&e| doc[e] == b'"')?;
         let open = opening_quote(doc, close)?;
-        if &doc[open + 1..close] == key {
+        let raw = &doc[open + 1..close];
+        if key_matches(raw, raw.contains(&b'\\'), key) {
             return Some(value);
         }
         end = open - trailing_ws(&doc[..open]);
@@ -313,12 +314,18 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
 
 /// Whether an object key (raw bytes between the quotes, and whether they hold escapes) is `name`.
 pub fn key_is(raw: &[u8], escaped: bool, name: &str) -> bool {
+    key_matches(raw, escaped, name.as_bytes())
+}
+
+/// As [`key_is`], for a name given as bytes. Keys are compared as the JSON decoders of the
+/// upstreams compare them: after their escapes are decoded.
+fn key_matches(raw: &[u8], escaped: bool, name: &[u8]) -> bool {
     // An escape is at most six bytes (`\uXXXX`) for one character: anything longer is another key,
     // and is not decoded (a body of many escaped keys must not cost an allocation each).
     if escaped && raw.len() <= 6 * name.len() {
-        unescape(raw).is_some_and(|k| k == name)
+        unescape(raw).is_some_and(|k| k.as_bytes() == name)
     } else {
-        !escaped && raw == name.as_bytes()
+        !escaped && raw == name
     }
 }
 
@@ -443,6 +450,10 @@ mod tests {
         assert_eq!(last_member(br#"{"usage":1,"a":2,"b":3]"#, b"usage", 8), None);
         assert_eq!(last_member(br#"{"usage":1 "a":2}"#, b"usage", 8), None);
         assert_eq!(last_member(b"", b"usage", 8), None);
+        // Keys compare after their escapes are decoded, as decoders compare them.
+        let escaped = br#"{"usage":1,"us\u0061ge":2}"#;
+        assert_eq!(member(escaped, b"usage"), Some(&b"2"[..]));
+        assert_eq!(last_member(escaped, b"usage", 8), Some(&b"2"[..]));
     }
 
     #[test]
