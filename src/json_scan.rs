@@ -197,7 +197,7 @@ pub fn member<'a>(doc: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
         s.ws();
         let start = s.i;
         s.skip_value()?;
-        if key_matches(k, escaped, key) {
+        if key_is(k, escaped, key) {
             found = Some(&doc[start..s.i]);
         }
         Some(())
@@ -222,7 +222,7 @@ pub fn last_member<'a>(doc: &'a [u8], key: &[u8], max_members: usize) -> Option<
         let close = end.checked_sub(1).filter(|&e| doc[e] == b'"')?;
         let open = opening_quote(doc, close)?;
         let raw = &doc[open + 1..close];
-        if key_matches(raw, raw.contains(&b'\\'), key) {
+        if key_is(raw, raw.contains(&b'\\'), key) {
             return Some(value);
         }
         end = open - trailing_ws(&doc[..open]);
@@ -312,14 +312,10 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     words.remainder().iter().position(|&c| c == b'"' || c == b'\\').map(|p| offset + p)
 }
 
-/// Whether an object key (raw bytes between the quotes, and whether they hold escapes) is `name`.
-pub fn key_is(raw: &[u8], escaped: bool, name: &str) -> bool {
-    key_matches(raw, escaped, name.as_bytes())
-}
-
-/// As [`key_is`], for a name given as bytes. Keys are compared as the JSON decoders of the
-/// upstreams compare them: after their escapes are decoded.
-fn key_matches(raw: &[u8], escaped: bool, name: &[u8]) -> bool {
+/// Whether an object key (raw bytes between the quotes, and whether they hold escapes) is
+/// `name`. Keys are compared as the upstreams' JSON decoders compare them: after their escapes
+/// are decoded.
+pub fn key_is(raw: &[u8], escaped: bool, name: &[u8]) -> bool {
     // An escape is at most six bytes (`\uXXXX`) for one character: anything longer is another key,
     // and is not decoded (a body of many escaped keys must not cost an allocation each).
     if escaped && raw.len() <= 6 * name.len() {

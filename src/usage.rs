@@ -257,26 +257,26 @@ impl UsageScanner {
         self.report(payload.trim_ascii())
     }
 
+    /// Takes the counts `u` reports. Later values replace earlier ones: Anthropic's counts are
+    /// cumulative.
+    fn note(&mut self, u: Usage) {
+        self.usage.prompt = u.prompt.or(self.usage.prompt);
+        self.usage.completion = u.completion.or(self.usage.completion);
+    }
+
     /// Reads one JSON event or body; returns true for a usage-only chunk (`"choices": []`).
     /// A malformed document changes nothing.
     fn report(&mut self, json: &[u8]) -> bool {
         let Some(r) = Report::read(json) else { return false };
         if self.model.is_none() {
             // An empty name (Azure's first, content-filter chunk) is no name.
-            let named = |m: &Option<Cow<'_, str>>| m.as_ref().is_some_and(|m| !m.is_empty());
-            let model = if named(&r.model) { r.model } else { r.message_model.filter(|m| !m.is_empty()) };
+            let model = r.model.filter(|m| !m.is_empty()).or(r.message_model.filter(|m| !m.is_empty()));
             self.model = model.map(|m| ModelName::Owned(m.into_owned()));
         }
         let nested = r.kind.is_some_and(|k| k == b"message_start" || k.starts_with(b"response."));
         let usage = if nested { r.message_usage } else { r.usage };
         let Some(u) = usage else { return false };
-        // Later values replace earlier ones: Anthropic's counts are cumulative.
-        if let Some(p) = u.prompt {
-            self.usage.prompt = Some(p);
-        }
-        if let Some(c) = u.completion {
-            self.usage.completion = Some(c);
-        }
+        self.note(u);
         r.kind.is_none() && r.choices_empty == Some(true)
     }
 
@@ -289,8 +289,7 @@ impl UsageScanner {
             return;
         };
         if let Some(Some(u)) = counts(&mut Scanner::new(value)) {
-            self.usage.prompt = u.prompt.or(self.usage.prompt);
-            self.usage.completion = u.completion.or(self.usage.completion);
+            self.note(u);
         }
         if self.model.is_none() {
             self.model = crate::router::model::leading(json).filter(|m| !m.is_empty()).map(|m| match m {
@@ -324,8 +323,7 @@ impl UsageScanner {
         if let Some(Some(u)) =
             crate::json_scan::last_member(tail, b"usage", 4).and_then(|v| counts(&mut Scanner::new(v)))
         {
-            self.usage.prompt = u.prompt.or(self.usage.prompt);
-            self.usage.completion = u.completion.or(self.usage.completion);
+            self.note(u);
         }
         if self.model.is_none() {
             // Near the end in some answers (OpenAI embeddings put it after `data`), else first.
@@ -433,8 +431,8 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
     if !path.trim_end_matches('/').ends_with("/completions") {
         return None;
     }
-    let mut v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
     if obj.get("stream").and_then(Value::as_bool) != Some(true) {
         return None;
     }
@@ -454,33 +452,21 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
             let value = crate::json_scan::member(body, b"stream_options")?;
             let start = crate::http1::offset_in(body, value) as usize;
             let end = start + value.len();
-            let mut out = Vec::with_capacity(body.len() + 24);
-            let existing = crate::json_scan::member(value, b"include_usage");
-            match value {
-                // An `include_usage` that is not `true`: its value replaced (a duplicate key
-                // would be refused by strict decoders).
-                _ if existing.is_some() => {
-                    let v = existing?;
+            // The span of `body` to replace, and what with.
+            let (cut, with): (std::ops::Range<usize>, &[u8]) = match value {
+                // An `include_usage` that is not `true` gets `true` (a duplicate key would be
+                // refused by strict decoders).
+                _ if let Some(v) = crate::json_scan::member(value, b"include_usage") => {
                     let at = crate::http1::offset_in(body, v) as usize;
-                    out.extend_from_slice(&body[..at]);
-                    out.extend_from_slice(b"true");
-                    out.extend_from_slice(&body[at + v.len()..]);
+                    (at..at + v.len(), b"true")
                 }
-                [b'{', inner @ .., b'}'] => {
-                    out.extend_from_slice(&body[..end - 1]);
-                    if !inner.iter().all(u8::is_ascii_whitespace) {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(br#""include_usage":true"#);
-                    out.extend_from_slice(&body[end - 1..]);
+                [b'{', inner @ .., b'}'] if inner.iter().all(u8::is_ascii_whitespace) => {
+                    (end - 1..end - 1, br#""include_usage":true"#)
                 }
-                _ => {
-                    out.extend_from_slice(&body[..start]);
-                    out.extend_from_slice(br#"{"include_usage":true}"#);
-                    out.extend_from_slice(&body[end..]);
-                }
-            }
-            Some(out.into())
+                [b'{', .., b'}'] => (end - 1..end - 1, br#","include_usage":true"#),
+                _ => (start..end, br#"{"include_usage":true}"#),
+            };
+            Some([&body[..cut.start], with, &body[cut.end..]].concat().into())
         }
     }
 }

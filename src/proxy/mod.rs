@@ -359,14 +359,19 @@ impl RetryAfters {
         self.0.push((index, until));
     }
 
-    /// The upstreams still waiting at `at`, as a mask.
-    fn held(&self, at: Instant) -> u64 {
-        self.0.iter().filter(|(_, until)| until.is_none_or(|u| u > at)).fold(0, |mask, &(i, _)| mask | 1 << i)
+    /// The upstreams whose wait satisfies `which`, as a mask.
+    fn mask(&self, which: impl Fn(Option<Instant>) -> bool) -> u64 {
+        self.0.iter().filter(|&&(_, until)| which(until)).fold(0, |mask, &(i, _)| mask | 1 << i)
     }
 
-    /// The upstreams that asked for longer than `MAX_RETRY_AFTER`, as a mask.
+    /// The upstreams still waiting at `at`.
+    fn held(&self, at: Instant) -> u64 {
+        self.mask(|until| until.is_none_or(|u| u > at))
+    }
+
+    /// The upstreams that asked for longer than `MAX_RETRY_AFTER`.
     fn beyond_reach(&self) -> u64 {
-        self.0.iter().filter(|(_, until)| until.is_none()).fold(0, |mask, &(i, _)| mask | 1 << i)
+        self.mask(|until| until.is_none())
     }
 
     /// When the first upstream still waiting at `at` may be tried again.

@@ -15,7 +15,7 @@ pub fn extract(body: &[u8]) -> Option<Cow<'_, str>> {
     let mut model = None;
     let mut s = Scanner::new(body);
     s.object(|s, key, escaped| {
-        if key_is(key, escaped, "model") {
+        if key_is(key, escaped, b"model") {
             model = s.string_or_null()?;
             return Some(());
         }

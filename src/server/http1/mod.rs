@@ -119,8 +119,11 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
         if !kept {
             // Unread input (a body, pipelined requests) would make the close a reset, which can
             // destroy the answer before the client has read it.
-            let unread = { !body_done || !client.lock().buf.is_empty() };
-            if unread && !client.lock().eof {
+            let linger = {
+                let inbound = client.lock();
+                (!body_done || !inbound.buf.is_empty()) && !inbound.eof
+            };
+            if linger {
                 client.linger().await;
             }
             return;
