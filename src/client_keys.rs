@@ -12,7 +12,7 @@ use crate::metrics::Counter;
 use crate::ratelimit::Gcra;
 use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -47,11 +47,11 @@ impl ClientKeys {
             .map(|k| {
                 // A key kept across a change keeps its count and what it owes its rate limit.
                 let old = previous.and_then(|p| p.keys.iter().find(|old| *old.name == *k.name));
-                let debt = old.and_then(|o| o.limiter.as_ref()).map_or(0, |(_, tat)| tat.load(Ordering::Acquire));
+                let owed = old.and_then(|o| o.limiter.as_ref());
                 ClientKey {
                     name: k.name.as_str().into(),
                     secret: k.key.as_bytes().into(),
-                    limiter: k.ratelimit.as_ref().map(|r| (Gcra::new(r.per_second, r.burst), AtomicU64::new(debt))),
+                    limiter: k.ratelimit.as_ref().map(|r| Gcra::with_state(r.per_second, r.burst, owed)),
                     requests: old.map(|o| o.requests.clone()).unwrap_or_default(),
                 }
             })

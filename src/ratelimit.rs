@@ -27,6 +27,13 @@ impl Gcra {
         Gcra { interval, tolerance: interval * u64::from(burst.max(1) - 1) }
     }
 
+    /// A limiter with its one word of state, continuing what was owed to `previous` (the
+    /// limiter it replaces on a configuration change, if any): a change forgives no debt.
+    pub fn with_state(per_second: u32, burst: u32, previous: Option<&(Gcra, AtomicU64)>) -> (Gcra, AtomicU64) {
+        let owed = previous.map_or(0, |(_, tat)| tat.load(Ordering::Acquire));
+        (Gcra::new(per_second, burst), AtomicU64::new(owed))
+    }
+
     /// Admits one request at `now` against `tat`, or returns the nanoseconds to wait.
     pub fn check(&self, tat: &AtomicU64, now: u64) -> Result<(), u64> {
         let mut current = tat.load(Ordering::Relaxed);
