@@ -376,17 +376,22 @@ struct Proxy {
     child: Child,
     addr: SocketAddr,
     started_in: Duration,
+    /// Holds its configuration file; removed with the proxy.
+    dir: std::path::PathBuf,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn spawn_proxy(config_text: &str, pin: Option<&str>) -> Proxy {
-    let dir = std::env::temp_dir().join(format!("llmproxy-bench-{}", std::process::id()));
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("llmproxy-bench-{}-{n}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join("config.yaml");
     std::fs::write(&path, config_text).expect("write config");
@@ -413,7 +418,7 @@ fn spawn_proxy(config_text: &str, pin: Option<&str>) -> Proxy {
     }
     let started_in = started.elapsed();
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    Proxy { child, addr: addr.expect("proxy address"), started_in }
+    Proxy { child, addr: addr.expect("proxy address"), started_in, dir }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -755,11 +760,27 @@ mod compare {
     //! llmproxyd against nginx as a plain keep-alive reverse proxy, each pinned to core 0, with
     //! the upstream and the load generator pinned to core 1. Rounds interleave the two so that
     //! drift (thermal, noisy neighbours) affects both alike.
+    //!
+    //! The upstream and the load generator share one thread and one event loop (this process's,
+    //! moved to core 1). As two processes on that core they were time-sliced by the scheduler:
+    //! about one context switch every two requests, and an answer that waited for the other
+    //! process's slice to end, so the open loop's tail measured the scheduler of core 1 more
+    //! than the proxy on core 0.
     use super::*;
 
     /// Rounds per proxy (`BENCH_ROUNDS`); the medians are reported.
     fn rounds() -> usize {
         std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
+    }
+
+    /// What one proxy did in one round.
+    struct Round {
+        throughput: f64,
+        /// Busy time of the proxies' core per request of the closed loop: user, system and the
+        /// softirq time loopback traffic costs, which is not charged to any process. Only the
+        /// proxy under load runs there, so this is all it costs its core.
+        core_us_per_request: f64,
+        open_p99: f64,
     }
 
     /// CPU time (user + system) a process has used, in clock ticks (`/proc/PID/stat`).
@@ -771,6 +792,47 @@ mod compare {
         fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)
     }
 
+    /// nginx's worker (the process that proxies), a child of the master.
+    fn nginx_worker(master: u32) -> u32 {
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(master)
+    }
+
+    /// Clock ticks core 0 has spent busy: user, nice, system, irq and softirq (`/proc/stat`).
+    fn core_0_busy() -> u64 {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let line = stat.lines().find(|l| l.starts_with("cpu0 ")).unwrap_or("");
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum()
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// A distribution-free confidence interval for the median of `v`, from its order statistics
+    /// (the median ratio lies between the k-th smallest and k-th largest round with ≥ 95 %
+    /// probability); with fewer than 6 rounds no such interval exists, and the range is given.
+    fn interval(mut v: Vec<f64>) -> String {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n < 6 {
+            return format!("range {:.2}–{:.2}", v.first().unwrap_or(&f64::NAN), v.last().unwrap_or(&f64::NAN));
+        }
+        // Largest k with P(Binomial(n, ½) < k) ≤ 2.5 %.
+        let (mut k, mut below, mut term) = (0usize, 0.0f64, 0.5f64.powi(n as i32));
+        while below + term <= 0.025 {
+            below += term;
+            k += 1;
+            term = term * (n - k + 1) as f64 / k as f64;
+        }
+        let k = k.max(1);
+        format!("95 % interval {:.2}–{:.2}", v[k - 1], v[n - k])
+    }
+
     fn ticks_per_second() -> f64 {
         Command::new("getconf")
             .arg("CLK_TCK")
@@ -778,14 +840,6 @@ mod compare {
             .ok()
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
-    }
-
-    /// nginx's worker (the process that proxies), a child of the master.
-    fn nginx_worker(master: u32) -> u32 {
-        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-            .ok()
-            .and_then(|c| c.split_whitespace().next()?.parse().ok())
-            .unwrap_or(master)
     }
 
     pub fn free_port() -> u16 {
@@ -804,16 +858,15 @@ mod compare {
         )
     }
 
-    /// Runs the raw load generator on core 1 against `addr`.
-    fn load(addr: &str, mode: &str, n: u64, secs: u64) -> Vec<f64> {
-        let exe = std::env::current_exe().expect("current exe");
-        let out = Command::new("taskset")
-            .args(["-c", "1"])
-            .arg(exe)
-            .args(["raw-load", addr, mode, &n.to_string(), &secs.to_string()])
-            .output()
-            .expect("run load generator");
-        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|v| v.parse().ok()).collect()
+    /// Moves this process, every thread of it, to core 1 (where its upstream and load generator
+    /// run); the proxies it starts are pinned to core 0 by their own `taskset`.
+    fn move_to_core_1() {
+        let pid = std::process::id().to_string();
+        let moved = Command::new("taskset").args(["-a", "-c", "-p", "1", &pid]).stdout(Stdio::null()).status();
+        if !moved.map(|s| s.success()).unwrap_or(false) {
+            eprintln!("taskset could not move the benchmark to core 1");
+            std::process::exit(1);
+        }
     }
 
     pub fn run() {
@@ -824,15 +877,21 @@ mod compare {
         let secs = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
         let dir = std::env::temp_dir().join(format!("llmproxy-compare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let up_port = free_port();
-        let exe = std::env::current_exe().expect("current exe");
-        let mut upstream = Command::new("taskset")
-            .args(["-c", "1"])
-            .arg(&exe)
-            .args(["raw-upstream", &up_port.to_string()])
-            .spawn()
-            .expect("upstream");
-        std::thread::sleep(Duration::from_millis(300));
+        move_to_core_1();
+        // One thread for the upstream and the load: the upstream's task runs whenever a load runs.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind upstream");
+        let up_port = listener.local_addr().expect("upstream address").port();
+        let upstream = rt.spawn(raw::serve(listener));
+        let load = |addr: &str, closed: bool, n: u64, secs: u64| {
+            let d = Duration::from_secs(secs);
+            rt.block_on(async {
+                match closed {
+                    true => raw::closed_loop(addr, n as usize, d).await,
+                    false => raw::open_loop(addr, n, d).await,
+                }
+            })
+        };
         let nginx_port = free_port();
         std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, nginx_port, up_port)).expect("nginx.conf");
         let mut nginx = Command::new("taskset")
@@ -847,66 +906,82 @@ mod compare {
         let urls = [("nginx", format!("127.0.0.1:{nginx_port}")), ("llmproxyd", proxy.addr.to_string())];
 
         let rounds = rounds();
-        let tick = ticks_per_second();
-        // The processes whose CPU time is charged to each proxy.
-        let pids = [nginx_worker(nginx.id()), proxy.child.id()];
         println!("bench-compare: proxies pinned to core 0, upstream and load generator to core 1, {rounds} interleaved rounds of {secs} s");
         // Fixed rate for the open loop: 40% of nginx's closed-loop throughput in a short probe —
         // a moderate load, where latency (not overload) is what is compared.
-        let probe = load(&urls[0].1, "closed", 32, 2);
-        let rate = ((probe.first().copied().unwrap_or(2000.0) * 0.4) as u64).max(100);
-        let mut closed: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
-        let mut open: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+        let rate = ((load(&urls[0].1, true, 32, 2).throughput() * 0.4) as u64).max(100);
+        let mut figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+        let mut together_figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+        // The processes whose CPU time is charged to each proxy when both run at once.
+        let pids = [nginx_worker(nginx.id()), proxy.child.id()];
         for round in 1..=rounds {
             // ABBA order: a drift of the machine during a round favours neither proxy.
             let order: [usize; 2] = if round % 2 == 1 { [0, 1] } else { [1, 0] };
             for i in order {
                 let (name, url) = &urls[i];
-                let before = cpu_ticks(pids[i]);
-                let mut c = load(url, "closed", 32, secs);
-                // CPU per request: the efficiency behind the throughput, unaffected by whether
-                // the other core (upstream and load generator) was the bottleneck.
-                let requests = c.last().copied().unwrap_or(0.0);
-                let cpu_us = (cpu_ticks(pids[i]) - before) as f64 / tick * 1e6 / requests.max(1.0);
-                c.push(cpu_us);
-                let o = load(url, "open", rate, secs);
+                let before = core_0_busy();
+                let closed = load(url, true, 32, secs);
+                let busy = core_0_busy().saturating_sub(before);
+                let open = load(url, false, rate, secs);
+                let r = Round {
+                    throughput: closed.throughput(),
+                    core_us_per_request: busy as f64 / ticks_per_second() * 1e6
+                        / (closed.latencies_us.len() as f64).max(1.0),
+                    open_p99: open.pct(0.99),
+                };
                 println!(
-                    "round {round} {name:<9} closed(32): {:>8.0} req/s p99 {:>6.0} µs cpu {:>5.1} µs/req | open({rate}/s): p50 {:>6.0} p99 {:>6.0} p99.9 {:>6.0} µs errors {}",
-                    c.first().unwrap_or(&f64::NAN),
-                    c.get(3).unwrap_or(&f64::NAN),
-                    cpu_us,
-                    o.get(1).unwrap_or(&f64::NAN),
-                    o.get(3).unwrap_or(&f64::NAN),
-                    o.get(4).unwrap_or(&f64::NAN),
-                    c.get(5).unwrap_or(&0.0) + o.get(5).unwrap_or(&0.0),
+                    "round {round} {name:<9} closed(32): {:>8.0} req/s p99 {:>6.0} µs core 0 {:>5.1} µs/req | open({rate}/s): p50 {:>6.0} p99 {:>6.0} p99.9 {:>6.0} µs errors {}",
+                    r.throughput,
+                    closed.pct(0.99),
+                    r.core_us_per_request,
+                    open.pct(0.5),
+                    r.open_p99,
+                    open.pct(0.999),
+                    closed.errors + open.errors,
                 );
-                closed[i].push(c);
-                open[i].push(o);
+                figures[i].push(r);
             }
+            // Both at once: half the connections and half the rate each, so the machine (and any
+            // stall of it) is the same for both, request by request.
+            let d = Duration::from_secs(secs);
+            let [(_, nginx_url), (_, llmproxyd_url)] = &urls;
+            let before = pids.map(cpu_ticks);
+            let (cn, cl) = rt.block_on(async {
+                tokio::join!(raw::closed_loop(nginx_url, 16, d), raw::closed_loop(llmproxyd_url, 16, d))
+            });
+            let cpu = |i: usize, s: &Stats| {
+                cpu_ticks(pids[i]).saturating_sub(before[i]) as f64 / ticks_per_second() * 1e6
+                    / (s.latencies_us.len() as f64).max(1.0)
+            };
+            let (cpu_n, cpu_l) = (cpu(0, &cn), cpu(1, &cl));
+            let (on, ol) = rt.block_on(async {
+                tokio::join!(raw::open_loop(nginx_url, rate / 2, d), raw::open_loop(llmproxyd_url, rate / 2, d))
+            });
+            println!(
+                "round {round} together  closed(16+16): {:>6.0} + {:>6.0} req/s, cpu {cpu_n:>4.1} + {cpu_l:>4.1} µs/req | open({}+{}/s): p99 {:>6.0} + {:>6.0} µs errors {}",
+                cn.throughput(),
+                cl.throughput(),
+                rate / 2,
+                rate / 2,
+                on.pct(0.99),
+                ol.pct(0.99),
+                cn.errors + cl.errors + on.errors + ol.errors,
+            );
+            let together = |s: &Stats, cpu_us: f64, open: &Stats| Round {
+                throughput: s.throughput(),
+                core_us_per_request: cpu_us,
+                open_p99: open.pct(0.99),
+            };
+            together_figures[0].push(together(&cn, cpu_n, &on));
+            together_figures[1].push(together(&cl, cpu_l, &ol));
         }
-        let median = |runs: &[Vec<f64>], k: usize| {
-            let mut v: Vec<f64> = runs.iter().filter_map(|r| r.get(k).copied()).collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        let [nginx_rounds, llmproxyd_rounds] = &figures;
+        let medians = |pick: fn(&Round) -> f64| {
+            (median(nginx_rounds.iter().map(pick).collect()), median(llmproxyd_rounds.iter().map(pick).collect()))
         };
-        let (nt, lt) = (median(&closed[0], 0), median(&closed[1], 0));
-        let (np, lp) = (median(&open[0], 3), median(&open[1], 3));
-        let cpu = |runs: &[Vec<f64>]| {
-            let mut v: Vec<f64> = runs.iter().filter_map(|r| r.last().copied()).collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-        };
-        let (nc, lc) = (cpu(&closed[0]), cpu(&closed[1]));
-        // The same comparison made within each round, where both proxies met the same machine.
-        let paired = |pick: &dyn Fn(&Vec<f64>) -> Option<f64>, runs: &[Vec<Vec<f64>>; 2]| {
-            let mut v: Vec<f64> = runs[0].iter().zip(&runs[1]).filter_map(|(n, l)| Some(pick(l)? / pick(n)?)).collect();
-            v.sort_by(f64::total_cmp);
-            let above = v.iter().filter(|&&r| r >= 1.0).count();
-            (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), above, v.len())
-        };
-        let (tr, t_above, n) = paired(&|r| r.first().copied(), &closed);
-        let (pr, p_above, _) = paired(&|r| r.get(3).copied(), &open);
-        let (cr, _, _) = paired(&|r| r.last().copied(), &closed);
+        let (nt, lt) = medians(|r| r.throughput);
+        let (np, lp) = medians(|r| r.open_p99);
+        let (nc, lc) = medians(|r| r.core_us_per_request);
         println!(
             "\nmedians: throughput nginx {nt:.0} req/s, llmproxyd {lt:.0} req/s → ratio {:.2} (target ≥ 1.00)",
             lt / nt
@@ -916,20 +991,35 @@ mod compare {
             lp / np
         );
         println!(
-            "         CPU per request (user + system): nginx {nc:.1} µs, llmproxyd {lc:.1} µs → ratio {:.2}",
+            "         core 0 busy per request (user, system, softirq): nginx {nc:.1} µs, llmproxyd {lc:.1} µs → ratio {:.2}",
             lc / nc
         );
-        println!(
-            "paired (llmproxyd / nginx in the same round), medians: throughput {tr:.2} (≥ 1 in {t_above} of {n} rounds), \
-             open-loop p99 {pr:.2} (< 1 in {} of {n}), CPU per request {cr:.2}",
-            n - p_above
-        );
+        // The same comparisons made within each round, where both proxies met the same machine,
+        // with a distribution-free interval for the median ratio: what the noise allows one to say.
+        let paired = |what: &str, [nginx, llmproxyd]: &[Vec<Round>; 2], pick: fn(&Round) -> f64| {
+            let ratios: Vec<f64> = nginx.iter().zip(llmproxyd).map(|(n, l)| pick(l) / pick(n)).collect();
+            let above = ratios.iter().filter(|&&r| r >= 1.0).count();
+            let n = ratios.len();
+            println!(
+                "  {what:<30} median {:.2}, {}; ≥ 1 in {above} of {n} rounds",
+                median(ratios.clone()),
+                interval(ratios)
+            );
+        };
+        println!("paired (llmproxyd / nginx in the same round):");
+        paired("throughput", &figures, |r| r.throughput);
+        paired("open-loop p99", &figures, |r| r.open_p99);
+        paired("core 0 busy per request", &figures, |r| r.core_us_per_request);
+        println!("together (both at once, so every stall of the machine met both):");
+        paired("throughput", &together_figures, |r| r.throughput);
+        paired("open-loop p99", &together_figures, |r| r.open_p99);
+        paired("CPU per request (user + system)", &together_figures, |r| r.core_us_per_request);
         // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked politely.
         let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
         let _ = nginx.wait();
-        let _ = upstream.kill();
-        let _ = upstream.wait();
+        upstream.abort();
         drop(proxy);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -8,18 +8,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::TempDir;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llmproxyd"))
 }
 
-fn temp_config(name: &str, text: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir =
-        std::env::temp_dir().join(format!("llmproxy-cli-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+/// A configuration file in its own temporary directory, removed when the returned guard drops.
+fn temp_config(name: &str, text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("cli");
+    let path = dir.file(name, text);
+    (dir, path)
 }
 
 fn mock_config(port: u16, admin_port: u16, mock: &str) -> String {
@@ -47,7 +47,7 @@ fn test_flag_accepts_the_default_config() {
 
 #[test]
 fn test_flag_rejects_a_broken_config_with_file_and_path() {
-    let path =
+    let (_dir, path) =
         temp_config("broken.yaml", &mock_config(3000, 9000, "{}").replace("default_group: g", "default_group: ghost"));
     let out = bin().args(["--test", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -68,7 +68,7 @@ fn test_flag_reads_the_tls_files() {
         "default_group: g}",
         "default_group: g, tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}}",
     );
-    let path = temp_config("tls.yaml", &yaml);
+    let (_dir, path) = temp_config("tls.yaml", &yaml);
     let out = bin().args(["-t", "-c"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "a check that passes must mean the start can");
     assert!(String::from_utf8_lossy(&out.stderr).contains("tls.cert /nonexistent/cert.pem"));
@@ -202,7 +202,7 @@ upstream_groups:
 
 #[test]
 fn sighup_applies_a_valid_config_and_keeps_the_running_one_on_error() {
-    let path = temp_config("reload.yaml", &two_forwards_config("first-model", false));
+    let (_dir, path) = temp_config("reload.yaml", &two_forwards_config("first-model", false));
     let proxy = Running::start(&path, &[]);
     let addr = proxy.forward_addr();
     let admin = proxy.admin_addr();
@@ -275,7 +275,7 @@ upstream_groups:
   - {{name: m, upstreams: [{{name: mocked}}]}}
 "#
     );
-    let path = temp_config("secrets.yaml", &yaml);
+    let (_dir, path) = temp_config("secrets.yaml", &yaml);
     let mut child = bin()
         .arg("-c")
         .arg(&path)
@@ -365,7 +365,7 @@ upstream_groups:
 fn port_held_by_another_program_is_a_clear_startup_error() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
-    let path = temp_config("busy.yaml", &mock_config(port, 0, "{}"));
+    let (_dir, path) = temp_config("busy.yaml", &mock_config(port, 0, "{}"));
     let out = bin().arg("-c").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -374,7 +374,7 @@ fn port_held_by_another_program_is_a_clear_startup_error() {
 
 #[test]
 fn sigterm_lets_a_stream_finish_then_exits_zero() {
-    let path = temp_config("drain.yaml", &mock_config(0, 0, "{ttft_ms: 0, token_delay_ms: 50, tokens: 30}"));
+    let (_dir, path) = temp_config("drain.yaml", &mock_config(0, 0, "{ttft_ms: 0, token_delay_ms: 50, tokens: 30}"));
     let mut proxy = Running::start(&path, &["--shutdown-timeout", "20"]);
     let addr = proxy.forward_addr();
     let (tx, rx) = mpsc::channel();
@@ -404,11 +404,12 @@ fn enable_request_migration() -> bool {
 #[test]
 fn restart_on_shared_ports_loses_no_requests() {
     let migration = enable_request_migration();
-    let path = temp_config("old.yaml", &mock_config(0, 0, "{ttft_ms: 5, token_delay_ms: 0, tokens: 2}"));
+    let (_dir, path) = temp_config("old.yaml", &mock_config(0, 0, "{ttft_ms: 5, token_delay_ms: 0, tokens: 2}"));
     let mut old = Running::start(&path, &[]);
     let addr = old.forward_addr();
     // The new instance binds the same forward port (SO_REUSEPORT) before the old one stops.
-    let new_path = temp_config("new.yaml", &mock_config(addr.port(), 0, "{ttft_ms: 5, token_delay_ms: 0, tokens: 2}"));
+    let (_new_dir, new_path) =
+        temp_config("new.yaml", &mock_config(addr.port(), 0, "{ttft_ms: 5, token_delay_ms: 0, tokens: 2}"));
     let new = Running::start(&new_path, &[]);
     assert_eq!(new.forward_addr(), addr);
 

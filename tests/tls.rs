@@ -76,9 +76,8 @@ async fn unreadable_certificate_is_a_startup_error() {
 
 #[tokio::test]
 async fn a_reload_serves_a_certificate_renewed_in_place() {
-    let dir = std::env::temp_dir().join(format!("llmproxy-tls-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let dir = common::TempDir::new("tls-reload");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::copy(format!("{FIXTURES}/cert.pem"), &cert).unwrap();
     std::fs::copy(format!("{FIXTURES}/key.pem"), &key).unwrap();
     let up = TestUpstream::start().await;
@@ -107,7 +106,6 @@ async fn a_reload_serves_a_certificate_renewed_in_place() {
     let err = server.reload(llmproxy::config::from_str(&yaml, &std::collections::HashMap::new()).unwrap());
     assert!(err.unwrap_err().contains("tls"));
     assert_eq!(call("ca2.pem").await.unwrap(), 200);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A TLS connection to `port` speaking HTTP/1.1, trusting the test CA.
