@@ -903,17 +903,27 @@ mod compare {
         let proxy = spawn_proxy(&proxy_config(SocketAddr::from(([127, 0, 0, 1], up_port)), free_port()), Some("0"));
         std::thread::sleep(Duration::from_millis(500));
         // Addresses for the raw load generator, which always asks for /v1/chat/completions.
-        let urls = [("nginx", format!("127.0.0.1:{nginx_port}")), ("llmproxyd", proxy.addr.to_string())];
+        // `BENCH_COMPARE_SELF=1` calibrates the instrument: the reference is a second llmproxyd,
+        // and every ratio should come out 1.00 within its interval.
+        let calibration = std::env::var_os("BENCH_COMPARE_SELF")
+            .is_some()
+            .then(|| spawn_proxy(&proxy_config(SocketAddr::from(([127, 0, 0, 1], up_port)), free_port()), Some("0")));
+        let reference = match &calibration {
+            Some(twin) => ("twin", twin.addr.to_string(), twin.child.id()),
+            None => ("nginx", format!("127.0.0.1:{nginx_port}"), nginx_worker(nginx.id())),
+        };
+        let urls = [(reference.0, reference.1), ("llmproxyd", proxy.addr.to_string())];
+        let r = reference.0;
 
         let rounds = rounds();
-        println!("bench-compare: proxies pinned to core 0, upstream and load generator to core 1, {rounds} interleaved rounds of {secs} s");
-        // Fixed rate for the open loop: 40% of nginx's closed-loop throughput in a short probe —
+        println!("bench-compare: {r} and llmproxyd pinned to core 0, upstream and load generator to core 1, {rounds} interleaved rounds of {secs} s");
+        // Fixed rate for the open loop: 40% of the reference's closed-loop throughput in a short probe —
         // a moderate load, where latency (not overload) is what is compared.
         let rate = ((load(&urls[0].1, true, 32, 2).throughput() * 0.4) as u64).max(100);
         let mut figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
         let mut together_figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
         // The processes whose CPU time is charged to each proxy when both run at once.
-        let pids = [nginx_worker(nginx.id()), proxy.child.id()];
+        let pids = [reference.2, proxy.child.id()];
         for round in 1..=rounds {
             // ABBA order: a drift of the machine during a round favours neither proxy.
             let order: [usize; 2] = if round % 2 == 1 { [0, 1] } else { [1, 0] };
@@ -944,10 +954,10 @@ mod compare {
             // Both at once: half the connections and half the rate each, so the machine (and any
             // stall of it) is the same for both, request by request.
             let d = Duration::from_secs(secs);
-            let [(_, nginx_url), (_, llmproxyd_url)] = &urls;
+            let [(_, reference_url), (_, llmproxyd_url)] = &urls;
             let before = pids.map(cpu_ticks);
             let (cn, cl) = rt.block_on(async {
-                tokio::join!(raw::closed_loop(nginx_url, 16, d), raw::closed_loop(llmproxyd_url, 16, d))
+                tokio::join!(raw::closed_loop(reference_url, 16, d), raw::closed_loop(llmproxyd_url, 16, d))
             });
             let cpu = |i: usize, s: &Stats| {
                 cpu_ticks(pids[i]).saturating_sub(before[i]) as f64 / ticks_per_second() * 1e6
@@ -955,13 +965,12 @@ mod compare {
             };
             let (cpu_n, cpu_l) = (cpu(0, &cn), cpu(1, &cl));
             let (on, ol) = rt.block_on(async {
-                tokio::join!(raw::open_loop(nginx_url, rate / 2, d), raw::open_loop(llmproxyd_url, rate / 2, d))
+                tokio::join!(raw::open_loop(reference_url, rate / 2, d), raw::open_loop(llmproxyd_url, rate / 2, d))
             });
             println!(
-                "round {round} together  closed(16+16): {:>6.0} + {:>6.0} req/s, cpu {cpu_n:>4.1} + {cpu_l:>4.1} µs/req | open({}+{}/s): p99 {:>6.0} + {:>6.0} µs errors {}",
+                "round {round} together  closed(16 each): {r} {:>6.0}, llmproxyd {:>6.0} req/s; cpu {cpu_n:>4.1}, {cpu_l:>4.1} µs/req | open({}/s each): p99 {:>6.0}, {:>6.0} µs errors {}",
                 cn.throughput(),
                 cl.throughput(),
-                rate / 2,
                 rate / 2,
                 on.pct(0.99),
                 ol.pct(0.99),
@@ -975,29 +984,29 @@ mod compare {
             together_figures[0].push(together(&cn, cpu_n, &on));
             together_figures[1].push(together(&cl, cpu_l, &ol));
         }
-        let [nginx_rounds, llmproxyd_rounds] = &figures;
+        let [reference_rounds, llmproxyd_rounds] = &figures;
         let medians = |pick: fn(&Round) -> f64| {
-            (median(nginx_rounds.iter().map(pick).collect()), median(llmproxyd_rounds.iter().map(pick).collect()))
+            (median(reference_rounds.iter().map(pick).collect()), median(llmproxyd_rounds.iter().map(pick).collect()))
         };
         let (nt, lt) = medians(|r| r.throughput);
         let (np, lp) = medians(|r| r.open_p99);
         let (nc, lc) = medians(|r| r.core_us_per_request);
         println!(
-            "\nmedians: throughput nginx {nt:.0} req/s, llmproxyd {lt:.0} req/s → ratio {:.2} (target ≥ 1.00)",
+            "\nmedians: throughput {r} {nt:.0} req/s, llmproxyd {lt:.0} req/s → ratio {:.2} (target ≥ 1.00)",
             lt / nt
         );
         println!(
-            "         open-loop p99 at {rate}/s: nginx {np:.0} µs, llmproxyd {lp:.0} µs → ratio {:.2} (target ≤ 1.00)",
+            "         open-loop p99 at {rate}/s: {r} {np:.0} µs, llmproxyd {lp:.0} µs → ratio {:.2} (target ≤ 1.00)",
             lp / np
         );
         println!(
-            "         core 0 busy per request (user, system, softirq): nginx {nc:.1} µs, llmproxyd {lc:.1} µs → ratio {:.2}",
+            "         core 0 busy per request (user, system, softirq): {r} {nc:.1} µs, llmproxyd {lc:.1} µs → ratio {:.2}",
             lc / nc
         );
         // The same comparisons made within each round, where both proxies met the same machine,
         // with a distribution-free interval for the median ratio: what the noise allows one to say.
-        let paired = |what: &str, [nginx, llmproxyd]: &[Vec<Round>; 2], pick: fn(&Round) -> f64| {
-            let ratios: Vec<f64> = nginx.iter().zip(llmproxyd).map(|(n, l)| pick(l) / pick(n)).collect();
+        let paired = |what: &str, [reference, llmproxyd]: &[Vec<Round>; 2], pick: fn(&Round) -> f64| {
+            let ratios: Vec<f64> = reference.iter().zip(llmproxyd).map(|(n, l)| pick(l) / pick(n)).collect();
             let above = ratios.iter().filter(|&&r| r >= 1.0).count();
             let n = ratios.len();
             println!(
@@ -1006,7 +1015,7 @@ mod compare {
                 interval(ratios)
             );
         };
-        println!("paired (llmproxyd / nginx in the same round):");
+        println!("paired (llmproxyd / {r} in the same round):");
         paired("throughput", &figures, |r| r.throughput);
         paired("open-loop p99", &figures, |r| r.open_p99);
         paired("core 0 busy per request", &figures, |r| r.core_us_per_request);
@@ -1019,6 +1028,7 @@ mod compare {
         let _ = nginx.wait();
         upstream.abort();
         drop(proxy);
+        drop(calibration);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
