@@ -69,6 +69,12 @@ enum Mode {
         partial: Vec<u8>,
         overlong: bool,
         dropping_event: bool,
+        /// When stripping: the fields of the current event before its first `data:` line
+        /// (`event:`, `id:`, `retry:`), held until that line shows whether the event is passed
+        /// on. Passed on without it, they would join the next event.
+        fields: Vec<u8>,
+        /// The current event's first `data:` line has been passed on.
+        in_data: bool,
     },
     /// The body: its first frame by reference (most JSON answers arrive in one, which then
     /// costs no copy), the rest copied — so many small frames pin no buffers of their own.
@@ -95,7 +101,13 @@ impl UsageScanner {
     pub fn for_content_type(content_type: &str, strip: bool) -> Option<Self> {
         let is = |prefix: &str| content_type.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
         let mode = if is("text/event-stream") {
-            Mode::Sse { partial: Vec::new(), overlong: false, dropping_event: false }
+            Mode::Sse {
+                partial: Vec::new(),
+                overlong: false,
+                dropping_event: false,
+                fields: Vec::new(),
+                in_data: false,
+            }
         } else if is("application/json") {
             Mode::Json { first: None, rest: BytesMut::new(), size: 0, only_ends: false }
         } else {
@@ -175,17 +187,18 @@ impl UsageScanner {
         }
     }
 
-    /// Like `scan_lines`, but builds the client's bytes without the usage-only event. Bytes
-    /// after the last line break are held back until their line is complete (or until the body
-    /// ends: [`Self::take_held_back`]); a line longer than `MAX_LINE` cannot be a usage chunk
-    /// and is passed on as it comes.
+    /// Like `scan_lines`, but builds the client's bytes without the usage-only event (its data
+    /// line, the fields before and after it, and the blank line that ends it). Bytes after the
+    /// last line break are held back until their line is complete (or until the body ends:
+    /// [`Self::take_held_back`]); a line longer than `MAX_LINE` cannot be a usage chunk and is
+    /// passed on as it comes.
     fn strip_lines(&mut self, data: Bytes) -> Bytes {
         let mut out = BytesMut::with_capacity(data.len());
         let mut rest: &[u8] = &data;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let (piece, tail) = rest.split_at(nl + 1);
             rest = tail;
-            let Mode::Sse { partial, overlong, dropping_event } = &mut self.mode else { break };
+            let Mode::Sse { partial, overlong, dropping_event, .. } = &mut self.mode else { break };
             if *overlong {
                 // The end of a line whose start was already passed on (or dropped).
                 *overlong = false;
@@ -206,19 +219,38 @@ impl UsageScanner {
                 *dropping_event = !is_blank(line);
                 continue;
             }
-            if self.line(line) {
-                if let Mode::Sse { dropping_event, .. } = &mut self.mode {
-                    *dropping_event = true;
-                }
-                continue;
+            let usage_only = self.line(line);
+            let Mode::Sse { dropping_event, fields, in_data, .. } = &mut self.mode else { break };
+            if usage_only && !*in_data {
+                fields.clear();
+                *dropping_event = true;
+            } else if is_blank(line) {
+                out.extend_from_slice(fields);
+                out.extend_from_slice(line);
+                fields.clear();
+                *in_data = false;
+            } else if *in_data || line.starts_with(b"data:") || fields.len() + line.len() > MAX_LINE {
+                // Data (or fields too long for a usage chunk's event): the event is passed on.
+                out.extend_from_slice(fields);
+                out.extend_from_slice(line);
+                fields.clear();
+                *in_data = true;
+            } else if line.starts_with(b":") && fields.is_empty() {
+                // A comment between events (upstreams send them to keep a quiet stream alive)
+                // is passed on at once.
+                out.extend_from_slice(line);
+            } else {
+                fields.extend_from_slice(line);
             }
-            out.extend_from_slice(line);
         }
-        if let Mode::Sse { partial, overlong, dropping_event } = &mut self.mode {
+        if let Mode::Sse { partial, overlong, dropping_event, fields, in_data } = &mut self.mode {
             if *overlong || partial.len() + rest.len() > MAX_LINE {
                 if !*dropping_event {
+                    out.extend_from_slice(fields);
                     out.extend_from_slice(partial);
                     out.extend_from_slice(rest);
+                    fields.clear();
+                    *in_data = true;
                 }
                 partial.clear();
                 *overlong = true;
@@ -231,17 +263,22 @@ impl UsageScanner {
 
     /// Whether stripping holds back bytes the client is still owed.
     pub fn holds_back(&self) -> bool {
-        matches!(&self.mode, Mode::Sse { partial, dropping_event: false, .. } if self.strip && !partial.is_empty())
+        matches!(&self.mode, Mode::Sse { partial, fields, dropping_event: false, .. }
+            if self.strip && !(partial.is_empty() && fields.is_empty()))
     }
 
-    /// At the end of the body: the unterminated last line a stripping scan held back, which the
-    /// client receives as it is (it is not a complete event, so not a usage chunk to remove).
+    /// At the end of the body: what a stripping scan held back — fields of an event whose data
+    /// never came, and an unterminated last line — which the client receives as it is (it is
+    /// not a complete event, so not a usage chunk to remove).
     pub fn take_held_back(&mut self) -> Option<Bytes> {
         if !self.holds_back() {
             return None;
         }
         match &mut self.mode {
-            Mode::Sse { partial, .. } => Some(Bytes::from(std::mem::take(partial))),
+            Mode::Sse { partial, fields, .. } => {
+                fields.append(partial);
+                Some(Bytes::from(std::mem::take(fields)))
+            }
             Mode::Json { .. } => None,
         }
     }
@@ -544,6 +581,33 @@ data: [DONE]\n\n";
             assert_eq!(u.completion, Some(34), "still counted");
             assert_eq!(out, without, "piece {piece}");
         }
+    }
+
+    #[test]
+    fn stripping_removes_the_fields_of_the_usage_event_and_keeps_the_others() {
+        // Every event carries `id:` and `event:` fields; the usage chunk's must go with it, or
+        // they would join the next event (`[DONE]` would arrive as a `chunk` with id 3).
+        let with_fields: String = OPENAI_SSE
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .enumerate()
+            .map(|(i, e)| format!("id: {i}\r\nevent: chunk\n{e}\n\n"))
+            .collect();
+        let without: String = with_fields.split_inclusive("\n\n").filter(|e| !e.contains("\"choices\":[]")).collect();
+        assert_ne!(with_fields, without);
+        for piece in [1, 3, 17, 10_000] {
+            let (u, _, out) = scan_in_pieces("text/event-stream", &with_fields, piece, true);
+            assert_eq!(u.completion, Some(34), "still counted");
+            assert_eq!(out, without, "piece {piece}");
+        }
+
+        // A comment between events is passed on at once; fields whose data never comes reach
+        // the client, in order, when the body ends.
+        let mut s = UsageScanner::for_content_type("text/event-stream", true).unwrap();
+        assert_eq!(&s.frame(Bytes::from_static(b": still thinking\nevent: ping\n"))[..], b": still thinking\n");
+        assert_eq!(&s.frame(Bytes::from_static(b": held behind the field\nid: 7\n"))[..], b"");
+        assert!(s.holds_back());
+        assert_eq!(&s.take_held_back().unwrap()[..], b"event: ping\n: held behind the field\nid: 7\n");
     }
 
     #[test]
