@@ -776,10 +776,11 @@ mod compare {
     /// What one proxy did in one round.
     struct Round {
         throughput: f64,
-        /// Busy time of the proxies' core per request of the closed loop: user, system and the
-        /// softirq time loopback traffic costs, which is not charged to any process. Only the
-        /// proxy under load runs there, so this is all it costs its core.
-        core_us_per_request: f64,
+        /// CPU per request of the closed loop. Alone: the busy time of the proxies' core, with
+        /// the softirq time loopback traffic costs and no process is charged for (only the proxy
+        /// under load runs there, so this is all it costs its core). Together, where the core's
+        /// time cannot be split: the process's user and system time.
+        cpu_us_per_request: f64,
         open_p99: f64,
     }
 
@@ -885,12 +886,11 @@ mod compare {
         let upstream = rt.spawn(raw::serve(listener));
         let load = |addr: &str, closed: bool, n: u64, secs: u64| {
             let d = Duration::from_secs(secs);
-            rt.block_on(async {
-                match closed {
-                    true => raw::closed_loop(addr, n as usize, d).await,
-                    false => raw::open_loop(addr, n, d).await,
-                }
-            })
+            if closed {
+                rt.block_on(raw::closed_loop(addr, n as usize, d))
+            } else {
+                rt.block_on(raw::open_loop(addr, n, d))
+            }
         };
         let nginx_port = free_port();
         std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, nginx_port, up_port)).expect("nginx.conf");
@@ -933,56 +933,56 @@ mod compare {
                 let closed = load(url, true, 32, secs);
                 let busy = core_0_busy().saturating_sub(before);
                 let open = load(url, false, rate, secs);
-                let r = Round {
+                let figure = Round {
                     throughput: closed.throughput(),
-                    core_us_per_request: busy as f64 / ticks_per_second() * 1e6
+                    cpu_us_per_request: busy as f64 / ticks_per_second() * 1e6
                         / (closed.latencies_us.len() as f64).max(1.0),
                     open_p99: open.pct(0.99),
                 };
                 println!(
                     "round {round} {name:<9} closed(32): {:>8.0} req/s p99 {:>6.0} µs core 0 {:>5.1} µs/req | open({rate}/s): p50 {:>6.0} p99 {:>6.0} p99.9 {:>6.0} µs errors {}",
-                    r.throughput,
+                    figure.throughput,
                     closed.pct(0.99),
-                    r.core_us_per_request,
+                    figure.cpu_us_per_request,
                     open.pct(0.5),
-                    r.open_p99,
+                    figure.open_p99,
                     open.pct(0.999),
                     closed.errors + open.errors,
                 );
-                figures[i].push(r);
+                figures[i].push(figure);
             }
             // Both at once: half the connections and half the rate each, so the machine (and any
             // stall of it) is the same for both, request by request.
             let d = Duration::from_secs(secs);
             let [(_, reference_url), (_, llmproxyd_url)] = &urls;
             let before = pids.map(cpu_ticks);
-            let (cn, cl) = rt.block_on(async {
+            let (closed_ref, closed_llm) = rt.block_on(async {
                 tokio::join!(raw::closed_loop(reference_url, 16, d), raw::closed_loop(llmproxyd_url, 16, d))
             });
             let cpu = |i: usize, s: &Stats| {
                 cpu_ticks(pids[i]).saturating_sub(before[i]) as f64 / ticks_per_second() * 1e6
                     / (s.latencies_us.len() as f64).max(1.0)
             };
-            let (cpu_n, cpu_l) = (cpu(0, &cn), cpu(1, &cl));
-            let (on, ol) = rt.block_on(async {
+            let (cpu_ref, cpu_llm) = (cpu(0, &closed_ref), cpu(1, &closed_llm));
+            let (open_ref, open_llm) = rt.block_on(async {
                 tokio::join!(raw::open_loop(reference_url, rate / 2, d), raw::open_loop(llmproxyd_url, rate / 2, d))
             });
             println!(
-                "round {round} together  closed(16 each): {r} {:>6.0}, llmproxyd {:>6.0} req/s; cpu {cpu_n:>4.1}, {cpu_l:>4.1} µs/req | open({}/s each): p99 {:>6.0}, {:>6.0} µs errors {}",
-                cn.throughput(),
-                cl.throughput(),
+                "round {round} together  closed(16 each): {r} {:>6.0}, llmproxyd {:>6.0} req/s; cpu {cpu_ref:>4.1}, {cpu_llm:>4.1} µs/req | open({}/s each): p99 {:>6.0}, {:>6.0} µs errors {}",
+                closed_ref.throughput(),
+                closed_llm.throughput(),
                 rate / 2,
-                on.pct(0.99),
-                ol.pct(0.99),
-                cn.errors + cl.errors + on.errors + ol.errors,
+                open_ref.pct(0.99),
+                open_llm.pct(0.99),
+                closed_ref.errors + closed_llm.errors + open_ref.errors + open_llm.errors,
             );
-            let together = |s: &Stats, cpu_us: f64, open: &Stats| Round {
-                throughput: s.throughput(),
-                core_us_per_request: cpu_us,
+            let together = |closed: &Stats, cpu_us: f64, open: &Stats| Round {
+                throughput: closed.throughput(),
+                cpu_us_per_request: cpu_us,
                 open_p99: open.pct(0.99),
             };
-            together_figures[0].push(together(&cn, cpu_n, &on));
-            together_figures[1].push(together(&cl, cpu_l, &ol));
+            together_figures[0].push(together(&closed_ref, cpu_ref, &open_ref));
+            together_figures[1].push(together(&closed_llm, cpu_llm, &open_llm));
         }
         let [reference_rounds, llmproxyd_rounds] = &figures;
         let medians = |pick: fn(&Round) -> f64| {
@@ -990,7 +990,7 @@ mod compare {
         };
         let (nt, lt) = medians(|r| r.throughput);
         let (np, lp) = medians(|r| r.open_p99);
-        let (nc, lc) = medians(|r| r.core_us_per_request);
+        let (nc, lc) = medians(|r| r.cpu_us_per_request);
         println!(
             "\nmedians: throughput {r} {nt:.0} req/s, llmproxyd {lt:.0} req/s → ratio {:.2} (target ≥ 1.00)",
             lt / nt
@@ -1018,11 +1018,11 @@ mod compare {
         println!("paired (llmproxyd / {r} in the same round):");
         paired("throughput", &figures, |r| r.throughput);
         paired("open-loop p99", &figures, |r| r.open_p99);
-        paired("core 0 busy per request", &figures, |r| r.core_us_per_request);
+        paired("core 0 busy per request", &figures, |r| r.cpu_us_per_request);
         println!("together (both at once, so every stall of the machine met both):");
         paired("throughput", &together_figures, |r| r.throughput);
         paired("open-loop p99", &together_figures, |r| r.open_p99);
-        paired("CPU per request (user + system)", &together_figures, |r| r.core_us_per_request);
+        paired("CPU per request (user + system)", &together_figures, |r| r.cpu_us_per_request);
         // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked politely.
         let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
         let _ = nginx.wait();
