@@ -787,10 +787,11 @@ mod compare {
     /// CPU time (user + system) a process has used, in clock ticks (`/proc/PID/stat`).
     fn cpu_ticks(pid: u32) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+        // Fields after the parenthesised command name, from `state`: utime and stime are the 12th
+        // and 13th. Counted as they stand, since some before them (tpgid) may be negative.
         let after = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<u64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-        fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)
+        let tick = |n: usize| after.split_whitespace().nth(n).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        tick(11) + tick(12)
     }
 
     /// nginx's worker (the process that proxies), a child of the master.
@@ -811,7 +812,11 @@ mod compare {
 
     fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
     }
 
     /// A distribution-free confidence interval for the median of `v`, from its order statistics

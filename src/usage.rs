@@ -229,16 +229,16 @@ impl UsageScanner {
                 out.extend_from_slice(line);
                 fields.clear();
                 *in_data = false;
+            } else if !*in_data && line.starts_with(b":") && fields.is_empty() {
+                // A comment between events (upstreams send them to keep a quiet stream alive)
+                // is passed on at once.
+                out.extend_from_slice(line);
             } else if *in_data || line.starts_with(b"data:") || fields.len() + line.len() > MAX_LINE {
                 // Data (or fields too long for a usage chunk's event): the event is passed on.
                 out.extend_from_slice(fields);
                 out.extend_from_slice(line);
                 fields.clear();
                 *in_data = true;
-            } else if line.starts_with(b":") && fields.is_empty() {
-                // A comment between events (upstreams send them to keep a quiet stream alive)
-                // is passed on at once.
-                out.extend_from_slice(line);
             } else {
                 fields.extend_from_slice(line);
             }
@@ -246,11 +246,16 @@ impl UsageScanner {
         if let Mode::Sse { partial, overlong, dropping_event, fields, in_data } = &mut self.mode {
             if *overlong || partial.len() + rest.len() > MAX_LINE {
                 if !*dropping_event {
+                    // A long comment between events leaves the next event strippable; a long
+                    // data line or field commits its event (decided where the line starts).
+                    if !*overlong {
+                        let comment = partial.first().or(rest.first()) == Some(&b':');
+                        *in_data |= !(comment && fields.is_empty());
+                    }
                     out.extend_from_slice(fields);
                     out.extend_from_slice(partial);
                     out.extend_from_slice(rest);
                     fields.clear();
-                    *in_data = true;
                 }
                 partial.clear();
                 *overlong = true;
@@ -599,6 +604,16 @@ data: [DONE]\n\n";
             let (u, _, out) = scan_in_pieces("text/event-stream", &with_fields, piece, true);
             assert_eq!(u.completion, Some(34), "still counted");
             assert_eq!(out, without, "piece {piece}");
+        }
+
+        // A comment too long to hold, between events, passes on as it comes and leaves the usage
+        // event after it strippable.
+        let usage_event = OPENAI_SSE.split_inclusive("\n\n").find(|e| e.contains("\"choices\":[]")).unwrap();
+        let long_comment = format!(": {}\n", "x".repeat(MAX_LINE));
+        for piece in [4096, MAX_LINE + 100] {
+            let (u, _, out) = scan_in_pieces("text/event-stream", &format!("{long_comment}{usage_event}"), piece, true);
+            assert_eq!(u.completion, Some(34));
+            assert_eq!(out, long_comment, "piece {piece}");
         }
 
         // A comment between events is passed on at once; fields whose data never comes reach
