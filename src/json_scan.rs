@@ -18,25 +18,32 @@ pub struct Scanner<'a> {
     i: usize,
 }
 
+// The primitives below are `#[inline(always)]`: they run once per member or value, and their
+// call overhead was a third of a scan's cost (callgrind: 0.6 k of the 22.7 k instructions a
+// proxied request cost).
 impl<'a> Scanner<'a> {
     pub fn new(b: &'a [u8]) -> Self {
         Scanner { b, i: 0 }
     }
 
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
+    #[inline(always)]
     fn next(&mut self) -> Option<u8> {
         let c = self.peek()?;
         self.i += 1;
         Some(c)
     }
 
+    #[inline(always)]
     fn eat(&mut self, c: u8) -> Option<()> {
         (self.next()? == c).then_some(())
     }
 
+    #[inline(always)]
     fn ws(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
@@ -76,6 +83,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string's raw bytes (between the quotes) and whether it contained escapes.
+    #[inline(always)]
     fn raw_string(&mut self) -> Option<(&'a [u8], bool)> {
         self.eat(b'"')?;
         let start = self.i;
@@ -107,6 +115,7 @@ impl<'a> Scanner<'a> {
 
     /// The non-negative integer at the cursor (also written as `12.0`), or `None` inside `Some`
     /// for any other value (which is skipped).
+    #[inline(always)]
     pub fn u64_or_other(&mut self) -> Option<Option<u64>> {
         self.ws();
         let start = self.i;
@@ -153,6 +162,7 @@ impl<'a> Scanner<'a> {
     /// Skips the value at the cursor, whatever it is. Containers are skipped by counting
     /// brackets outside strings — their inner structure is not validated, only their extent —
     /// which is several times cheaper than walking keys and values, and cannot recurse.
+    #[inline(always)]
     pub fn skip_value(&mut self) -> Option<()> {
         self.ws();
         match self.peek()? {
@@ -234,11 +244,13 @@ pub fn last_member<'a>(doc: &'a [u8], key: &[u8], max_members: usize) -> Option<
     None
 }
 
+#[inline(always)]
 fn trailing_ws(s: &[u8]) -> usize {
     s.iter().rev().take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')).count()
 }
 
 /// Where the value ending at `end` (exclusive) starts.
+#[inline(always)]
 fn value_start(doc: &[u8], end: usize) -> Option<usize> {
     let last = end.checked_sub(1)?;
     match doc[last] {
@@ -275,6 +287,7 @@ fn value_start(doc: &[u8], end: usize) -> Option<usize> {
 
 /// The quote that opens the string whose closing quote is at `close`: the nearest quote before
 /// it that is not escaped (preceded by an even number of backslashes).
+#[inline(always)]
 fn opening_quote(doc: &[u8], close: usize) -> Option<usize> {
     let mut i = close;
     loop {
