@@ -8,9 +8,10 @@
 
 use crate::admin::constant_time_eq;
 use crate::config::ForwardAuth;
+use crate::fields::{text, Fields};
 use crate::metrics::Counter;
 use crate::ratelimit::Gcra;
-use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use hyper::header::{HeaderName, AUTHORIZATION};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -61,10 +62,10 @@ impl ClientKeys {
     }
 
     /// Authenticates the request at `now` and removes the credential header it used.
-    pub fn admit(&self, headers: &mut HeaderMap, now: u64) -> Result<&ClientKey, Refusal> {
+    pub fn admit(&self, headers: &mut Fields, now: u64) -> Result<&ClientKey, Refusal> {
         let (key, in_bearer, in_api_key) = {
-            let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
-            let api_key = headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()).map(str::trim);
+            let bearer = headers.get(&AUTHORIZATION).and_then(text).and_then(bearer_token);
+            let api_key = headers.get(&X_API_KEY).and_then(text).map(str::trim);
             if bearer.is_none() && api_key.is_none() {
                 return Err(Refusal::Missing);
             }
@@ -78,7 +79,7 @@ impl ClientKeys {
         };
         // Never forwarded: the upstream's own credentials (and header ops) apply next.
         if in_bearer {
-            headers.remove(AUTHORIZATION);
+            headers.remove(&AUTHORIZATION);
         }
         if in_api_key {
             headers.remove(&X_API_KEY);
@@ -120,33 +121,46 @@ mod tests {
         )
     }
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    /// The fields as hyper's map, and as read from the wire: both must behave the same.
+    fn both(pairs: &[(&'static str, &'static str)]) -> [Fields; 2] {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v)))
+            .collect();
+        let text: String = pairs.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        [Fields::Map(map), crate::fields::wire(&text)]
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> Fields {
+        let [_, wire] = both(pairs);
+        wire
     }
 
     #[test]
     fn bearer_or_x_api_key_and_the_header_is_removed() {
         let k = keys();
-        let mut h = headers(&[("authorization", "Bearer sk-team-b"), ("x-other", "1")]);
-        assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
-        assert!(!h.contains_key("authorization"));
-        assert!(h.contains_key("x-other"));
-        let mut h = headers(&[("x-api-key", "sk-team-b")]);
-        assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
-        assert!(!h.contains_key("x-api-key"));
-        assert_eq!(k.keys[1].requests.get(), 2);
+        for mut h in both(&[("Authorization", "Bearer sk-team-b"), ("x-other", "1")]) {
+            assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
+            assert!(!h.contains(&AUTHORIZATION));
+            assert_eq!(h.iter().collect::<Vec<_>>(), [(&b"x-other"[..], &b"1"[..])]);
+        }
+        for mut h in both(&[("x-api-key", "sk-team-b")]) {
+            assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
+            assert!(!h.contains(&X_API_KEY));
+        }
+        assert_eq!(k.keys[1].requests.get(), 4);
         // The scheme name is case-insensitive.
         for value in ["bearer sk-team-b", "BEARER sk-team-b"] {
             let mut h = headers(&[("authorization", value)]);
             assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b", "{value}");
-            assert!(!h.contains_key("authorization"));
+            assert!(!h.contains(&AUTHORIZATION));
         }
     }
 
     #[test]
     fn refusals() {
         let k = keys();
-        assert_eq!(k.admit(&mut HeaderMap::new(), 0).err(), Some(Refusal::Missing));
+        assert_eq!(k.admit(&mut Fields::default(), 0).err(), Some(Refusal::Missing));
         assert_eq!(k.admit(&mut headers(&[("authorization", "Bearer sk-wrong")]), 0).err(), Some(Refusal::Unknown));
         assert_eq!(k.admit(&mut headers(&[("authorization", "Basic c2s=")]), 0).err(), Some(Refusal::Missing));
         let t = 10_000_000_000;

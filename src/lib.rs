@@ -15,6 +15,7 @@ pub mod client_keys;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fields;
 pub mod fuzzing;
 pub mod glob;
 pub mod http1;

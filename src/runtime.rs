@@ -413,9 +413,8 @@ mod tests {
         let fwd = first.forward("f").unwrap();
         let client = IpAddr::from([10, 0, 0, 1]);
         assert!(fwd.client_limiter.as_ref().unwrap().check(&client, now).is_ok());
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert("x-api-key", hyper::header::HeaderValue::from_static("sk-1"));
-        assert!(fwd.keys.as_ref().unwrap().admit(&mut headers.clone(), now).is_ok());
+        let headers = || crate::fields::wire("x-api-key: sk-1\r\n");
+        assert!(fwd.keys.as_ref().unwrap().admit(&mut headers(), now).is_ok());
 
         // The upstream's token and the forward's body limit change; the limits do not.
         let second = Runtime::rebuild(limited("t2", "2MiB"), Some(&first)).unwrap();
@@ -426,7 +425,7 @@ mod tests {
         assert!(!next.healthy.load(Ordering::Relaxed), "a failing upstream stays out until it passes");
         let fwd = second.forward("f").unwrap();
         assert!(fwd.client_limiter.as_ref().unwrap().check(&client, now).is_err(), "the client still owes");
-        assert!(fwd.keys.as_ref().unwrap().admit(&mut headers, now).is_err(), "the key still owes");
+        assert!(fwd.keys.as_ref().unwrap().admit(&mut headers(), now).is_err(), "the key still owes");
 
         // Without a health check nothing could bring it back: it starts healthy.
         let third = Runtime::rebuild(limited_with("t2", "2MiB", ""), Some(&second)).unwrap();

@@ -5,33 +5,40 @@
 //! replaced, never duplicated — LLMProxy sent both); an upstream with `auth: none` receives the
 //! client's, so pass-through setups keep working.
 
+use crate::fields::{name_is, Fields};
 use crate::upstream::header_plan::Outcome;
 use crate::upstream::Upstream;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Whether `name` is hop-by-hop by definition (RFC 9110 §7.6.1; `Connection` may name more).
-/// Matched as text (names are stored lowercase): one length switch instead of nine comparisons,
-/// for every header of every request and response.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    )
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP_BY_HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    ];
+    // The comparison looks at the lengths first: most names are done after nine of those.
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+/// Whether the proxy sets `name` itself, replacing what the client sent.
+fn set_by_proxy(name: &[u8]) -> bool {
+    const SET: [&[u8]; 5] = [b"host", b"content-length", b"user-agent", b"accept-encoding", b"x-forwarded-proto"];
+    SET.iter().any(|set| name.eq_ignore_ascii_case(set))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let hop_by_hop = |name: &HeaderName| is_hop_by_hop(name.as_str().as_bytes());
     // Most messages carry none: one pass over the few names present is cheaper than a hash
     // lookup for each of the nine that might be.
-    if !headers.keys().any(is_hop_by_hop) {
+    if !headers.keys().any(hop_by_hop) {
         return;
     }
     let named = headers
@@ -40,7 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
-    let hop: Vec<HeaderName> = named.chain(headers.keys().filter(|n| is_hop_by_hop(n)).cloned()).collect();
+    let hop: Vec<HeaderName> = named.chain(headers.keys().filter(|n| hop_by_hop(n)).cloned()).collect();
     for name in &hop {
         headers.remove(name);
     }
@@ -56,7 +63,6 @@ pub struct ForwardedFor<'a> {
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The upstream request's headers — the client's, rewritten — handed to `emit` one by one, in
 /// a single pass and without building a header map (the plain-HTTP client writes them straight
@@ -70,87 +76,84 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 ///   every value the client sent;
 /// - then the upstream's header operations apply, as planned at load time.
 pub fn for_each_upstream_header(
-    client: &HeaderMap,
+    client: &Fields,
     upstream: &Upstream,
     fwd: &ForwardedFor,
-    emit: &mut dyn FnMut(&HeaderName, &HeaderValue),
+    emit: &mut dyn FnMut(&[u8], &[u8]),
 ) {
     let plan = &upstream.header_plan;
     // Which planned names the request has had so far (only allocated when there is a plan).
     let mut present = vec![false; plan.len()];
-    let mut apply = |name: &HeaderName, value: &HeaderValue, emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
-        let Some(i) = plan.iter().position(|p| p.name == name) else { return emit(name, value) };
+    let mut apply = |name: &[u8], value: &[u8], emit: &mut dyn FnMut(&[u8], &[u8])| {
+        let Some(i) = plan.iter().position(|p| name_is(name, &p.name)) else { return emit(name, value) };
         let first = !present[i];
         present[i] = true;
         match &plan[i].if_present {
             Outcome::Keep => emit(name, value),
-            Outcome::Set(v) if first => emit(name, v),
+            Outcome::Set(v) if first => emit(name, v.as_bytes()),
             Outcome::Set(_) | Outcome::Drop => {}
         }
     };
     let replaces_authorization = upstream.authorization.is_some();
-    let connection = client.get_all(header::CONNECTION);
+    let has_connection = client.contains(&header::CONNECTION);
     let mut prior_forwarded_for = false;
-    for (name, value) in client {
+    for (name, value) in client.iter() {
         if is_hop_by_hop(name)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::USER_AGENT
-            || name == header::ACCEPT_ENCODING
-            || name == X_FORWARDED_PROTO
-            || (replaces_authorization && name == header::AUTHORIZATION)
-            || lists(&connection, name)
+            || set_by_proxy(name)
+            || (replaces_authorization && name_is(name, &header::AUTHORIZATION))
+            || (has_connection && lists(client, name))
         {
             continue;
         }
-        if name == X_FORWARDED_FOR {
+        if name_is(name, &X_FORWARDED_FOR) {
             prior_forwarded_for = true;
             continue;
         }
         apply(name, value, emit);
     }
-    apply(&header::HOST, fwd.host, emit);
+    apply(b"host", fwd.host.as_bytes(), emit);
     if prior_forwarded_for {
         let mut joined = Vec::new();
         for prior in client.get_all(&X_FORWARDED_FOR) {
-            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(prior);
             joined.extend_from_slice(b", ");
         }
         joined.extend_from_slice(fwd.client.as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
-            apply(&X_FORWARDED_FOR, &v, emit);
-        }
+        apply(b"x-forwarded-for", &joined, emit);
     } else {
-        apply(&X_FORWARDED_FOR, fwd.client, emit);
+        apply(b"x-forwarded-for", fwd.client.as_bytes(), emit);
     }
-    apply(&X_FORWARDED_PROTO, &HeaderValue::from_static(fwd.proto), emit);
-    apply(&header::USER_AGENT, fwd.agent, emit);
-    apply(&header::ACCEPT_ENCODING, &HeaderValue::from_static("identity"), emit);
+    apply(b"x-forwarded-proto", fwd.proto.as_bytes(), emit);
+    apply(b"user-agent", fwd.agent.as_bytes(), emit);
+    apply(b"accept-encoding", b"identity", emit);
     if let Some(auth) = &upstream.authorization {
-        apply(&header::AUTHORIZATION, auth, emit);
+        apply(b"authorization", auth.as_bytes(), emit);
     }
     for (p, seen) in plan.iter().zip(&present) {
         if let (false, Outcome::Set(v)) = (seen, &p.if_absent) {
-            emit(&p.name, v);
+            emit(p.name.as_str().as_bytes(), v.as_bytes());
         }
     }
 }
 
 /// The upstream request's headers as a map (for hyper's client).
-pub fn upstream_headers(client: &HeaderMap, upstream: &Upstream, fwd: &ForwardedFor) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(client.len() + 5);
+pub fn upstream_headers(client: &Fields, upstream: &Upstream, fwd: &ForwardedFor) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client.iter().count() + 5);
     for_each_upstream_header(client, upstream, fwd, &mut |name, value| {
-        headers.append(name.clone(), value.clone());
+        // Every field was checked where it was read (hyper's parser, `httparse`, the config).
+        if let (Ok(name), Ok(value)) = (crate::http1::header_name(name), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
     });
     headers
 }
 
 /// Whether a `Connection` header lists `name` (making it hop-by-hop too).
-fn lists(connection: &hyper::header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
-    connection
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
+fn lists(client: &Fields, name: &[u8]) -> bool {
+    client
+        .get_all(&header::CONNECTION)
+        .flat_map(|v| v.split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
 }
 
 /// The upstream's own credentials, then its header operations, applied to a request built by
@@ -194,17 +197,46 @@ mod tests {
         .unwrap()
     }
 
+    fn forwarded(agent: &HeaderValue) -> ForwardedFor<'_> {
+        static CLIENT: HeaderValue = HeaderValue::from_static("10.0.0.7");
+        static HOST: HeaderValue = HeaderValue::from_static("api.example.com");
+        ForwardedFor { client: &CLIENT, proto: "http", host: &HOST, agent }
+    }
+
+    /// Rewrites `h` as a request read by hyper (a map), and checks that the same request read
+    /// from the wire comes out the same.
     fn rewrite(h: &mut HeaderMap, u: &Upstream) {
         let agent = HeaderValue::from_static("LLMProxy/1.0");
-        *h = upstream_headers(
-            h,
-            u,
-            &ForwardedFor {
-                client: &HeaderValue::from_static("10.0.0.7"),
-                proto: "http",
-                host: &HeaderValue::from_static("api.example.com"),
-                agent: &agent,
-            },
+        let text: String = h.iter().map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap())).collect();
+        let from_map = upstream_headers(&Fields::Map(h.clone()), u, &forwarded(&agent));
+        let from_wire = upstream_headers(&crate::fields::wire(&text), u, &forwarded(&agent));
+        assert_eq!(from_map, from_wire, "the same rewrite whichever way the request was read");
+        *h = from_map;
+    }
+
+    #[test]
+    fn names_from_the_wire_match_in_any_case() {
+        let agent = HeaderValue::from_static("LLMProxy/1.0");
+        let client = crate::fields::wire(
+            "HOST: proxy.local\r\nConnection: X-Private\r\nX-PRIVATE: 1\r\nX-Forwarded-For: 1.2.3.4\r\n\
+             Authorization: Bearer client\r\nContent-Length: 2\r\nX-Keep: Yes\r\n",
+        );
+        let mut sent = Vec::new();
+        let u = upstream(Auth::Bearer { token: "sk-up".into() }, vec![]);
+        for_each_upstream_header(&client, &u, &forwarded(&agent), &mut |n, v| {
+            sent.push(format!("{}: {}", String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
+        });
+        assert_eq!(
+            sent,
+            [
+                "X-Keep: Yes",
+                "host: api.example.com",
+                "x-forwarded-for: 1.2.3.4, 10.0.0.7",
+                "x-forwarded-proto: http",
+                "user-agent: LLMProxy/1.0",
+                "accept-encoding: identity",
+                "authorization: Bearer sk-up",
+            ]
         );
     }
 

@@ -9,6 +9,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::client_keys::Refusal;
 use crate::clock;
 use crate::error::ApiError;
+use crate::fields::Fields;
 use crate::metrics::families::{method_index, Failure, CALL_FAILURE, CALL_SUCCESS};
 use crate::ratelimit::Gcra;
 use crate::runtime::{Forward, Group, Member, Runtime};
@@ -18,10 +19,9 @@ use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::http::request::Parts;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, UpstreamBody};
 use std::borrow::Cow;
 use std::future::Future;
@@ -48,9 +48,25 @@ impl ClientConn {
     }
 }
 
+/// What the proxy reads of a client's request, besides its body. The fields are the head's own
+/// bytes on the plain-HTTP/1 path (see `fields`), hyper's map on the others.
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub fields: Fields,
+}
+
+impl RequestHead {
+    /// The head of a request hyper parsed, and its body.
+    pub fn split<B>(req: Request<B>) -> (RequestHead, B) {
+        let (parts, body) = req.into_parts();
+        (RequestHead { method: parts.method, uri: parts.uri, fields: Fields::Map(parts.headers) }, body)
+    }
+}
+
 /// Handles one client request on forward `forward`. Never fails: every problem becomes a
 /// JSON error response with the right status.
-pub async fn handle<B>(rt: &Runtime, forward: &str, conn: ClientConn, req: Request<B>) -> Response<ProxyBody>
+pub async fn handle<B>(rt: &Runtime, forward: &str, conn: ClientConn, req: RequestHead, body: B) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -59,14 +75,14 @@ where
         return ApiError::no_upstream(format!("forward {forward} is not configured")).into_response();
     };
     let started = Instant::now();
-    let method = method_index(req.method());
+    let method = method_index(&req.method);
     fwd.metrics.requests[method].inc();
     let access = fwd.access_log.then(|| AccessLine {
         client: conn.peer.ip(),
-        method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        method: req.method.clone(),
+        path: req.uri.path().to_string(),
     });
-    match proxy(rt, fwd, conn, req).await {
+    match proxy(rt, fwd, conn, req, body).await {
         Ok((mut resp, routed)) => {
             if resp.status().as_u16() >= 400 {
                 fwd.metrics.upstream_status(resp.status().as_u16());
@@ -105,10 +121,9 @@ where
 
 /// What every attempt of a request sends.
 struct Outgoing<'a> {
-    parts: &'a Parts,
-    /// The client's request headers, taken out of `parts` (the upstream's are derived from
-    /// them on each attempt, never by changing them).
-    headers: HeaderMap,
+    /// The client's request head (the upstream's is derived from it on each attempt, never by
+    /// changing it).
+    head: &'a RequestHead,
     body: Bytes,
     conn: ClientConn,
     /// The proxy asked for stream usage on the client's behalf: remove that chunk again.
@@ -126,7 +141,8 @@ async fn proxy<B>(
     rt: &Runtime,
     fwd: &Forward,
     conn: ClientConn,
-    req: Request<B>,
+    mut head: RequestHead,
+    body: B,
 ) -> Result<(Response<RelayBody>, Routed), ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -144,10 +160,9 @@ where
             return Err(rate_limited(&client_ip.to_string(), wait));
         }
     }
-    let (mut parts, body) = req.into_parts();
     let key = match &fwd.keys {
         None => None,
-        Some(keys) => match keys.admit(&mut parts.headers, clock::now()) {
+        Some(keys) => match keys.admit(&mut head.fields, clock::now()) {
             Ok(k) => Some(k.name.clone()),
             Err(Refusal::Missing) => {
                 return Err(ApiError::unauthorized("an API key is required (Authorization: Bearer <key> or x-api-key)"))
@@ -172,11 +187,11 @@ where
     } else {
         None
     };
-    let path = parts.uri.path();
+    let path = head.uri.path();
     let group_index = fwd
         .rules
         .iter()
-        .find(|r| r.matches(path, model.as_deref(), &parts.headers))
+        .find(|r| r.matches(path, model.as_deref(), &head.fields))
         .map(|r| r.target)
         .or_else(|| fwd.router.lookup(path).copied())
         .unwrap_or(fwd.default_group);
@@ -184,8 +199,7 @@ where
     let usage_added = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
     let strip_usage = usage_added.is_some();
     let body = usage_added.unwrap_or(body);
-    let headers = std::mem::take(&mut parts.headers);
-    let out = Outgoing { parts: &parts, headers, body, conn, strip_usage };
+    let out = Outgoing { head: &head, body, conn, strip_usage };
     let resp = forward_with_retries(group, &out).await?;
     Ok((resp, Routed { group: group.name.clone(), model, key }))
 }
@@ -484,8 +498,8 @@ async fn attempt(
     let mut sleep = Box::pin(tokio::time::sleep_until(sent_at + group.request_timeout));
     let head = match &upstream.target {
         Target::Mock(mock) => {
-            let parts = out.parts;
-            match within(&mut sleep, Box::pin(crate::mock::respond(mock, &parts.method, parts.uri.path(), &out.body)))
+            let head = out.head;
+            match within(&mut sleep, Box::pin(crate::mock::respond(mock, &head.method, head.uri.path(), &out.body)))
                 .await
             {
                 Some(resp) => Ok(resp.map(UpstreamBody::Mock)),
@@ -493,7 +507,7 @@ async fn attempt(
             }
         }
         Target::Http(target) => {
-            let path = match upstream_path(target, out.parts) {
+            let path = match upstream_path(target, &out.head.uri) {
                 Ok(p) => p,
                 Err(e) => return Outcome::Invalid(e),
             };
@@ -504,11 +518,11 @@ async fn attempt(
                 agent: &group.agent,
             };
             if let Some(pool) = &member.direct {
-                let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
-                    headers::for_each_upstream_header(&out.headers, upstream, &fwd, emit)
+                let headers = |emit: &mut dyn FnMut(&[u8], &[u8])| {
+                    headers::for_each_upstream_header(&out.head.fields, upstream, &fwd, emit)
                 };
                 let request =
-                    direct::Outgoing { method: &out.parts.method, path: &path, headers: &headers, body: &out.body };
+                    direct::Outgoing { method: &out.head.method, path: &path, headers: &headers, body: &out.body };
                 match within(&mut sleep, pool.send(request)).await {
                     None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                     Some(Err(e)) => Err(direct_error(upstream, &e)),
@@ -516,7 +530,7 @@ async fn attempt(
                     Some(Ok(resp)) => Ok(resp.map(UpstreamBody::Direct)),
                 }
             } else {
-                let headers = headers::upstream_headers(&out.headers, upstream, &fwd);
+                let headers = headers::upstream_headers(&out.head.fields, upstream, &fwd);
                 let req = match client_request(target, out, path, headers) {
                     Ok(r) => r,
                     Err(e) => return Outcome::Invalid(e),
@@ -585,8 +599,8 @@ async fn attempt(
 }
 
 /// The path and query to request from the upstream.
-fn upstream_path(target: &crate::upstream::HttpTarget, parts: &Parts) -> Result<PathAndQuery, ApiError> {
-    match parts.uri.path_and_query() {
+fn upstream_path(target: &crate::upstream::HttpTarget, uri: &Uri) -> Result<PathAndQuery, ApiError> {
+    match uri.path_and_query() {
         Some(pq) => target.upstream_path(pq),
         None => target.upstream_path(&PathAndQuery::from_static("/")),
     }
@@ -607,7 +621,7 @@ fn client_request(
         .build()
         .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
     let mut req = Request::new(Full::new(out.body.clone()));
-    *req.method_mut() = out.parts.method.clone();
+    *req.method_mut() = out.head.method.clone();
     *req.uri_mut() = uri;
     // The pool speaks HTTP/2 to upstreams that negotiate it by ALPN, whatever the client spoke.
     *req.version_mut() = Version::HTTP_11;

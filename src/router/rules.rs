@@ -3,8 +3,9 @@
 //! matches (its path pattern, its model glob, each of its header globs).
 
 use super::Router;
+use crate::fields::{text, Fields};
 use crate::glob::Glob;
-use hyper::header::{HeaderMap, HeaderName};
+use hyper::header::HeaderName;
 
 pub struct ConditionalRule {
     /// A one-route trie: the same pattern semantics as path rules.
@@ -32,12 +33,9 @@ impl ConditionalRule {
         Ok(ConditionalRule { path, model: rule.model.as_deref().map(Glob::new), headers, target })
     }
 
-    pub fn matches(&self, path: &str, model: Option<&str>, headers: &HeaderMap) -> bool {
+    pub fn matches(&self, path: &str, model: Option<&str>, headers: &Fields) -> bool {
         self.path.as_ref().is_none_or(|r| r.lookup(path).is_some())
             && self.model.as_ref().is_none_or(|g| model.is_some_and(|m| g.matches(m)))
-            && self
-                .headers
-                .iter()
-                .all(|(name, g)| headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| g.matches(v))))
+            && self.headers.iter().all(|(name, g)| headers.get_all(name).any(|v| text(v).is_some_and(|v| g.matches(v))))
     }
 }

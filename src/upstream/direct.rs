@@ -27,7 +27,7 @@ use crate::http1::chunked::{Chunked, Step};
 use crate::http1::{format_u64, HeadFacts};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Response, StatusCode, Version};
 use std::future::Future;
@@ -95,7 +95,7 @@ impl std::fmt::Display for SendError {
 }
 
 /// Hands each header of a request to the given function.
-pub type HeaderSource<'a> = &'a (dyn Fn(&mut dyn FnMut(&HeaderName, &HeaderValue)) + Sync);
+pub type HeaderSource<'a> = &'a (dyn Fn(&mut dyn FnMut(&[u8], &[u8])) + Sync);
 
 /// What is sent: the request line's parts, the headers and the buffered body. The headers are
 /// a function that hands each one over, so the proxy's rewrite streams straight into the
@@ -202,9 +202,9 @@ impl Conn {
         w.extend_from_slice(out.path.as_str().as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
         (out.headers)(&mut |name, value| {
-            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(name);
             w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(value);
             w.extend_from_slice(b"\r\n");
         });
         // The length of what is actually sent (the client's was removed: the body may have been
@@ -307,7 +307,7 @@ fn parse_head(
             } else if name == header::CONTENT_LENGTH {
                 facts.content_length(raw).map_err(SendError::Protocol)?;
             }
-            if crate::proxy::headers::is_hop_by_hop(&name) {
+            if crate::proxy::headers::is_hop_by_hop(name.as_str().as_bytes()) {
                 continue;
             }
             headers.append(name, value);

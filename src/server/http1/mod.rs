@@ -29,7 +29,7 @@ use crate::proxy::ClientConn;
 use crate::runtime::Shared;
 use crate::server::idle::Activity;
 use client::Client;
-use hyper::{Method, Request, Version};
+use hyper::{Method, Version};
 use response::{AnswerTo, WriteError, Writer};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -85,14 +85,14 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             }
         };
         let mut to = AnswerTo {
-            head_request: head.parts.method == Method::HEAD,
-            http_1_1: head.parts.version == Version::HTTP_11,
+            head_request: head.request.method == Method::HEAD,
+            http_1_1: head.version == Version::HTTP_11,
             keep_alive: head.keep_alive,
         };
         let body = client.start_request(head.body, head.expect_continue);
-        let req = Request::from_parts(head.parts, body);
         let runtime = c.shared.runtime();
-        let mut handling = std::pin::pin!(crate::proxy::handle(&runtime, &c.forward, c.conn.clone(), req));
+        let mut handling =
+            std::pin::pin!(crate::proxy::handle(&runtime, &c.forward, c.conn.clone(), head.request, body));
         let answered = poll_fn(|cx| match handling.as_mut().poll(cx) {
             Poll::Ready(resp) => Poll::Ready(Some(resp)),
             Poll::Pending => client.poll_gone(cx).map(|()| None),
@@ -200,7 +200,7 @@ mod tests {
         client.write_all(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
         closing.store(true, Ordering::Relaxed);
         let head = next_head(&c, &closing, peer).await.unwrap();
-        assert_eq!(head.map(|h| h.parts.uri.to_string()), Some("/2".to_string()));
+        assert_eq!(head.map(|h| h.request.uri.to_string()), Some("/2".to_string()));
         // Nothing more on its way: done at once.
         assert!(next_head(&c, &closing, peer).await.unwrap().is_none());
     }

@@ -2,12 +2,12 @@
 //! frozen and cut into the method, URI and header values without copying them.
 
 use crate::error::ApiError;
+use crate::fields::{Fields, Spans, WireFields};
 use crate::http1::chunked::Chunked;
 use crate::http1::HeadFacts;
+use crate::proxy::RequestHead;
 use bytes::BytesMut;
-use hyper::header::{self, HeaderMap};
-use hyper::http::request::Parts;
-use hyper::{Method, Request, StatusCode, Uri, Version};
+use hyper::{Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
 /// A request head larger than this is refused with 431 (hyper's default limit is similar).
@@ -25,7 +25,8 @@ pub enum BodyFraming {
 
 /// A parsed request head and what it says about the body and the connection.
 pub struct Head {
-    pub parts: Parts,
+    pub request: RequestHead,
+    pub version: Version,
     pub body: BodyFraming,
     /// The client may send another request on this connection after the answer.
     pub keep_alive: bool,
@@ -54,34 +55,31 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     // Offsets of the target and of each field, to cut them from the frozen head.
     let start = crate::http1::offset_in(buf, target.as_bytes()) as usize;
     let target = start..start + target.len();
-    let (mut inline, mut heap) = ([[0u32; 4]; crate::http1::INLINE_FIELDS], Vec::new());
-    let spans = crate::http1::field_spans(buf, req.headers, &mut inline, &mut heap);
-    let head = buf.split_to(len).freeze();
-    let uri =
-        Uri::from_maybe_shared(head.slice(target)).map_err(|_| ApiError::bad_request("invalid request target"))?;
-
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let spans = Spans::measure(buf, req.headers);
     let mut facts = HeadFacts::default();
     let mut expect_continue = false;
     let (mut hosts, mut other_coding) = (0, false);
-    for &span in spans {
-        let (name, value) = crate::http1::field_at(&head, span).map_err(ApiError::bad_request)?;
-        let raw = value.as_bytes();
-        if name == header::CONTENT_LENGTH {
-            facts.content_length(raw).map_err(ApiError::bad_request)?;
-        } else if name == header::TRANSFER_ENCODING {
-            // Only `chunked` itself: a body in another coding would go upstream undeclared.
-            other_coding |= facts.chunked.is_some() || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            facts.transfer_encoding(raw);
-        } else if name == header::HOST {
-            hosts += 1;
-        } else if name == header::CONNECTION {
-            facts.connection(raw);
-        } else if name == header::EXPECT {
-            expect_continue = raw.eq_ignore_ascii_case(b"100-continue");
+    for (name, raw) in spans.fields(buf) {
+        // The fields framing and the connection depend on, told apart by length first.
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
+            6 if name.eq_ignore_ascii_case(b"expect") => expect_continue = raw.eq_ignore_ascii_case(b"100-continue"),
+            10 if name.eq_ignore_ascii_case(b"connection") => facts.connection(raw),
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                facts.content_length(raw).map_err(ApiError::bad_request)?
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                // Only `chunked` itself: a body in another coding would go upstream undeclared.
+                other_coding |= facts.chunked.is_some() || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                facts.transfer_encoding(raw);
+            }
+            _ => {}
         }
-        headers.append(name, value);
     }
+    let head = buf.split_to(len).freeze();
+    let uri =
+        Uri::from_maybe_shared(head.slice(target)).map_err(|_| ApiError::bad_request("invalid request target"))?;
+    let fields = Fields::Wire(WireFields::new(head, spans));
 
     if version == Version::HTTP_11 && hosts != 1 {
         // RFC 9112 §3.2: exactly one `Host` (nginx refuses the same).
@@ -106,13 +104,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         (Some(true), None) => BodyFraming::Chunked(Chunked::for_requests()),
         (None, n) => BodyFraming::Length(n.unwrap_or(0)),
     };
-    let mut parts = Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = headers;
     Ok(Some(Head {
-        parts,
+        request: RequestHead { method, uri, fields },
+        version,
         body,
         // HTTP/1.0 connections are closed after one answer (keep-alive there is a rarity).
         keep_alive: version == Version::HTTP_11 && !facts.close,
@@ -143,9 +137,10 @@ mod tests {
             "\r\nPOST /v1/chat?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nX-Two: 1\r\nx-two: 2\r\n\r\n{}GET",
         );
         let head = parse(&mut buf).unwrap().unwrap();
-        assert_eq!(head.parts.method, Method::POST);
-        assert_eq!(head.parts.uri, "/v1/chat?x=1");
-        assert_eq!(head.parts.headers.get_all("x-two").iter().count(), 2);
+        assert_eq!(head.request.method, Method::POST);
+        assert_eq!(head.request.uri, "/v1/chat?x=1");
+        let two = hyper::header::HeaderName::from_static("x-two");
+        assert_eq!(head.request.fields.get_all(&two).collect::<Vec<_>>(), [b"1", b"2"]);
         assert!(matches!(head.body, BodyFraming::Length(2)));
         assert!(head.keep_alive && !head.expect_continue);
         assert_eq!(&buf[..], b"{}GET", "the body and what follows stay in the buffer");
