@@ -16,13 +16,7 @@
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// Fields whose offsets are kept inline; a head with more (rare) keeps the rest on the heap.
-const INLINE: usize = 16;
-
 /// A message's header fields.
-// The wire variant is the common one, and is moved a few times per request at most: boxing it
-// would bring back the allocation it exists to avoid.
-#[allow(clippy::large_enum_variant)]
 pub enum Fields {
     Map(HeaderMap),
     Wire(WireFields),
@@ -36,53 +30,40 @@ pub struct WireFields {
 
 /// Where each field of a head lies: name start, name end, value start, value end. A removed
 /// field keeps its place with an empty name (a real name is never empty). Offsets are `u32`: a
-/// head is at most its size limit plus one read long.
-pub struct Spans {
-    len: usize,
-    inline: [[u32; 4]; INLINE],
-    more: Vec<[u32; 4]>,
-}
+/// head is at most its size limit plus one read long. One allocation per head, and the value
+/// moves as cheaply as a map through the futures that carry it (offsets kept inline made every
+/// move of an answer a copy of hundreds of bytes, which cost more than the allocation).
+pub struct Spans(Vec<[u32; 4]>);
 
 impl Spans {
     /// Where `fields` — slices of `buf`, as `httparse` returns them — lie in `buf`, so they can
     /// be read from the head once it is frozen (see [`WireFields::new`]).
     pub fn measure(buf: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
-        let mut spans = Spans { len: fields.len(), inline: [[0; 4]; INLINE], more: Vec::new() };
         let base = buf.as_ptr() as usize;
         let at = |part: &[u8]| (part.as_ptr() as usize).saturating_sub(base) as u32;
-        for (i, field) in fields.iter().enumerate() {
-            let (name, value) = (at(field.name.as_bytes()), at(field.value));
-            let span = [name, name + field.name.len() as u32, value, value + field.value.len() as u32];
-            match spans.inline.get_mut(i) {
-                Some(slot) => *slot = span,
-                None => spans.more.push(span),
-            }
-        }
-        spans
-    }
-
-    fn get(&self, i: usize) -> Option<[u32; 4]> {
-        if i >= self.len {
-            return None;
-        }
-        self.inline.get(i).or_else(|| self.more.get(i - INLINE)).copied()
-    }
-
-    fn all_mut(&mut self) -> impl Iterator<Item = &mut [u32; 4]> {
-        self.inline[..self.len.min(INLINE)].iter_mut().chain(&mut self.more)
-    }
-
-    /// (name, value) of field `i`, read from `buf` — the buffer the offsets were measured in.
-    fn field<'a>(&self, buf: &'a [u8], i: usize) -> Option<(&'a [u8], &'a [u8])> {
-        let [ns, ne, vs, ve] = self.get(i)?;
-        let cut = |s: u32, e: u32| buf.get(s as usize..e as usize).unwrap_or_default();
-        Some((cut(ns, ne), cut(vs, ve)))
+        Spans(
+            fields
+                .iter()
+                .map(|f| {
+                    let (name, value) = (at(f.name.as_bytes()), at(f.value));
+                    [name, name + f.name.len() as u32, value, value + f.value.len() as u32]
+                })
+                .collect(),
+        )
     }
 
     /// (name, value) of each field, read from `buf` — the buffer the offsets were measured in.
     pub fn fields<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        (0..self.len).filter_map(move |i| self.field(buf, i))
+        self.0.iter().map(move |&span| field(buf, span))
     }
+}
+
+/// The name and value at `span` of `buf` (empty where a span does not fit, which cannot happen
+/// for spans measured in `buf`).
+#[inline]
+fn field(buf: &[u8], [ns, ne, vs, ve]: [u32; 4]) -> (&[u8], &[u8]) {
+    let cut = |s: u32, e: u32| buf.get(s as usize..e as usize).unwrap_or_default();
+    (cut(ns, ne), cut(vs, ve))
 }
 
 impl WireFields {
@@ -92,13 +73,26 @@ impl WireFields {
     }
 
     fn iter(&self) -> WireIter<'_> {
-        WireIter { fields: self, next: 0 }
+        WireIter { head: &self.head, spans: self.spans.0.iter() }
     }
 
-    fn remove(&mut self, name: &[u8]) {
+    /// The first value of the field `name` (lowercase): the names' lengths are compared first,
+    /// so most fields cost one comparison.
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
         let head = &self.head[..];
-        for span in self.spans.all_mut() {
-            if head.get(span[0] as usize..span[1] as usize).is_some_and(|n| n.eq_ignore_ascii_case(name)) {
+        let found = self.spans.0.iter().find(|&&[ns, ne, ..]| {
+            ne.saturating_sub(ns) as usize == name.len()
+                && head.get(ns as usize..ne as usize).is_some_and(|n| n.eq_ignore_ascii_case(name))
+        });
+        found.map(|&span| field(head, span).1)
+    }
+
+    /// Keeps the fields whose name `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        let head = &self.head[..];
+        for span in &mut self.spans.0 {
+            let name = field(head, *span).0;
+            if !name.is_empty() && !keep(name) {
                 span[1] = span[0];
             }
         }
@@ -107,21 +101,15 @@ impl WireFields {
 
 /// The fields of a head in order, removed ones skipped.
 pub struct WireIter<'a> {
-    fields: &'a WireFields,
-    next: usize,
+    head: &'a [u8],
+    spans: std::slice::Iter<'a, [u32; 4]>,
 }
 
 impl<'a> Iterator for WireIter<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let field = self.fields.spans.field(&self.fields.head, self.next)?;
-            self.next += 1;
-            if !field.0.is_empty() {
-                return Some(field);
-            }
-        }
+        self.spans.by_ref().map(|&span| field(self.head, span)).find(|(name, _)| !name.is_empty())
     }
 }
 
@@ -149,7 +137,7 @@ impl Fields {
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         match self {
             Fields::Map(map) => map.get(name).map(HeaderValue::as_bytes),
-            Fields::Wire(wire) => wire.iter().find(|(n, _)| name_is(n, name)).map(|(_, v)| v),
+            Fields::Wire(wire) => wire.get(name.as_str().as_bytes()),
         }
     }
 
@@ -168,7 +156,7 @@ impl Fields {
             Fields::Map(map) => {
                 map.remove(name);
             }
-            Fields::Wire(wire) => wire.remove(name.as_str().as_bytes()),
+            Fields::Wire(wire) => wire.retain(|n| !name_is(n, name)),
         }
     }
 
@@ -178,7 +166,7 @@ impl Fields {
         match self {
             Fields::Map(map) => map,
             Fields::Wire(wire) => {
-                let mut map = HeaderMap::with_capacity(wire.spans.len);
+                let mut map = HeaderMap::with_capacity(wire.spans.0.len());
                 for (name, value) in wire.iter() {
                     let value = HeaderValue::from_maybe_shared(wire.head.slice_ref(value));
                     if let (Ok(name), Ok(value)) = (crate::http1::header_name(name), value) {

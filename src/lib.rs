@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod glob;
 pub mod http1;
 pub mod json_scan;
+pub mod message;
 pub mod metrics;
 pub mod mock;
 pub mod percent;

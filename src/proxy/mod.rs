@@ -9,7 +9,8 @@ use crate::body::{BoxError, ProxyBody};
 use crate::client_keys::Refusal;
 use crate::clock;
 use crate::error::ApiError;
-use crate::fields::Fields;
+use crate::fields::text;
+use crate::message::{Answer, RequestHead};
 use crate::metrics::families::{method_index, Failure, CALL_FAILURE, CALL_SUCCESS};
 use crate::ratelimit::Gcra;
 use crate::runtime::{Forward, Group, Member, Runtime};
@@ -21,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, StatusCode, Uri, Version};
 use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, UpstreamBody};
 use std::borrow::Cow;
 use std::future::Future;
@@ -48,31 +49,15 @@ impl ClientConn {
     }
 }
 
-/// What the proxy reads of a client's request, besides its body. The fields are the head's own
-/// bytes on the plain-HTTP/1 path (see `fields`), hyper's map on the others.
-pub struct RequestHead {
-    pub method: Method,
-    pub uri: Uri,
-    pub fields: Fields,
-}
-
-impl RequestHead {
-    /// The head of a request hyper parsed, and its body.
-    pub fn split<B>(req: Request<B>) -> (RequestHead, B) {
-        let (parts, body) = req.into_parts();
-        (RequestHead { method: parts.method, uri: parts.uri, fields: Fields::Map(parts.headers) }, body)
-    }
-}
-
 /// Handles one client request on forward `forward`. Never fails: every problem becomes a
 /// JSON error response with the right status.
-pub async fn handle<B>(rt: &Runtime, forward: &str, conn: ClientConn, req: RequestHead, body: B) -> Response<ProxyBody>
+pub async fn handle<B>(rt: &Runtime, forward: &str, conn: ClientConn, req: RequestHead, body: B) -> Answer<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let Some(fwd) = rt.forward(forward) else {
-        return ApiError::no_upstream(format!("forward {forward} is not configured")).into_response();
+        return ApiError::no_upstream(format!("forward {forward} is not configured")).into_response().into();
     };
     let started = Instant::now();
     let method = method_index(&req.method);
@@ -84,10 +69,10 @@ where
     });
     match proxy(rt, fwd, conn, req, body).await {
         Ok((mut resp, routed)) => {
-            if resp.status().as_u16() >= 400 {
-                fwd.metrics.upstream_status(resp.status().as_u16());
+            if resp.status.as_u16() >= 400 {
+                fwd.metrics.upstream_status(resp.status.as_u16());
             }
-            resp.body_mut().deliver(Delivery {
+            resp.body.deliver(Delivery {
                 forward: fwd.metrics.clone(),
                 forward_name: fwd.name.clone(),
                 method,
@@ -114,7 +99,7 @@ where
                     started.elapsed().as_millis()
                 );
             }
-            e.into_response()
+            e.into_response().into()
         }
     }
 }
@@ -143,7 +128,7 @@ async fn proxy<B>(
     conn: ClientConn,
     mut head: RequestHead,
     body: B,
-) -> Result<(Response<RelayBody>, Routed), ApiError>
+) -> Result<(Answer<RelayBody>, Routed), ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -268,13 +253,13 @@ fn rate_limited(who: &str, wait: u64) -> ApiError {
 /// A failed attempt that another attempt may improve on; the last one is what the client gets
 /// when attempts run out.
 enum Failed {
-    Response(Response<RelayBody>),
+    Response(Answer<RelayBody>),
     Error(ApiError),
 }
 
 enum Outcome {
     /// Relay this to the client: success, or an answer that retrying cannot change.
-    Final(Response<RelayBody>),
+    Final(Answer<RelayBody>),
     Retryable {
         failed: Failed,
         kind: Failure,
@@ -286,7 +271,7 @@ enum Outcome {
 
 /// Attempts the request on the group's upstreams per its retry policy. Every attempt happens
 /// before any byte reaches the client, so nothing that was relayed is ever replayed.
-async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Response<RelayBody>, ApiError> {
+async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answer<RelayBody>, ApiError> {
     let policy = group.retry;
     let mut tried = 0u64;
     let mut reuses = 0u32;
@@ -400,8 +385,8 @@ impl Failed {
     /// failed upstream — and one that breaks off or is late becomes the gateway error it is.
     async fn set_aside(self, upstream: &Upstream, limit: Duration) -> Failed {
         let Failed::Response(mut resp) = self else { return self };
-        let status = resp.status().as_u16();
-        let why = match tokio::time::timeout(limit, resp.body_mut().set_aside()).await {
+        let status = resp.status.as_u16();
+        let why = match tokio::time::timeout(limit, resp.body.set_aside()).await {
             Ok(Ok(())) => return Failed::Response(resp),
             Ok(Err(e)) => format!("broke off its {status} answer: {e}"),
             Err(_) => format!("did not finish its {status} answer within {}s", limit.as_secs()),
@@ -410,7 +395,7 @@ impl Failed {
     }
 }
 
-fn finish(last: Option<Failed>, group: &Group, why: Unavailable) -> Result<Response<RelayBody>, ApiError> {
+fn finish(last: Option<Failed>, group: &Group, why: Unavailable) -> Result<Answer<RelayBody>, ApiError> {
     match last {
         Some(Failed::Response(resp)) => Ok(resp),
         Some(Failed::Error(e)) => Err(e),
@@ -502,7 +487,7 @@ async fn attempt(
             match within(&mut sleep, Box::pin(crate::mock::respond(mock, &head.method, head.uri.path(), &out.body)))
                 .await
             {
-                Some(resp) => Ok(resp.map(UpstreamBody::Mock)),
+                Some(resp) => Ok(Answer::from(resp).map(UpstreamBody::Mock)),
                 None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
             }
         }
@@ -541,7 +526,7 @@ async fn attempt(
                     Some(Ok(resp)) => {
                         let (mut head, body) = resp.into_parts();
                         headers::strip_hop_by_hop(&mut head.headers);
-                        Ok(Response::from_parts(head, UpstreamBody::Http(body)))
+                        Ok(Answer { status: head.status, fields: head.headers.into(), body: UpstreamBody::Http(body) })
                     }
                 }
             }
@@ -555,7 +540,7 @@ async fn attempt(
             return Outcome::Retryable { failed: Failed::Error(e), kind, retry_after: None };
         }
     };
-    let status = resp.status().as_u16();
+    let status = resp.status.as_u16();
     let failure = match status {
         429 => Some(Failure::Status429),
         s if retry::is_failure_status(s) => Some(Failure::Status5xx),
@@ -564,14 +549,14 @@ async fn attempt(
     let head_at = verdict.record(failure);
     // Only a failure's `Retry-After` matters (it delays the next attempt).
     let retry_after = failure
-        .and_then(|_| resp.headers().get(RETRY_AFTER)?.to_str().ok())
+        .and_then(|_| text(resp.fields.get(&RETRY_AFTER)?))
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
     let telemetry = Telemetry { member: member.metrics.clone(), sent_at, first_byte_ms: None };
-    let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = resp.fields.get(&CONTENT_TYPE).and_then(text).unwrap_or("");
     let is_sse = content_type.starts_with("text/event-stream");
     // A compressed answer (an upstream that compresses unasked, or header ops that asked) is
     // relayed untouched: it can be neither read for usage nor have comments put in.
-    let plain = resp.headers().get(CONTENT_ENCODING).is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let plain = resp.fields.get(&CONTENT_ENCODING).is_none_or(|e| e.eq_ignore_ascii_case(b"identity"));
     let options = RelayOptions {
         timer,
         sleep,
@@ -586,7 +571,7 @@ async fn attempt(
     };
     let mut resp = resp;
     if options.rewrites_body() {
-        resp.headers_mut().remove(CONTENT_LENGTH);
+        resp.fields.remove(&CONTENT_LENGTH);
     }
     let resp = resp.map(|body| RelayBody::new(body, status, options, upstream.clone(), telemetry, guard));
     match failure {

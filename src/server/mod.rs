@@ -330,9 +330,9 @@ async fn serve_io<I>(
             // is given several times per request, and that one is now a few hundred bytes.
             let resp = match &role {
                 Role::Forward(name) => {
-                    let (head, body) = crate::proxy::RequestHead::split(req);
+                    let (head, body) = crate::message::RequestHead::split(req);
                     let body = idle::Stalling::new(body, idle_limit);
-                    Box::pin(crate::proxy::handle(&shared.runtime(), name, conn, head, body)).await
+                    Box::pin(crate::proxy::handle(&shared.runtime(), name, conn, head, body)).await.into_response()
                 }
                 Role::Admin => Box::pin(crate::admin::handle(&shared, req)).await,
             };

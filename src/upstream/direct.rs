@@ -23,13 +23,15 @@
 //! upstream's keep-alive ran out as it went out), as RFC 9110 §9.2.2 allows. A `POST` is not
 //! sent twice behind the retry policy's back: the upstream may have started on it.
 
+use crate::fields::{name_is, Fields, Spans, WireFields};
 use crate::http1::chunked::{Chunked, Step};
 use crate::http1::{format_u64, HeadFacts};
+use crate::message::Answer;
+use crate::proxy::headers::is_hop_by_hop;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Response, StatusCode, Version};
+use hyper::{Method, StatusCode, Version};
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -150,7 +152,7 @@ impl DirectPool {
 
     /// Sends the request and returns the response head; the body is read from the connection
     /// as it is polled, and the connection returns to the pool when the body has been read.
-    pub async fn send(self: &Arc<Self>, out: Outgoing<'_>) -> Result<Response<DirectBody>, SendError> {
+    pub async fn send(self: &Arc<Self>, out: Outgoing<'_>) -> Result<Answer<DirectBody>, SendError> {
         let head_request = out.method == Method::HEAD;
         let idempotent = out.method.is_idempotent();
         loop {
@@ -167,7 +169,7 @@ impl DirectPool {
                 Err(_) if pooled => continue,
                 Err(e) => return Err(SendError::Io(e)),
             }
-            let (head, framing) = match conn.read_head(head_request).await {
+            let Head { status, fields, framing } = match conn.read_head(head_request).await {
                 Ok(head) => head,
                 Err(SendError::Io(e)) if pooled && idempotent && conn.read.is_empty() && closed(&e) => continue,
                 Err(e) => return Err(e),
@@ -176,7 +178,7 @@ impl DirectPool {
             if body.framing.is_complete() {
                 body.finish();
             }
-            return Ok(Response::from_parts(head, body));
+            return Ok(Answer { status, fields, body });
         }
     }
 }
@@ -235,7 +237,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_head(&mut self, head_request: bool) -> Result<(hyper::http::response::Parts, Framing), SendError> {
+    async fn read_head(&mut self, head_request: bool) -> Result<Head, SendError> {
         loop {
             if let Some(parsed) = parse_head(&mut self.read, head_request)? {
                 return Ok(parsed);
@@ -262,13 +264,10 @@ fn closed(e: &io::Error) -> bool {
 }
 
 /// Parses a complete response head at the start of `buf` and removes it (skipping interim 1xx
-/// answers); `Ok(None)` while the head is incomplete. Header values share the read buffer's
-/// memory instead of being copied. Hop-by-hop headers are read for framing and left out of the
-/// head returned: they describe this connection, not the response.
-fn parse_head(
-    buf: &mut BytesMut,
-    head_request: bool,
-) -> Result<Option<(hyper::http::response::Parts, Framing)>, SendError> {
+/// answers); `Ok(None)` while the head is incomplete. The fields stay in the read buffer's
+/// memory (see `fields`). Hop-by-hop headers are read for framing and left out of the fields
+/// returned: they describe this connection, not the response.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, SendError> {
     loop {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -290,43 +289,38 @@ fn parse_head(
             continue;
         }
         let version = if resp.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        // Offsets of each name and value, so the values can be cut from the frozen head.
-        // (A head is at most MAX_HEAD plus one read long: u32 offsets keep this table small.)
-        let (mut inline, mut heap) = ([[0u32; 4]; crate::http1::INLINE_FIELDS], Vec::new());
-        let spans = crate::http1::field_spans(buf, resp.headers, &mut inline, &mut heap);
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        let spans = Spans::measure(buf, resp.headers);
         let mut facts = HeadFacts::default();
-        for &span in spans {
-            let (name, value) = crate::http1::field_at(&head, span).map_err(SendError::Protocol)?;
-            let raw = value.as_bytes();
-            if name == header::CONNECTION {
-                facts.connection(raw);
-            } else if name == header::TRANSFER_ENCODING {
-                facts.transfer_encoding(raw);
-            } else if name == header::CONTENT_LENGTH {
-                facts.content_length(raw).map_err(SendError::Protocol)?;
+        for (name, raw) in spans.fields(buf) {
+            // The fields framing and the connection depend on, told apart by length first.
+            match name.len() {
+                10 if name.eq_ignore_ascii_case(b"connection") => facts.connection(raw),
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    facts.content_length(raw).map_err(SendError::Protocol)?
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => facts.transfer_encoding(raw),
+                _ => {}
             }
-            if crate::proxy::headers::is_hop_by_hop(name.as_str().as_bytes()) {
-                continue;
-            }
-            headers.append(name, value);
         }
-        for listed in &facts.listed {
-            headers.remove(listed);
-        }
-        if facts.chunked.is_some() && facts.content_length.is_some() {
-            // Transfer-Encoding frames the body; the length must not reach the client (RFC
-            // 9112 §6.3).
-            headers.remove(header::CONTENT_LENGTH);
-        }
+        let mut fields = WireFields::new(buf.split_to(len).freeze(), spans);
+        // Transfer-Encoding frames the body; a length beside it must not reach the client (RFC
+        // 9112 §6.3).
+        let length_overridden = facts.chunked.is_some() && facts.content_length.is_some();
+        fields.retain(|name| {
+            !(is_hop_by_hop(name)
+                || facts.listed.iter().any(|listed| name_is(name, listed))
+                || (length_overridden && name.eq_ignore_ascii_case(b"content-length")))
+        });
         let framing = response_framing(&facts, version, status, head_request);
-        let mut parts = Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.version = version;
-        parts.headers = headers;
-        return Ok(Some((parts, framing)));
+        return Ok(Some(Head { status, fields: Fields::Wire(fields), framing }));
     }
+}
+
+/// A response head as read, and how its body is delimited.
+struct Head {
+    status: StatusCode,
+    fields: Fields,
+    framing: Framing,
 }
 
 /// How a response with these facts is delimited (RFC 9112 §6.3), and whether its connection

@@ -78,7 +78,7 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
                     fwd.metrics.proxy_error(refusal.code);
                 }
                 let to = AnswerTo { head_request: false, http_1_1: true, keep_alive: false };
-                if writer.answer(&client, refusal.into_response(), to).await.is_ok() {
+                if writer.answer(&client, refusal.into_response().into(), to).await.is_ok() {
                     client.linger().await;
                 }
                 return;

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::fields::{Fields, Spans, WireFields};
 use crate::http1::chunked::Chunked;
 use crate::http1::HeadFacts;
-use crate::proxy::RequestHead;
+use crate::message::RequestHead;
 use bytes::BytesMut;
 use hyper::{Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;

@@ -6,11 +6,13 @@ use super::client::Client;
 use super::date;
 use crate::body::BoxError;
 use crate::body::ProxyBody;
+use crate::fields::name_is;
 use crate::http1::{format_u64, parse_u64};
+use crate::message::Answer;
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
-use hyper::header::{self, HeaderMap};
-use hyper::{Response, StatusCode};
+use hyper::header;
+use hyper::StatusCode;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -57,7 +59,7 @@ fn delimit(status: StatusCode, declared: Option<u64>, exact: Option<u64>, to: An
 }
 
 /// What the head-writing pass noticed among the answer's own fields.
-struct Fields {
+struct Noticed {
     content_length: Option<u64>,
     date: bool,
 }
@@ -102,13 +104,12 @@ impl Writer {
     pub async fn answer(
         &mut self,
         client: &Client<'_>,
-        resp: Response<ProxyBody>,
+        resp: Answer<ProxyBody>,
         to: AnswerTo,
     ) -> Result<bool, WriteError> {
-        let (parts, body) = resp.into_parts();
-        let mut body = std::pin::pin!(body);
-        let fields = self.start_head(parts.status, &parts.headers);
-        let (delimit, length) = delimit(parts.status, fields.content_length, body.size_hint().exact(), to);
+        let mut body = std::pin::pin!(resp.body);
+        let fields = self.start_head(resp.status, &resp.fields);
+        let (delimit, length) = delimit(resp.status, fields.content_length, body.size_hint().exact(), to);
         let keep_alive = to.keep_alive && !matches!(delimit, Delimit::Close);
         self.end_head(!fields.date, length, matches!(delimit, Delimit::Chunked), keep_alive);
         if !matches!(delimit, Delimit::None) {
@@ -183,7 +184,7 @@ impl Writer {
 
     /// Writes the status line and the answer's own fields (all but the framing and connection
     /// fields, which are this hop's: see [`Writer::end_head`]), noting the declared length.
-    fn start_head(&mut self, status: StatusCode, headers: &HeaderMap) -> Fields {
+    fn start_head(&mut self, status: StatusCode, fields: &crate::fields::Fields) -> Noticed {
         let w = &mut self.framing;
         w.clear();
         w.extend_from_slice(b"HTTP/1.1 ");
@@ -191,28 +192,26 @@ impl Writer {
         w.push(b' ');
         w.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         w.extend_from_slice(b"\r\n");
-        let mut fields = Fields { content_length: None, date: false };
+        let mut noticed = Noticed { content_length: None, date: false };
         let mut lengths = 0;
-        for (name, value) in headers {
-            if name == header::CONTENT_LENGTH {
+        for (name, value) in fields.iter() {
+            if name_is(name, &header::CONTENT_LENGTH) {
                 // Differing values mean no known length.
-                let n = parse_u64(value.as_bytes());
-                fields.content_length = if lengths > 0 && fields.content_length != n { None } else { n };
+                let n = parse_u64(value);
+                noticed.content_length = if lengths > 0 && noticed.content_length != n { None } else { n };
                 lengths += 1;
                 continue;
             }
-            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            if name_is(name, &header::TRANSFER_ENCODING) || name_is(name, &header::CONNECTION) {
                 continue;
             }
-            if name == header::DATE {
-                fields.date = true;
-            }
-            w.extend_from_slice(name.as_str().as_bytes());
+            noticed.date |= name_is(name, &header::DATE);
+            w.extend_from_slice(name);
             w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(value);
             w.extend_from_slice(b"\r\n");
         }
-        fields
+        noticed
     }
 
     /// Adds `Date` (when the answer has none), the framing fields and `Connection: close` when
