@@ -150,7 +150,7 @@ fn main() {
     for (name, body) in [("0.3 KiB", bytes::Bytes::from_static(short)), ("8 KiB", bytes::Bytes::from(long))] {
         bench(&format!("usage: scan a {name} JSON answer"), N / 20, |_| {
             let mut scanner =
-                llmproxy::usage::UsageScanner::for_content_type("application/json", false).map(|mut s| {
+                llmproxy::usage::UsageScanner::for_content_type(b"application/json", false).map(|mut s| {
                     s.frame(body.clone());
                     s.finish()
                 });

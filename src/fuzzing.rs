@@ -141,7 +141,8 @@ pub fn sse(data: &[u8]) {
     let Some((&step, body)) = data.split_first() else { return };
     let step = usize::from(step % 17) + 1;
     let run = |content_type: &str, strip: bool, chunk: usize| {
-        let mut s = UsageScanner::for_content_type(content_type, strip).unwrap_or_else(|| panic!("{content_type}"));
+        let mut s =
+            UsageScanner::for_content_type(content_type.as_bytes(), strip).unwrap_or_else(|| panic!("{content_type}"));
         let mut out = Vec::new();
         for piece in body.chunks(chunk.max(1)) {
             out.extend_from_slice(&s.frame(Bytes::copy_from_slice(piece)));

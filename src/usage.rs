@@ -98,9 +98,9 @@ pub struct UsageScanner {
 
 impl UsageScanner {
     /// A scanner for a response of `content_type`, or `None` when it cannot carry usage.
-    pub fn for_content_type(content_type: &str, strip: bool) -> Option<Self> {
-        let is = |prefix: &str| content_type.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
-        let mode = if is("text/event-stream") {
+    pub fn for_content_type(content_type: &[u8], strip: bool) -> Option<Self> {
+        let is = |prefix: &[u8]| content_type.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+        let mode = if is(b"text/event-stream") {
             Mode::Sse {
                 partial: Vec::new(),
                 overlong: false,
@@ -108,7 +108,7 @@ impl UsageScanner {
                 fields: Vec::new(),
                 in_data: false,
             }
-        } else if is("application/json") {
+        } else if is(b"application/json") {
             Mode::Json { first: None, rest: BytesMut::new(), size: 0, only_ends: false }
         } else {
             return None;
@@ -549,7 +549,7 @@ mod tests {
     use super::*;
 
     fn scan_in_pieces(ct: &str, body: &str, piece: usize, strip: bool) -> (Usage, Option<String>, String) {
-        let mut s = UsageScanner::for_content_type(ct, strip).unwrap();
+        let mut s = UsageScanner::for_content_type(ct.as_bytes(), strip).unwrap();
         let mut out = Vec::new();
         for chunk in body.as_bytes().chunks(piece) {
             out.extend_from_slice(&s.frame(Bytes::copy_from_slice(chunk)));
@@ -618,7 +618,7 @@ data: [DONE]\n\n";
 
         // A comment between events is passed on at once; fields whose data never comes reach
         // the client, in order, when the body ends.
-        let mut s = UsageScanner::for_content_type("text/event-stream", true).unwrap();
+        let mut s = UsageScanner::for_content_type(b"text/event-stream", true).unwrap();
         assert_eq!(&s.frame(Bytes::from_static(b": still thinking\nevent: ping\n"))[..], b": still thinking\n");
         assert_eq!(&s.frame(Bytes::from_static(b": held behind the field\nid: 7\n"))[..], b"");
         assert!(s.holds_back());
@@ -628,7 +628,7 @@ data: [DONE]\n\n";
     #[test]
     fn stripping_passes_on_an_unterminated_last_line_and_overlong_lines() {
         let body = format!("{OPENAI_SSE}data: [DONE]");
-        let mut s = UsageScanner::for_content_type("text/event-stream", true).unwrap();
+        let mut s = UsageScanner::for_content_type(b"text/event-stream", true).unwrap();
         let mut out = s.frame(Bytes::from(body)).to_vec();
         assert!(s.holds_back());
         out.extend_from_slice(&s.take_held_back().unwrap());
@@ -636,7 +636,7 @@ data: [DONE]\n\n";
         assert!(!s.holds_back() && s.take_held_back().is_none());
 
         // A line longer than any usage chunk is not held until it ends: memory stays bounded.
-        let mut s = UsageScanner::for_content_type("text/event-stream", true).unwrap();
+        let mut s = UsageScanner::for_content_type(b"text/event-stream", true).unwrap();
         let long = vec![b'x'; MAX_LINE];
         let mut out = s.frame(Bytes::from_static(b"data: ")).to_vec();
         out.extend_from_slice(&s.frame(Bytes::from(long.clone())));
@@ -750,7 +750,7 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         assert_eq!((u, m.as_deref()), (Usage { prompt: Some(8), completion: Some(9) }, Some("gpt-4o")));
         let none = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n";
         assert!(scan_in_pieces("text/event-stream", none, 2, false).0.is_empty(), "no usage, nothing counted");
-        assert!(UsageScanner::for_content_type("text/plain", false).is_none());
+        assert!(UsageScanner::for_content_type(b"text/plain", false).is_none());
     }
 
     #[test]

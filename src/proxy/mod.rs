@@ -9,7 +9,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::client_keys::Refusal;
 use crate::clock;
 use crate::error::ApiError;
-use crate::fields::text;
+use crate::fields::{text, Fields};
 use crate::message::{Answer, RequestHead};
 use crate::metrics::families::{method_index, Failure, CALL_FAILURE, CALL_SUCCESS};
 use crate::ratelimit::Gcra;
@@ -20,7 +20,7 @@ use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, StatusCode, Uri, Version};
 use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, UpstreamBody};
@@ -547,16 +547,16 @@ async fn attempt(
         _ => None,
     };
     let head_at = verdict.record(failure);
+    let facts = AnswerFacts::read(&resp.fields);
     // Only a failure's `Retry-After` matters (it delays the next attempt).
-    let retry_after = failure
-        .and_then(|_| text(resp.fields.get(&RETRY_AFTER)?))
-        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+    let retry_after =
+        failure.and_then(|_| text(facts.retry_after?)).and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
     let telemetry = Telemetry { member: member.metrics.clone(), sent_at, first_byte_ms: None };
-    let content_type = resp.fields.get(&CONTENT_TYPE).and_then(text).unwrap_or("");
-    let is_sse = content_type.starts_with("text/event-stream");
+    let content_type = facts.content_type.unwrap_or_default();
+    let is_sse = content_type.get(..17).is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"));
     // A compressed answer (an upstream that compresses unasked, or header ops that asked) is
     // relayed untouched: it can be neither read for usage nor have comments put in.
-    let plain = resp.fields.get(&CONTENT_ENCODING).is_none_or(|e| e.eq_ignore_ascii_case(b"identity"));
+    let plain = facts.content_encoding.is_none_or(|e| e.eq_ignore_ascii_case(b"identity"));
     let options = RelayOptions {
         timer,
         sleep,
@@ -580,6 +580,31 @@ async fn attempt(
             Outcome::Retryable { failed: Failed::Response(resp), kind, retry_after }
         }
         _ => Outcome::Final(resp),
+    }
+}
+
+/// The fields of an upstream's answer that decide how it is relayed (the first value of each),
+/// read in one pass over the fields.
+#[derive(Default)]
+struct AnswerFacts<'a> {
+    content_type: Option<&'a [u8]>,
+    content_encoding: Option<&'a [u8]>,
+    retry_after: Option<&'a [u8]>,
+}
+
+impl<'a> AnswerFacts<'a> {
+    fn read(fields: &'a Fields) -> Self {
+        let mut facts = AnswerFacts::default();
+        for (name, value) in fields.iter() {
+            let slot = match name.len() {
+                11 if name.eq_ignore_ascii_case(b"retry-after") => &mut facts.retry_after,
+                12 if name.eq_ignore_ascii_case(b"content-type") => &mut facts.content_type,
+                16 if name.eq_ignore_ascii_case(b"content-encoding") => &mut facts.content_encoding,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        facts
     }
 }
 
