@@ -39,8 +39,7 @@ impl Spans {
     /// Where `fields` — slices of `buf`, as `httparse` returns them — lie in `buf`, so they can
     /// be read from the head once it is frozen (see [`WireFields::new`]).
     pub fn measure(buf: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
-        let base = buf.as_ptr() as usize;
-        let at = |part: &[u8]| (part.as_ptr() as usize).saturating_sub(base) as u32;
+        let at = |part: &[u8]| crate::http1::offset_in(buf, part);
         Spans(
             fields
                 .iter()
@@ -219,4 +218,38 @@ pub fn wire(text: &str) -> Fields {
     };
     let spans = Spans::measure(&buf, fields);
     Fields::Wire(WireFields::new(buf.split_to(len).freeze(), spans))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
+
+    #[test]
+    fn wire_fields_are_read_like_a_map() {
+        let mut f = wire("Host: a\r\nX-Two: 1\r\ncontent-TYPE: text/plain\r\nx-two: 2\r\nConnection: close\r\n");
+        assert_eq!(f.get(&HOST), Some(&b"a"[..]));
+        assert_eq!(f.get(&CONTENT_TYPE), Some(&b"text/plain"[..]));
+        let two = HeaderName::from_static("x-two");
+        assert_eq!(f.get_all(&two).collect::<Vec<_>>(), [b"1", b"2"]);
+        f.remove(&two);
+        f.remove(&CONNECTION);
+        assert!(!f.contains(&two) && !f.contains(&CONNECTION));
+        assert_eq!(f.iter().map(|(n, _)| n).collect::<Vec<_>>(), [&b"Host"[..], b"content-TYPE"], "order kept");
+        // Converted for hyper (a TLS or HTTP/2 client): names lowercase, values shared, the
+        // removed fields gone.
+        let map = f.into_map();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map[HOST], "a");
+        assert_eq!(map[CONTENT_TYPE], "text/plain");
+    }
+
+    #[test]
+    fn text_agrees_with_header_value() {
+        for b in 0..=255u8 {
+            let bytes = [b'a', b];
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else { continue };
+            assert_eq!(text(&bytes), value.to_str().ok(), "byte {b:#x}");
+        }
+    }
 }

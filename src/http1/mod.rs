@@ -4,8 +4,7 @@
 
 pub mod chunked;
 
-use bytes::Bytes;
-use hyper::header::{self, HeaderName, HeaderValue, InvalidHeaderName};
+use hyper::header::{self, HeaderName, InvalidHeaderName};
 
 /// What a message head says about its framing and its connection (RFC 9112 §6, §9.6).
 #[derive(Default)]
@@ -51,44 +50,9 @@ impl HeadFacts {
     }
 }
 
-/// Header fields whose offsets fit on the stack while a head is cut up; larger heads (rare)
-/// use the heap. Zeroing a table for the 100 fields a head may have cost more than parsing it.
-pub const INLINE_FIELDS: usize = 24;
-
-/// Where each field of a parsed head lies in its buffer: name start and end, value start and
-/// end. httparse's slices borrow the buffer; with their offsets recorded, the head can be
-/// frozen into shared bytes and every value cut from it without a copy (see [`field_at`]).
-/// Offsets are `u32`: a head is at most its size limit plus one read long.
-pub fn field_spans<'a>(
-    buf: &[u8],
-    fields: &[httparse::Header<'_>],
-    inline: &'a mut [[u32; 4]; INLINE_FIELDS],
-    heap: &'a mut Vec<[u32; 4]>,
-) -> &'a [[u32; 4]] {
-    let table = if fields.len() <= INLINE_FIELDS {
-        &mut inline[..fields.len()]
-    } else {
-        heap.resize(fields.len(), [0; 4]);
-        &mut heap[..]
-    };
-    for (slot, field) in table.iter_mut().zip(fields) {
-        let (name, value) = (offset_in(buf, field.name.as_bytes()), offset_in(buf, field.value));
-        *slot = [name, name + field.name.len() as u32, value, value + field.value.len() as u32];
-    }
-    table
-}
-
 /// Where `part` (a slice of `whole`) starts in `whole`.
 pub fn offset_in(whole: &[u8], part: &[u8]) -> u32 {
     (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize) as u32
-}
-
-/// The field at `span` of the frozen `head`: its name, and its value sharing the head's bytes.
-pub fn field_at(head: &Bytes, [ns, ne, vs, ve]: [u32; 4]) -> Result<(HeaderName, HeaderValue), &'static str> {
-    let name = header_name(&head[ns as usize..ne as usize]).map_err(|_| "invalid header name")?;
-    let value =
-        HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)).map_err(|_| "invalid header value")?;
-    Ok((name, value))
 }
 
 /// A header name from the wire. The names nearly every request and answer carry are
