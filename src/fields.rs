@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use std::cell::RefCell;
 
 /// A message's header fields.
 pub enum Fields {
@@ -30,30 +31,54 @@ pub struct WireFields {
 
 /// Where each field of a head lies: name start, name end, value start, value end. A removed
 /// field keeps its place with an empty name (a real name is never empty). Offsets are `u32`: a
-/// head is at most its size limit plus one read long. One allocation per head, and the value
-/// moves as cheaply as a map through the futures that carry it (offsets kept inline made every
-/// move of an answer a copy of hundreds of bytes, which cost more than the allocation).
+/// head is at most its size limit plus one read long. The table is kept apart from the value
+/// (offsets kept inline made every move of an answer through the futures that carry it a copy of
+/// hundreds of bytes), and tables are reused (see [`SPARE_TABLES`]).
 pub struct Spans(Vec<[u32; 4]>);
+
+/// Span tables of heads that are done with, kept for the next heads this thread reads: a table
+/// per message was an allocation and a free for the request and again for the answer.
+const SPARE_TABLES: usize = 64;
+/// Tables larger than this (a head with very many fields) are not kept.
+const SPARE_MAX_FIELDS: usize = 128;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Vec<[u32; 4]>>> = const { RefCell::new(Vec::new()) };
+}
 
 impl Spans {
     /// Where `fields` — slices of `buf`, as `httparse` returns them — lie in `buf`, so they can
     /// be read from the head once it is frozen (see [`WireFields::new`]).
     pub fn measure(buf: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
+        let mut table = SPARE.try_with(|spare| spare.borrow_mut().pop()).ok().flatten().unwrap_or_default();
         let at = |part: &[u8]| crate::http1::offset_in(buf, part);
-        Spans(
-            fields
-                .iter()
-                .map(|f| {
-                    let (name, value) = (at(f.name.as_bytes()), at(f.value));
-                    [name, name + f.name.len() as u32, value, value + f.value.len() as u32]
-                })
-                .collect(),
-        )
+        table.extend(fields.iter().map(|f| {
+            let (name, value) = (at(f.name.as_bytes()), at(f.value));
+            [name, name + f.name.len() as u32, value, value + f.value.len() as u32]
+        }));
+        Spans(table)
     }
 
     /// (name, value) of each field, read from `buf` — the buffer the offsets were measured in.
     pub fn fields<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         self.0.iter().map(move |&span| field(buf, span))
+    }
+}
+
+impl Drop for Spans {
+    fn drop(&mut self) {
+        if self.0.capacity() == 0 || self.0.capacity() > SPARE_MAX_FIELDS {
+            return;
+        }
+        let mut table = std::mem::take(&mut self.0);
+        table.clear();
+        // `try_with`: a thread being torn down has no spares to keep.
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_TABLES {
+                spare.push(table);
+            }
+        });
     }
 }
 
@@ -242,6 +267,19 @@ mod tests {
         assert_eq!(map.len(), 2);
         assert_eq!(map[HOST], "a");
         assert_eq!(map[CONTENT_TYPE], "text/plain");
+    }
+
+    #[test]
+    fn span_tables_are_reused() {
+        let mut slots = [httparse::EMPTY_HEADER; 4];
+        let buf = b"A: 1\r\nB: 2\r\n\r\n";
+        let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(buf, &mut slots) else { panic!() };
+        let first = Spans::measure(buf, fields);
+        let table = first.0.as_ptr();
+        drop(first);
+        let second = Spans::measure(buf, fields);
+        assert_eq!(second.0.as_ptr(), table, "the table of a dropped head serves the next one");
+        assert_eq!(second.fields(buf).collect::<Vec<_>>(), [(&b"A"[..], &b"1"[..]), (b"B", b"2")]);
     }
 
     #[test]

@@ -63,7 +63,7 @@ struct Conn {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -120,7 +120,7 @@ impl DirectPool {
     }
 
     /// The most recently used idle connection, and how long it was idle.
-    fn take(&self) -> Option<(Conn, Duration)> {
+    fn take(&self) -> Option<(Box<Conn>, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             let idle_for = c.since.elapsed();
@@ -131,14 +131,14 @@ impl DirectPool {
         None
     }
 
-    fn put(&self, conn: Conn) {
+    fn put(&self, conn: Box<Conn>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle { conn, since: Instant::now() });
         }
     }
 
-    async fn dial(&self) -> Result<Conn, SendError> {
+    async fn dial(&self) -> Result<Box<Conn>, SendError> {
         let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
             .map_err(|_| SendError::Connect(format!("connect to {} timed out", self.address)))?
@@ -147,7 +147,7 @@ impl DirectPool {
         if let Some(idle) = self.keepalive {
             let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
         }
-        Ok(Conn { io, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024) })
+        Ok(Box::new(Conn { io, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024) }))
     }
 
     /// Sends the request and returns the response head; the body is read from the connection
@@ -375,7 +375,9 @@ impl Framing {
 /// pool when the body has been read to its exact end; dropped earlier (the client left, a
 /// timer fired), it is closed with the body.
 pub struct DirectBody {
-    conn: Option<Conn>,
+    /// Boxed once, when dialled: the body is moved several times on its way to the client, and
+    /// a connection with its buffers is large.
+    conn: Option<Box<Conn>>,
     pool: Arc<DirectPool>,
     framing: Framing,
 }
