@@ -128,6 +128,9 @@ pub fn sse(data: &[u8]) {
         let forwards = crate::json_scan::member(data, b"usage");
         let backwards = crate::json_scan::last_member(data, b"usage", usize::MAX);
         assert_eq!(backwards, forwards, "last_member disagrees");
+        let searched =
+            crate::json_scan::read_last_member(data, b"usage", usize::MAX, crate::json_scan::Scanner::raw_value);
+        assert_eq!(searched, forwards, "read_last_member disagrees");
         // Asking for usage on the client's behalf keeps the request valid JSON, with the option on.
         if let Some(asked) = crate::usage::ask_for_usage("/v1/chat/completions", data) {
             let v: serde_json::Value = serde_json::from_slice(&asked).unwrap_or_else(|e| panic!("invalid JSON: {e}"));

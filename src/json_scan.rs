@@ -159,6 +159,14 @@ impl<'a> Scanner<'a> {
         Some(empty)
     }
 
+    /// The value at the cursor, as it is written.
+    pub fn raw_value(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let start = self.i;
+        self.skip_value()?;
+        Some(&self.b[start..self.i])
+    }
+
     /// Skips the value at the cursor, whatever it is. Containers are skipped by counting
     /// brackets outside strings — their inner structure is not validated, only their extent —
     /// which is several times cheaper than walking keys and values, and cannot recurse.
@@ -204,15 +212,80 @@ pub fn member<'a>(doc: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut s = Scanner::new(doc);
     let mut found = None;
     s.object(|s, k, escaped| {
-        s.ws();
-        let start = s.i;
-        s.skip_value()?;
+        let value = s.raw_value()?;
         if key_is(k, escaped, key) {
-            found = Some(&doc[start..s.i]);
+            found = Some(value);
         }
         Some(())
     })?;
     found
+}
+
+/// How far from the end [`read_last_member`] searches for the key's text: past the few members
+/// an answer puts after its usage, the backward walk is no dearer.
+const SEARCH_LIMIT: usize = 2048;
+
+/// Reads, with `read`, the value [`last_member`] finds — first by searching backwards for the
+/// key's plain text and reading forwards from there. That costs a third of the backward walk
+/// over the value followed by a forward read of it, and is taken only when what follows the
+/// value proves the find: members not named `key`, then the end of the object at the end of the
+/// document, so the key is the object's last of that name (in a well-formed document, the
+/// top-level object's). Otherwise — the key escaped, nested, further back, or the tail not JSON —
+/// the backward walk decides. `None` when the member is not found or `read` fails.
+pub fn read_last_member<'a, T>(
+    doc: &'a [u8],
+    key: &[u8],
+    max_members: usize,
+    mut read: impl FnMut(&mut Scanner<'a>) -> Option<T>,
+) -> Option<T> {
+    if let Some(value) = searched_member(doc, key, max_members, &mut read) {
+        return Some(value);
+    }
+    read(&mut Scanner::new(last_member(doc, key, max_members)?))
+}
+
+fn searched_member<'a, T>(
+    doc: &'a [u8],
+    key: &[u8],
+    max_members: usize,
+    read: &mut impl FnMut(&mut Scanner<'a>) -> Option<T>,
+) -> Option<T> {
+    let end = doc.len() - trailing_ws(doc);
+    let (open, colon) = last_key_text(doc, end.saturating_sub(SEARCH_LIMIT), end, key)?;
+    // A string's opening quote (not an escaped one), after the `{` or `,` that a key follows.
+    let backslashes = doc[..open].iter().rev().take_while(|&&c| c == b'\\').count();
+    let after = (open - trailing_ws(&doc[..open])).checked_sub(1).map(|b| doc[b]);
+    if backslashes % 2 != 0 || !matches!(after, Some(b'{' | b',')) {
+        return None;
+    }
+    let mut s = Scanner { b: doc, i: colon + 1 };
+    s.ws();
+    let value = read(&mut s)?;
+    let mut later = 0;
+    loop {
+        s.ws();
+        match s.next()? {
+            b'}' => {
+                s.ws();
+                return (s.i == doc.len()).then_some(value);
+            }
+            b',' => {
+                later += 1;
+                if later >= max_members {
+                    return None;
+                }
+                s.ws();
+                let (k, escaped) = s.raw_string()?;
+                if key_is(k, escaped, key) {
+                    return None;
+                }
+                s.ws();
+                s.eat(b':')?;
+                s.skip_value()?;
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// The value of `key` among the last `max_members` members of the top-level object in `doc`,
@@ -297,6 +370,41 @@ fn opening_quote(doc: &[u8], close: usize) -> Option<usize> {
             return Some(i);
         }
     }
+}
+
+/// The last `"key"` followed by a colon in `doc[floor..end]` — a member named `key`, by its
+/// text — as the positions of its opening quote and of the colon. Colons are looked for eight
+/// bytes at a time: there is one per member, where quotes come four to a member.
+fn last_key_text(doc: &[u8], floor: usize, end: usize, key: &[u8]) -> Option<(usize, usize)> {
+    let key_before = |colon: usize| -> Option<(usize, usize)> {
+        let close = (colon - trailing_ws(&doc[..colon])).checked_sub(1)?;
+        let open = close.checked_sub(key.len() + 1)?;
+        let named = doc[close] == b'"' && doc[open] == b'"' && doc.get(open + 1) == key.first();
+        (named && &doc[open + 1..close] == key).then_some((open, colon))
+    };
+    let mut end = end;
+    while end >= floor + 8 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&doc[end - 8..end]);
+        let mut marks = exact_marks(u64::from_le_bytes(bytes), b':');
+        while marks != 0 {
+            let at = 7 - (marks.leading_zeros() / 8) as usize;
+            if let Some(found) = key_before(end - 8 + at) {
+                return Some(found);
+            }
+            marks &= !(0x80 << (8 * at));
+        }
+        end -= 8;
+    }
+    (floor..end).rev().filter(|&c| doc[c] == b':').find_map(key_before)
+}
+
+/// The high bit of each byte of `w` that equals `b`, and of no other: unlike the marks of
+/// [`quote_or_backslash`], no borrow crosses bytes, so any mark may be taken, not only the lowest.
+fn exact_marks(w: u64, b: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = w ^ (0x0101_0101_0101_0101 * u64::from(b));
+    !(((x & LOW7) + LOW7) | x) & !LOW7
 }
 
 /// Position of the first `"` or `\\` in `s`, eight bytes at a time: model output is mostly long
@@ -402,6 +510,27 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_last_key_text_at_any_offset() {
+        for pad in 0..20 {
+            for ws in ["", " ", "\n  "] {
+                // Bytes one bit or one borrow away from a colon must not match.
+                let noise: String = (0..pad).map(|i| ['a', ';', '{', ',', '"', '9'][i % 6]).collect();
+                let doc = format!("{{{noise}\"usage\"{ws}:{{\"a\":1}},\"x\":\"usage:\"{noise}}}");
+                let (open, colon) = last_key_text(doc.as_bytes(), 0, doc.len(), b"usage").unwrap();
+                assert_eq!((open, colon), (1 + pad, 1 + pad + 7 + ws.len()), "{doc}");
+                assert_eq!(last_key_text(doc.as_bytes(), colon + 1, doc.len(), b"usage"), None);
+            }
+        }
+        for b in 0..=255u8 {
+            let w = u64::from_le_bytes([b, b':', 0, b ^ 0x80, b':', 0xff, b, 0x3a ^ 1]);
+            let want: u64 = [1, 4].iter().map(|i| 0x80u64 << (8 * i)).sum::<u64>()
+                | [0, 6].iter().filter(|_| b == b':').map(|i| 0x80u64 << (8 * i)).sum::<u64>()
+                | [3].iter().filter(|_| b ^ 0x80 == b':').map(|i| 0x80u64 << (8 * i)).sum::<u64>();
+            assert_eq!(exact_marks(w, b':'), want, "byte {b:#x}");
+        }
+    }
+
+    #[test]
     fn deep_nesting_costs_one_pass_without_recursion() {
         let deep = format!("{{\"x\":{}1{},\"y\":2}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(fields(&deep).map(|f| f.len()), Some(2));
@@ -448,12 +577,29 @@ mod tests {
             r#"{"usage":7,"tail":"\\\\"}"#,
             r#"{"a":{"usage":{"nested":true}},"b":2}"#,
             r#"{}"#,
+            // For the search: the last plain text is nested, a value, escaped, or in a string.
+            r#"{"usage":1,"a":{"usage":2}}"#,
+            r#"{"usage":1,"a":["usage"]}"#,
+            r#"{"usage":1,"a":"\"usage\":3}"}"#,
+            r#"{"usage":1,"a":"\\","usage":4}"#,
+            r#"{"usage":1,"a":{"b":"x","usage":5}}"#,
         ];
         for doc in docs {
             let want = member(doc.as_bytes(), b"usage");
             let got = last_member(doc.as_bytes(), b"usage", 8);
             assert_eq!(got, want, "{doc}");
+            let searched = read_last_member(doc.as_bytes(), b"usage", 8, Scanner::raw_value);
+            assert_eq!(searched, want, "{doc}");
+            // The search, when it answers, answers right (not only the walk behind it).
+            let wrong =
+                searched_member(doc.as_bytes(), b"usage", 8, &mut Scanner::raw_value).filter(|&v| Some(v) != want);
+            assert_eq!(wrong, None, "{doc}");
         }
+        // The search is what reads a plainly written usage near the end.
+        let plain = br#"{"id":"x","usage":{"prompt_tokens":3},"system_fingerprint":"fp"}"#;
+        assert_eq!(searched_member(plain, b"usage", 4, &mut Scanner::raw_value), Some(&br#"{"prompt_tokens":3}"#[..]));
+        assert_eq!(searched_member(plain, b"usage", 1, &mut Scanner::raw_value), None, "further back than asked");
+        assert_eq!(last_member(plain, b"usage", 1), None);
         // Further back than asked, or a tail that is not JSON: not found (the caller scans forwards).
         assert_eq!(last_member(br#"{"usage":1,"a":2,"b":3}"#, b"usage", 2), None);
         assert_eq!(last_member(br#"{"usage":1,"a":2,"b":3]"#, b"usage", 8), None);
@@ -463,6 +609,7 @@ mod tests {
         let escaped = br#"{"usage":1,"us\u0061ge":2}"#;
         assert_eq!(member(escaped, b"usage"), Some(&b"2"[..]));
         assert_eq!(last_member(escaped, b"usage", 8), Some(&b"2"[..]));
+        assert_eq!(read_last_member(escaped, b"usage", 8, Scanner::raw_value), Some(&b"2"[..]));
     }
 
     #[test]
@@ -493,6 +640,7 @@ mod tests {
             let want = member(doc.as_bytes(), b"usage");
             let got = last_member(doc.as_bytes(), b"usage", 16);
             assert_eq!(got, want, "{doc}");
+            assert_eq!(read_last_member(doc.as_bytes(), b"usage", 16, Scanner::raw_value), want, "{doc}");
         }
     }
 }

@@ -326,11 +326,11 @@ impl UsageScanner {
     /// front, so the choices and generated text between them are not walked at all; a body laid
     /// out otherwise is read in full.
     fn report_body(&mut self, json: &Bytes) {
-        let Some(value) = crate::json_scan::last_member(json, b"usage", 4) else {
+        let Some(usage) = crate::json_scan::read_last_member(json, b"usage", 4, counts) else {
             self.report(json);
             return;
         };
-        if let Some(Some(u)) = counts(&mut Scanner::new(value)) {
+        if let Some(u) = usage {
             self.note(u);
         }
         if self.model.is_none() {
@@ -362,15 +362,12 @@ impl UsageScanner {
 
     /// A JSON answer too large to keep: `usage` from its last bytes, `model` from its first.
     fn report_ends(&mut self, head: &[u8], tail: &[u8]) {
-        if let Some(Some(u)) =
-            crate::json_scan::last_member(tail, b"usage", 4).and_then(|v| counts(&mut Scanner::new(v)))
-        {
+        if let Some(Some(u)) = crate::json_scan::read_last_member(tail, b"usage", 4, counts) {
             self.note(u);
         }
         if self.model.is_none() {
             // Near the end in some answers (OpenAI embeddings put it after `data`), else first.
-            let near_end = crate::json_scan::last_member(tail, b"model", 4)
-                .and_then(|v| Scanner::new(v).string_or_null().flatten());
+            let near_end = crate::json_scan::read_last_member(tail, b"model", 4, Scanner::string_or_null).flatten();
             let model = near_end.or_else(|| crate::router::model::leading(head)).filter(|m| !m.is_empty());
             self.model = model.map(|m| ModelName::Owned(m.into_owned()));
         }
