@@ -141,13 +141,20 @@ fn main() {
     }
 
     // Token accounting reads every successful JSON answer once and every SSE line that carries
-    // usage; a chat completion of 0.3 KiB and one of 8 KiB of generated text.
+    // usage; a chat completion of 0.3 KiB, one of 8 KiB of generated text, and one as OpenAI
+    // writes it today (usage with its detail objects, then more members).
     let short = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22}}"#;
     let long = String::from_utf8_lossy(short).replace(
         "The quick brown fox jumps over the lazy dog.",
         &"All work and no play makes Jack a dull boy. \n".repeat(180),
     );
-    for (name, body) in [("0.3 KiB", bytes::Bytes::from_static(short)), ("8 KiB", bytes::Bytes::from(long))] {
+    let openai = br#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4.1-2025-04-14","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_ee1d74bde0"}"#;
+    let answers = [
+        ("0.3 KiB", bytes::Bytes::from_static(short)),
+        ("8 KiB", bytes::Bytes::from(long)),
+        ("OpenAI-shaped 0.6 KiB", bytes::Bytes::from_static(openai)),
+    ];
+    for (name, body) in answers {
         bench(&format!("usage: scan a {name} JSON answer"), N / 20, |_| {
             let mut scanner =
                 llmproxy::usage::UsageScanner::for_content_type(b"application/json", false).map(|mut s| {
