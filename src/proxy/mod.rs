@@ -506,8 +506,13 @@ async fn attempt(
                 let headers = |emit: &mut dyn FnMut(&[u8], &[u8])| {
                     headers::for_each_upstream_header(&out.head.fields, upstream, &fwd, emit)
                 };
-                let request =
-                    direct::Outgoing { method: &out.head.method, path: &path, headers: &headers, body: &out.body };
+                let request = direct::Outgoing {
+                    method: &out.head.method,
+                    path: &path,
+                    headers: &headers,
+                    body: &out.body,
+                    now: sent_at.into_std(),
+                };
                 match within(&mut sleep, pool.send(request)).await {
                     None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                     Some(Err(e)) => Err(direct_error(upstream, &e)),

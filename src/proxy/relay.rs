@@ -155,6 +155,10 @@ struct Relay {
     status: u16,
     /// When the last upstream frame arrived (for the idle timer).
     last_frame: Instant,
+    /// When the response head arrived.
+    head_at: Instant,
+    /// The body has had to wait for the upstream at least once.
+    waited: bool,
     first_byte_seen: bool,
     /// The upstream body has ended (what follows is only what the scanner held back).
     inner_ended: bool,
@@ -218,6 +222,8 @@ impl RelayBody {
             telemetry,
             status,
             last_frame: now,
+            head_at: now,
+            waited: false,
             first_byte_seen: false,
             inner_ended: false,
             scanner: options.scanner,
@@ -354,16 +360,26 @@ impl Relay {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if matches!(this.timer, Timer::Idle(_)) {
+                let idle_timer = matches!(this.timer, Timer::Idle(_));
+                // When the frame arrived, if anything below needs it. A body that had not to wait
+                // arrived with the head (a whole answer in one read, or a mock's): its time is
+                // the head's, and a clock read — dear in a VM — would only time the proxy.
+                let arrived = match (idle_timer || !this.first_byte_seen, this.waited) {
+                    (false, _) => None,
+                    (true, true) => Some(Instant::now()),
+                    (true, false) => Some(this.head_at),
+                };
+                if let (true, Some(at)) = (idle_timer, arrived) {
                     // Only noted here: the timer is moved when it fires (below), not on every
                     // frame — a token stream would otherwise re-file it hundreds of times.
-                    this.last_frame = Instant::now();
+                    this.last_frame = at;
                 }
                 let frame = match frame.into_data() {
                     Ok(mut data) => {
                         if !this.first_byte_seen {
                             this.first_byte_seen = true;
-                            let ttft = this.telemetry.sent_at.elapsed();
+                            let at = arrived.unwrap_or(this.head_at);
+                            let ttft = at.saturating_duration_since(this.telemetry.sent_at);
                             this.telemetry.first_byte_ms = Some(ttft.as_millis() as u64);
                             this.telemetry.member.ttft.observe_duration(ttft);
                         }
@@ -397,6 +413,7 @@ impl Relay {
                 )
             }
             Poll::Pending => {
+                this.waited = true;
                 if let Some(k) = &mut this.keepalive {
                     if k.sleep.as_mut().poll(cx).is_ready() {
                         let now = Instant::now();

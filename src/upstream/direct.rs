@@ -107,6 +107,9 @@ pub struct Outgoing<'a> {
     pub path: &'a PathAndQuery,
     pub headers: HeaderSource<'a>,
     pub body: &'a Bytes,
+    /// When the attempt began: idle connections are aged against it rather than a clock read
+    /// of their own.
+    pub now: Instant,
 }
 
 impl DirectPool {
@@ -119,11 +122,11 @@ impl DirectPool {
         Arc::new(DirectPool { address, connect_timeout, keepalive, idle_timeout, idle: Mutex::new(Vec::new()) })
     }
 
-    /// The most recently used idle connection, and how long it was idle.
-    fn take(&self) -> Option<(Box<Conn>, Duration)> {
+    /// The most recently used idle connection, and how long it was idle at `now`.
+    fn take(&self, now: Instant) -> Option<(Box<Conn>, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            let idle_for = c.since.elapsed();
+            let idle_for = now.saturating_duration_since(c.since);
             if idle_for < self.idle_timeout {
                 return Some((c.conn, idle_for));
             }
@@ -156,7 +159,7 @@ impl DirectPool {
         let head_request = out.method == Method::HEAD;
         let idempotent = out.method.is_idempotent();
         loop {
-            let (mut conn, pooled) = match self.take() {
+            let (mut conn, pooled) = match self.take(out.now) {
                 Some((conn, idle_for)) if conn.closed_while_idle(idle_for >= PROBE_AFTER) => continue,
                 Some((conn, _)) => (conn, true),
                 // Boxed: dialling is rare, and its future would otherwise enlarge every request's.
