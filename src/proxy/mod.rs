@@ -432,10 +432,11 @@ struct Verdict<'a> {
 }
 
 impl Verdict<'_> {
-    /// Records the outcome; returns when it was recorded.
-    fn record(&mut self, failure: Option<Failure>) -> Instant {
+    /// Records the outcome of an attempt that ended at `end` (read from the clock if `None`);
+    /// returns that time.
+    fn record(&mut self, failure: Option<Failure>, end: Option<Instant>) -> Instant {
         self.done = true;
-        let end = Instant::now();
+        let end = end.unwrap_or_else(Instant::now);
         let now = clock::at(end.into_std());
         let (upstream, metrics) = (&self.member.upstream, &self.member.metrics);
         let elapsed = end.saturating_duration_since(self.sent_at);
@@ -540,7 +541,7 @@ async fn attempt(
     let resp = match head {
         Ok(resp) => resp,
         Err((kind, e)) => {
-            verdict.record(Some(kind));
+            verdict.record(Some(kind), None);
             crate::debug!("upstream {}: {}", upstream.name, e.message);
             return Outcome::Retryable { failed: Failed::Error(e), kind, retry_after: None };
         }
@@ -551,7 +552,12 @@ async fn attempt(
         s if retry::is_failure_status(s) => Some(Failure::Status5xx),
         _ => None,
     };
-    let head_at = verdict.record(failure);
+    // The direct client noted when the head arrived; the others are timed here.
+    let arrived = match &resp.body {
+        UpstreamBody::Direct(body) => Some(Instant::from_std(body.head_at())),
+        _ => None,
+    };
+    let head_at = verdict.record(failure, arrived);
     let facts = AnswerFacts::read(&resp.fields);
     // Only a failure's `Retry-After` matters (it delays the next attempt).
     let retry_after =

@@ -37,7 +37,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -134,10 +134,10 @@ impl DirectPool {
         None
     }
 
-    fn put(&self, conn: Box<Conn>) {
+    fn put(&self, conn: Box<Conn>, since: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { conn, since: Instant::now() });
+            idle.push(Idle { conn, since });
         }
     }
 
@@ -177,7 +177,8 @@ impl DirectPool {
                 Err(SendError::Io(e)) if pooled && idempotent && conn.read.is_empty() && closed(&e) => continue,
                 Err(e) => return Err(e),
             };
-            let mut body = DirectBody { conn: Some(conn), pool: self.clone(), framing };
+            let head_at = Instant::now();
+            let mut body = DirectBody { conn: Some(conn), pool: self.clone(), framing, head_at, waited: false };
             if body.framing.is_complete() {
                 body.finish();
             }
@@ -383,16 +384,27 @@ pub struct DirectBody {
     conn: Option<Box<Conn>>,
     pool: Arc<DirectPool>,
     framing: Framing,
+    /// When the head had been read.
+    head_at: Instant,
+    /// The body has had to wait for the upstream at least once.
+    waited: bool,
 }
 
 impl DirectBody {
+    /// When the response head had been read (the attempt's latency ends there).
+    pub fn head_at(&self) -> Instant {
+        self.head_at
+    }
+
     /// The body has been read to its end: the connection serves the next request, unless it
     /// must close or holds bytes no request asked for.
     fn finish(&mut self) {
         self.framing.body = Delimiter::Empty;
         if let Some(conn) = self.conn.take() {
             if self.framing.keep_alive && conn.read.is_empty() {
-                self.pool.put(conn);
+                // A body that never waited ended as its head arrived: no clock read of its own.
+                let idle_since = if self.waited { Instant::now() } else { self.head_at };
+                self.pool.put(conn, idle_since);
             }
         }
     }
@@ -452,7 +464,11 @@ impl Body for DirectBody {
             }
             // `read_buf` holds only references: a fresh one per poll is the same read.
             let read = tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.read);
-            let n = ready!(std::pin::pin!(read).poll(cx))?;
+            let Poll::Ready(read) = std::pin::pin!(read).poll(cx) else {
+                this.waited = true;
+                return Poll::Pending;
+            };
+            let n = read?;
             if n == 0 {
                 if matches!(this.framing.body, Delimiter::UntilClose) {
                     this.framing.body = Delimiter::Empty;
