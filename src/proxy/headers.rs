@@ -141,7 +141,9 @@ pub fn upstream_headers(client: &Fields, upstream: &Upstream, fwd: &ForwardedFor
     let mut headers = HeaderMap::with_capacity(client.iter().count() + 5);
     for_each_upstream_header(client, upstream, fwd, &mut |name, value| {
         // Every field was checked where it was read (hyper's parser, `httparse`, the config).
-        if let (Ok(name), Ok(value)) = (crate::http1::header_name(name), HeaderValue::from_bytes(value)) {
+        if let (Ok(name), Ok(mut value)) = (crate::http1::header_name(name), HeaderValue::from_bytes(value)) {
+            // Credentials are never put in HTTP/2's header compression table.
+            value.set_sensitive(name == header::AUTHORIZATION || name == header::PROXY_AUTHORIZATION);
             headers.append(name, value);
         }
     });
@@ -280,6 +282,7 @@ mod tests {
         rewrite(&mut h, &upstream(Auth::Bearer { token: "sk-up".into() }, ops));
         let auths: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
         assert_eq!(auths, vec!["Bearer sk-up"]);
+        assert!(auths[0].is_sensitive(), "credentials stay out of HTTP/2 header compression");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7", "without a prior value: the client address alone");
         assert_eq!(h["x-present"], "client");
         assert_eq!(h["x-absent"], "proxy");

@@ -190,8 +190,9 @@ where
     let usage_added = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
     let strip_usage = usage_added.is_some();
     let body = usage_added.unwrap_or(body);
-    // Nothing waited since the request arrived: that moment also starts the first attempt.
-    let ready_at = (!waited).then_some(started);
+    // Nothing waited since the request arrived, and the body was not parsed as a whole for
+    // `track_usage` (a large prompt takes a while): that moment also starts the first attempt.
+    let ready_at = (!waited && !group.track_usage).then_some(started);
     let out = Outgoing { head: &head, body, conn, strip_usage, ready_at };
     let resp = forward_with_retries(group, &out).await?;
     Ok((resp, Routed { group: group.name.clone(), model, key }))

@@ -361,13 +361,15 @@ impl Relay {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let idle_timer = matches!(this.timer, Timer::Idle(_));
-                // When the frame arrived, if anything below needs it. A body that had not to wait
-                // arrived with the head (a whole answer in one read, or a mock's): its time is
-                // the head's, and a clock read — dear in a VM — would only time the proxy.
-                let arrived = match (idle_timer || !this.first_byte_seen, this.waited) {
-                    (false, _) => None,
-                    (true, true) => Some(Instant::now()),
-                    (true, false) => Some(this.head_at),
+                // When the frame arrived, if anything below needs it. The idle timer needs every
+                // frame's real time (a slow client can keep a ready body unread for long). A
+                // first frame that was ready when first asked for arrived with the head (a whole
+                // answer in one read, or a mock's): its time is the head's, and a clock read —
+                // dear in a VM — would only time the proxy.
+                let arrived = match (idle_timer, this.first_byte_seen, this.waited) {
+                    (true, _, _) | (false, false, true) => Some(Instant::now()),
+                    (false, false, false) => Some(this.head_at),
+                    (false, true, _) => None,
                 };
                 if let (true, Some(at)) = (idle_timer, arrived) {
                     // Only noted here: the timer is moved when it fires (below), not on every
@@ -517,6 +519,20 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("silent"), "{err}");
         assert_eq!(member.stream_errors[STREAM_TIMEOUT].get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_slow_to_read_a_ready_stream_is_not_taken_for_a_silent_upstream() {
+        // Frames 100 ms apart, a silence limit of 1 s, and a client that reads the second frame
+        // 2 s late: the frames it finds waiting are still the upstream talking.
+        let (body, _) = relay(frames(3), Duration::from_millis(100), Timer::Idle(Duration::from_secs(1)));
+        let mut body = std::pin::pin!(body);
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for n in 2..=3 {
+            assert!(body.frame().await.unwrap().is_ok(), "frame {n}");
+        }
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

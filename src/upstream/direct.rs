@@ -37,7 +37,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -386,7 +386,8 @@ pub struct DirectBody {
     framing: Framing,
     /// When the head had been read.
     head_at: Instant,
-    /// The body has had to wait for the upstream at least once.
+    /// Some of the body had to be read from the connection after the head (so it may have
+    /// ended well after the head did).
     waited: bool,
 }
 
@@ -402,7 +403,8 @@ impl DirectBody {
         self.framing.body = Delimiter::Empty;
         if let Some(conn) = self.conn.take() {
             if self.framing.keep_alive && conn.read.is_empty() {
-                // A body that never waited ended as its head arrived: no clock read of its own.
+                // A body that came whole with its head ended as the head arrived: no clock read
+                // of its own.
                 let idle_since = if self.waited { Instant::now() } else { self.head_at };
                 self.pool.put(conn, idle_since);
             }
@@ -464,11 +466,8 @@ impl Body for DirectBody {
             }
             // `read_buf` holds only references: a fresh one per poll is the same read.
             let read = tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.read);
-            let Poll::Ready(read) = std::pin::pin!(read).poll(cx) else {
-                this.waited = true;
-                return Poll::Pending;
-            };
-            let n = read?;
+            this.waited = true;
+            let n = ready!(std::pin::pin!(read).poll(cx))?;
             if n == 0 {
                 if matches!(this.framing.body, Delimiter::UntilClose) {
                     this.framing.body = Delimiter::Empty;
