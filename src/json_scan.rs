@@ -253,9 +253,8 @@ fn searched_member<'a, T>(
     let end = doc.len() - trailing_ws(doc);
     let (open, colon) = last_key_text(doc, end.saturating_sub(SEARCH_LIMIT), end, key)?;
     // A string's opening quote (not an escaped one), after the `{` or `,` that a key follows.
-    let backslashes = doc[..open].iter().rev().take_while(|&&c| c == b'\\').count();
     let after = (open - trailing_ws(&doc[..open])).checked_sub(1).map(|b| doc[b]);
-    if backslashes % 2 != 0 || !matches!(after, Some(b'{' | b',')) {
+    if escaped(doc, open) || !matches!(after, Some(b'{' | b',')) {
         return None;
     }
     let mut s = Scanner { b: doc, i: colon + 1 };
@@ -365,11 +364,16 @@ fn opening_quote(doc: &[u8], close: usize) -> Option<usize> {
     let mut i = close;
     loop {
         i = doc[..i].iter().rposition(|&c| c == b'"')?;
-        let backslashes = doc[..i].iter().rev().take_while(|&&c| c == b'\\').count();
-        if backslashes % 2 == 0 {
+        if !escaped(doc, i) {
             return Some(i);
         }
     }
+}
+
+/// Whether the byte at `at` is escaped: preceded by an odd number of backslashes.
+#[inline(always)]
+fn escaped(doc: &[u8], at: usize) -> bool {
+    doc[..at].iter().rev().take_while(|&&c| c == b'\\').count() % 2 == 1
 }
 
 /// The last `"key"` followed by a colon in `doc[floor..end]` — a member named `key`, by its

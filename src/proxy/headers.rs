@@ -95,13 +95,15 @@ pub fn for_each_upstream_header(
         }
     };
     let replaces_authorization = upstream.authorization.is_some();
-    let has_connection = client.contains(&header::CONNECTION);
+    // Whether `Connection` names any header beyond the hop-by-hop ones (rare: clients send
+    // `keep-alive` or `close`); only then is each field looked for among its tokens.
+    let connection_lists = connection_tokens(client).any(|t| !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t));
     let mut prior_forwarded_for = false;
     for (name, value) in client.iter() {
         if is_hop_by_hop(name)
             || set_by_proxy(name)
             || (replaces_authorization && name_is(name, &header::AUTHORIZATION))
-            || (has_connection && lists(client, name))
+            || (connection_lists && connection_tokens(client).any(|t| t.eq_ignore_ascii_case(name)))
         {
             continue;
         }
@@ -150,12 +152,9 @@ pub fn upstream_headers(client: &Fields, upstream: &Upstream, fwd: &ForwardedFor
     headers
 }
 
-/// Whether a `Connection` header lists `name` (making it hop-by-hop too).
-fn lists(client: &Fields, name: &[u8]) -> bool {
-    client
-        .get_all(&header::CONNECTION)
-        .flat_map(|v| v.split(|&b| b == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+/// The header names (and options) the client's `Connection` fields list: hop-by-hop too.
+fn connection_tokens(client: &Fields) -> impl Iterator<Item = &[u8]> {
+    client.get_all(&header::CONNECTION).flat_map(|v| v.split(|&b| b == b',')).map(<[u8]>::trim_ascii)
 }
 
 /// The upstream's own credentials, then its header operations, applied to a request built by
