@@ -1,5 +1,5 @@
 //! Writing an answer to the client: the head encoded into a buffer the connection reuses, body
-//! frames gathered while they are ready and written together with the head in one `writev`, and
+//! frames gathered while they are ready and written together with the head in one system call, and
 //! each frame of a stream written as soon as it arrives (nothing waits for a buffer to fill).
 
 use super::client::Client;
@@ -7,7 +7,7 @@ use super::date;
 use crate::body::BoxError;
 use crate::body::ProxyBody;
 use crate::fields::name_is;
-use crate::http1::{format_u64, parse_u64};
+use crate::http1::{format_u64, parse_u64, COPY_LIMIT};
 use crate::message::Answer;
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
@@ -253,8 +253,19 @@ impl Writer {
             let mut line = [0u8; 18];
             let n = format_hex(data.len(), &mut line);
             self.push_framing(&line[..n]);
-            self.pieces.push(Piece::Data(data));
+            self.push_data_piece(data);
             self.push_framing(b"\r\n");
+        } else {
+            self.push_data_piece(data);
+        }
+    }
+
+    /// A small piece is copied among the framing, so that a head and a small body (or a stream
+    /// event and its chunk lines) make one buffer, written with `send(2)` (see [`COPY_LIMIT`]).
+    /// The bound is on the buffer, which the connection keeps while it lives.
+    fn push_data_piece(&mut self, data: Bytes) {
+        if self.framing.len() + data.len() <= COPY_LIMIT {
+            self.push_framing(&data);
         } else {
             self.pieces.push(Piece::Data(data));
         }
@@ -272,7 +283,11 @@ impl Writer {
                 count += 1;
             }
             let mut written = loop {
-                match client.write.try_write_vectored(&slices[..count]) {
+                let tried = match &slices[..count] {
+                    [one] => client.write.try_write(one),
+                    several => client.write.try_write_vectored(several),
+                };
+                match tried {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -350,6 +365,28 @@ mod tests {
         assert_eq!(show(delimit(StatusCode::NOT_MODIFIED, Some(7), None, to(false, true))), ("none".into(), Some(7)));
         // 204: neither body nor length.
         assert_eq!(show(delimit(StatusCode::NO_CONTENT, Some(3), Some(3), to(false, true))), ("none".into(), None));
+    }
+
+    #[test]
+    fn small_bodies_join_their_head_in_one_buffer_and_large_ones_are_not_copied() {
+        let mut w = Writer::default();
+        let written = |w: &Writer| w.pieces.iter().map(|p| p.bytes(&w.framing).to_vec()).collect::<Vec<_>>();
+        w.push_framing(b"HTTP/1.1 200 OK\r\n\r\n");
+        w.push_data(&Delimit::Length(5), Bytes::from_static(b"hello"));
+        assert_eq!(written(&w), [b"HTTP/1.1 200 OK\r\n\r\nhello".to_vec()]);
+
+        // A stream event and its chunk lines: one buffer too.
+        let mut w = Writer::default();
+        w.push_data(&Delimit::Chunked, Bytes::from_static(b"data: {}\n\n"));
+        assert_eq!(written(&w), [b"a\r\ndata: {}\n\n\r\n".to_vec()]);
+
+        // A large body is written from where it lies, and the kept buffer stays small.
+        let mut w = Writer::default();
+        w.push_framing(b"head\r\n\r\n");
+        let large = Bytes::from(vec![b'x'; COPY_LIMIT]);
+        w.push_data(&Delimit::Length(large.len() as u64), large.clone());
+        assert_eq!(written(&w), [b"head\r\n\r\n".to_vec(), large.to_vec()]);
+        assert!(w.framing.len() < 16);
     }
 
     #[test]
