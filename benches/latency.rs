@@ -289,19 +289,22 @@ async fn open_loop(url: &str, rate: u64, duration: Duration) -> Stats {
         one(&c, url).await;
     }
     let url = url.to_string();
-    on_schedule(rate, duration, move || {
+    let mut stats = on_schedule(rate, duration, Lanes::One, move |_| {
         let (c, url) = (c.clone(), url.clone());
         async move { one(&c, &url).await }
     })
-    .await
+    .await;
+    stats.remove(0)
 }
 
-/// Runs `send()` `rate` times a second for `duration`, each on its own task, and times each
+/// Runs `send(lane)` `rate` times a second for `duration`, each on its own task, and times each
 /// from its dispatch: the schedule is kept whatever the answers do (no coordinated omission),
-/// but the timer's 1 ms granularity is the generator's, not the proxy's.
-async fn on_schedule<F, Fut>(rate: u64, duration: Duration, send: F) -> Stats
+/// but the timer's 1 ms granularity is the generator's, not the proxy's. With two lanes, the
+/// requests alternate between them in the order A B B A A B B A…, so that within every burst
+/// the timer releases, neither lane's requests are consistently sent first.
+async fn on_schedule<F, Fut>(rate: u64, duration: Duration, lanes: Lanes, send: F) -> Vec<Stats>
 where
-    F: Fn() -> Fut,
+    F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
@@ -310,22 +313,36 @@ where
     let mut tasks = Vec::with_capacity(total_requests as usize);
     for i in 0..total_requests {
         tokio::time::sleep_until(start + interval * i as u32).await;
-        let request = send();
+        let lane = match lanes {
+            Lanes::One => 0,
+            // The low bit of i's Gray code.
+            Lanes::Two => ((i ^ (i >> 1)) & 1) as usize,
+        };
+        let request = send(lane);
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let ok = request.await;
-            (ok, sent.elapsed())
+            (lane, ok, sent.elapsed())
         }));
     }
-    let mut s = Stats::default();
+    let mut stats: Vec<Stats> = (0..lanes as usize).map(|_| Stats::default()).collect();
     for t in tasks {
-        if let Ok((ok, latency)) = t.await {
-            s.record(ok, latency);
+        if let Ok((lane, ok, latency)) = t.await {
+            stats[lane].record(ok, latency);
         }
     }
-    s.elapsed = start.elapsed();
-    s.latencies_us.sort_unstable();
-    s
+    for s in &mut stats {
+        s.elapsed = start.elapsed();
+        s.latencies_us.sort_unstable();
+    }
+    stats
+}
+
+/// How many targets one schedule feeds.
+#[derive(Clone, Copy)]
+enum Lanes {
+    One = 1,
+    Two = 2,
 }
 
 /// Streams: time to first chunk and the spread of the gaps between chunks, in µs.
@@ -556,42 +573,66 @@ mod raw {
     /// the proxy's).
     const OPEN_LOOP_CONNECTIONS: usize = 64;
 
-    /// Requests on a fixed schedule over a fixed set of keep-alive connections. Opening a new
-    /// connection whenever all are busy would turn a brief stall into a connection storm that
-    /// then dominates what is measured.
-    pub async fn open_loop(addr: &str, rate: u64, duration: Duration) -> Stats {
-        let req: Arc<[u8]> = request().into();
-        let mut conns = Vec::new();
-        for _ in 0..OPEN_LOOP_CONNECTIONS {
-            if let Some(mut s) = connect(addr).await {
-                if exchange(&mut s, &req, &mut Vec::new()).await {
-                    conns.push(s);
-                }
-            }
-        }
-        let free = Arc::new(tokio::sync::Semaphore::new(conns.len()));
-        let pool = Arc::new(std::sync::Mutex::new(conns));
-        let addr = addr.to_string();
-        on_schedule(rate, duration, move || {
-            let (req, pool, free, addr) = (req.clone(), pool.clone(), free.clone(), addr.clone());
-            async move {
-                let Ok(_permit) = free.acquire().await else { return false };
-                let conn = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let mut buf = Vec::with_capacity(8192);
-                let (ok, conn) = match conn {
-                    Some(mut s) => {
-                        let ok = exchange(&mut s, &req, &mut buf).await;
-                        (ok, if ok { Some(s) } else { connect(&addr).await })
+    /// A fixed set of keep-alive connections to one address. Opening a new connection whenever
+    /// all are busy would turn a brief stall into a connection storm that then dominates what
+    /// is measured.
+    struct Connections {
+        addr: String,
+        req: Arc<[u8]>,
+        idle: std::sync::Mutex<Vec<TcpStream>>,
+        free: tokio::sync::Semaphore,
+    }
+
+    impl Connections {
+        async fn open(addr: &str) -> Arc<Self> {
+            let req: Arc<[u8]> = request().into();
+            let mut idle = Vec::new();
+            for _ in 0..OPEN_LOOP_CONNECTIONS {
+                if let Some(mut s) = connect(addr).await {
+                    if exchange(&mut s, &req, &mut Vec::new()).await {
+                        idle.push(s);
                     }
-                    None => (false, connect(&addr).await),
-                };
-                if let Some(s) = conn {
-                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(s);
                 }
-                ok
             }
-        })
-        .await
+            let free = tokio::sync::Semaphore::new(idle.len());
+            Arc::new(Connections { addr: addr.to_string(), req, idle: std::sync::Mutex::new(idle), free })
+        }
+
+        /// One request on a free connection (replaced if it failed); whether it succeeded.
+        async fn send(self: Arc<Self>) -> bool {
+            let Ok(_permit) = self.free.acquire().await else { return false };
+            let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut buf = Vec::with_capacity(8192);
+            let (ok, conn) = match conn {
+                Some(mut s) => {
+                    let ok = exchange(&mut s, &self.req, &mut buf).await;
+                    (ok, if ok { Some(s) } else { connect(&self.addr).await })
+                }
+                None => (false, connect(&self.addr).await),
+            };
+            if let Some(s) = conn {
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+            }
+            ok
+        }
+    }
+
+    /// Requests on a fixed schedule over a fixed set of keep-alive connections.
+    pub async fn open_loop(addr: &str, rate: u64, duration: Duration) -> Stats {
+        let conns = Connections::open(addr).await;
+        let mut stats = on_schedule(rate, duration, Lanes::One, move |_| conns.clone().send()).await;
+        stats.remove(0)
+    }
+
+    /// Two targets on one schedule, `rate` requests a second in all, alternating fairly. Two
+    /// schedules run side by side (`join!`) would not be fair: the one polled first sends its
+    /// burst first at every timer tick, so its requests reach a shared core first — a copy of
+    /// llmproxyd measured against itself that way had a 1.18× higher p99 in the second slot.
+    pub async fn open_loop_pair(a: &str, b: &str, rate: u64, duration: Duration) -> (Stats, Stats) {
+        let targets = [Connections::open(a).await, Connections::open(b).await];
+        let mut stats = on_schedule(rate, duration, Lanes::Two, move |lane| targets[lane].clone().send()).await;
+        let b = stats.pop().unwrap_or_default();
+        (stats.pop().unwrap_or_default(), b)
     }
 }
 
@@ -969,9 +1010,7 @@ mod compare {
                     / (s.latencies_us.len() as f64).max(1.0)
             };
             let (cpu_ref, cpu_llm) = (cpu(0, &closed_ref), cpu(1, &closed_llm));
-            let (open_ref, open_llm) = rt.block_on(async {
-                tokio::join!(raw::open_loop(reference_url, rate / 2, d), raw::open_loop(llmproxyd_url, rate / 2, d))
-            });
+            let (open_ref, open_llm) = rt.block_on(raw::open_loop_pair(reference_url, llmproxyd_url, rate, d));
             println!(
                 "round {round} together  closed(16 each): {r} {:>6.0}, llmproxyd {:>6.0} req/s; cpu {cpu_ref:>4.1}, {cpu_llm:>4.1} µs/req | open({}/s each): p99 {:>6.0}, {:>6.0} µs errors {}",
                 closed_ref.throughput(),
