@@ -53,6 +53,13 @@ pub enum UpstreamBody {
     Mock(ProxyBody),
 }
 
+impl UpstreamBody {
+    /// Whether what was read of the body so far came in the read that brought the head.
+    fn came_with_head(&self) -> bool {
+        matches!(self, UpstreamBody::Direct(b) if b.came_with_head())
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -361,15 +368,18 @@ impl Relay {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let idle_timer = matches!(this.timer, Timer::Idle(_));
-                // When the frame arrived, if anything below needs it. The idle timer needs every
-                // frame's real time (a slow client can keep a ready body unread for long). A
-                // first frame that was ready when first asked for arrived with the head (a whole
-                // answer in one read, or a mock's): its time is the head's, and a clock read —
-                // dear in a VM — would only time the proxy.
+                // When the frame arrived, if anything below needs it. A first frame that was
+                // ready when first asked for arrived with the head (a whole answer in one read,
+                // or a mock's): its time is the head's, and a clock read — dear in a VM — would
+                // only time the proxy. The idle timer needs every frame's real time (a slow
+                // client can keep a ready body unread for long, and a socket read that finds
+                // data at once does not wait): the head's only for a first frame read from the
+                // upstream together with the head.
                 let arrived = match (idle_timer, this.first_byte_seen, this.waited) {
-                    (true, _, _) | (false, false, true) => Some(Instant::now()),
                     (false, false, false) => Some(this.head_at),
+                    (true, false, false) if this.inner.came_with_head() => Some(this.head_at),
                     (false, true, _) => None,
+                    _ => Some(Instant::now()),
                 };
                 if let (true, Some(at)) = (idle_timer, arrived) {
                     // Only noted here: the timer is moved when it fires (below), not on every

@@ -403,6 +403,12 @@ impl DirectBody {
         self.head_at
     }
 
+    /// Whether all of the body read so far came in the read that brought the head, and so
+    /// arrived when the head did.
+    pub fn came_with_head(&self) -> bool {
+        !self.waited
+    }
+
     /// The body has been read to its end: the connection serves the next request, unless it
     /// must close or holds bytes no request asked for.
     fn finish(&mut self) {
