@@ -8,7 +8,7 @@
 //! reallocated per request, and header maps for both directions — and on a busy core that
 //! machinery cost about as much as everything the gateway does per request. Here the
 //! connection's task parses the head with `httparse` (hyper's own parser), awaits the handler
-//! in place, and writes head and body with one `writev`.
+//! in place, and writes head and body in one system call.
 //!
 //! Semantics follow RFC 9112 and what clients expect of hyper or nginx: keep-alive on HTTP/1.1
 //! unless either side says close (HTTP/1.0 gets one answer), pipelined requests answered in

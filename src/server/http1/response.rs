@@ -18,7 +18,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::Poll;
 
-/// Pieces written by one `writev` at most.
+/// Pieces written by one `writev` at most (a single piece is written with `send`).
 const MAX_SLICES: usize = 64;
 /// Body bytes gathered before they are written even though more are ready: a body that is
 /// always ready must not delay its first byte or grow the queue without bound.
