@@ -6,9 +6,9 @@
 //! the general case — a connection task, a request channel and a response callback per
 //! request, a header map walked through `fmt` — and on a busy core that machinery cost more
 //! than the proxying itself. Here the request's own task writes the head and body in one
-//! system call, parses the response head with `httparse` (hyper's own parser), and the response body
-//! reads the socket as the client consumes it; the connection goes back to the pool the moment
-//! the last byte is read. HTTPS, HTTP/2 and proxied upstreams keep hyper's pooled client.
+//! system call, parses the response head with `httparse` (hyper's own parser), and the response
+//! body reads the socket as the client consumes it; the connection goes back to the pool the
+//! moment the last byte is read. HTTPS, HTTP/2 and proxied upstreams keep hyper's pooled client.
 //!
 //! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; chunked when the
 //! final transfer coding is chunked; else `Content-Length` (conflicting values are an error);

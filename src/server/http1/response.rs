@@ -1,6 +1,6 @@
 //! Writing an answer to the client: the head encoded into a buffer the connection reuses, body
-//! frames gathered while they are ready and written together with the head in one system call, and
-//! each frame of a stream written as soon as it arrives (nothing waits for a buffer to fill).
+//! frames gathered while they are ready and written together with the head in one system call,
+//! and each frame of a stream written as soon as it arrives (nothing waits for a buffer to fill).
 
 use super::client::Client;
 use super::date;
