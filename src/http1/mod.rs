@@ -6,8 +6,9 @@ pub mod chunked;
 
 use hyper::header::{self, HeaderName, InvalidHeaderName};
 
-/// Bodies up to this size are copied behind their head and written in one buffer with
-/// `send(2)` rather than from where they lie with `writev(2)`. On loopback, where the sender's
+/// A message whose head and body fit in this many bytes is written from one buffer with
+/// `send(2)`, the body copied behind the head, rather than from where its parts lie with
+/// `writev(2)` (for a stream: each event with its chunk lines). On loopback, where the sender's
 /// system call also runs the receiver's TCP stack, `writev`'s iovec import and file-layer checks
 /// were 4 % of a proxied request's CPU (perf, `make bench-compare` load); copying a few KiB in
 /// user space costs far less. Larger bodies (long prompts) are not copied.

@@ -369,12 +369,12 @@ impl Relay {
             Poll::Ready(Some(Ok(frame))) => {
                 let idle_timer = matches!(this.timer, Timer::Idle(_));
                 // When the frame arrived, if anything below needs it. A first frame that was
-                // ready when first asked for arrived with the head (a whole answer in one read,
-                // or a mock's): its time is the head's, and a clock read — dear in a VM — would
-                // only time the proxy. The idle timer needs every frame's real time (a slow
-                // client can keep a ready body unread for long, and a socket read that finds
-                // data at once does not wait): the head's only for a first frame read from the
-                // upstream together with the head.
+                // ready when first asked for is taken to have come with the head (a whole answer
+                // in one read, or a mock's): its time is the head's, and a clock read — dear in a
+                // VM — would only time the proxy. The idle timer needs every frame's real time
+                // (a slow client can keep a ready body unread for long, and a socket read that
+                // finds data at once does not wait): the head's only for a first frame the
+                // upstream's body confirms was read together with the head.
                 let arrived = match (idle_timer, this.first_byte_seen, this.waited) {
                     (false, false, false) => Some(this.head_at),
                     (true, false, false) if this.inner.came_with_head() => Some(this.head_at),

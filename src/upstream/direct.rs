@@ -225,11 +225,13 @@ impl Conn {
         w.extend_from_slice(b"\r\n");
     }
 
-    /// Head and body in one system call, normally. A small body is copied behind the head and
-    /// the whole written with `send(2)`, which costs the kernel less than `writev(2)` (see
-    /// [`crate::http1::COPY_LIMIT`]); a large one is written from where it is with `writev`.
+    /// Head and body in one system call, normally. When both fit in [`COPY_LIMIT`], the body is
+    /// copied behind the head and the whole written with `send(2)`, which costs the kernel less
+    /// than `writev(2)`; a larger body is written from where it lies with `writev`.
     async fn write_request(&mut self, body: &[u8]) -> io::Result<()> {
-        if body.len() <= COPY_LIMIT {
+        if self.write.len() + body.len() <= COPY_LIMIT {
+            // The pooled connection keeps the buffer: grown by the body, not doubled.
+            self.write.reserve_exact(body.len());
             self.write.extend_from_slice(body);
             return self.io.write_all(&self.write).await;
         }

@@ -262,9 +262,13 @@ impl Writer {
 
     /// A small piece is copied among the framing, so that a head and a small body (or a stream
     /// event and its chunk lines) make one buffer, written with `send(2)` (see [`COPY_LIMIT`]).
-    /// The bound is on the buffer, which the connection keeps while it lives.
+    /// The connection keeps the buffer while it lives, so it grows by what is copied (and room
+    /// for the framing that may follow), to about `COPY_LIMIT`, rather than by doubling.
     fn push_data_piece(&mut self, data: Bytes) {
+        /// A chunk's CRLF, the next chunk-size line, or the last chunk.
+        const FRAMING_AFTER: usize = 32;
         if self.framing.len() + data.len() <= COPY_LIMIT {
+            self.framing.reserve_exact(data.len() + FRAMING_AFTER);
             self.push_framing(&data);
         } else {
             self.pieces.push(Piece::Data(data));
@@ -380,13 +384,35 @@ mod tests {
         w.push_data(&Delimit::Chunked, Bytes::from_static(b"data: {}\n\n"));
         assert_eq!(written(&w), [b"a\r\ndata: {}\n\n\r\n".to_vec()]);
 
-        // A large body is written from where it lies, and the kept buffer stays small.
+        // Up to the limit, head and body together; answer after answer, the kept buffer grows
+        // only by what was copied.
+        let mut w = Writer::default();
+        for body_len in [COPY_LIMIT / 2, COPY_LIMIT - 300] {
+            w.framing.clear();
+            w.pieces.clear();
+            w.push_framing(&[b'h'; 300]);
+            let fits = Bytes::from(vec![b'x'; body_len]);
+            w.push_data(&Delimit::Length(fits.len() as u64), fits.clone());
+            assert_eq!(written(&w), [[[b'h'; 300].as_slice(), &fits].concat()]);
+        }
+        assert!(w.framing.capacity() <= COPY_LIMIT + 64, "{}", w.framing.capacity());
+
+        // Beyond it, the body is written from where it lies.
         let mut w = Writer::default();
         w.push_framing(b"head\r\n\r\n");
-        let large = Bytes::from(vec![b'x'; COPY_LIMIT]);
+        let large = Bytes::from(vec![b'x'; COPY_LIMIT - 7]);
         w.push_data(&Delimit::Length(large.len() as u64), large.clone());
         assert_eq!(written(&w), [b"head\r\n\r\n".to_vec(), large.to_vec()]);
         assert!(w.framing.len() < 16);
+
+        // Chunks copied and not, in their order, each with its own framing.
+        let mut w = Writer::default();
+        let big = Bytes::from(vec![b'b'; COPY_LIMIT]);
+        for data in [Bytes::from_static(b"one"), big.clone(), Bytes::from_static(b"two")] {
+            w.push_data(&Delimit::Chunked, data);
+        }
+        let want: Vec<Vec<u8>> = vec![b"3\r\none\r\n1000\r\n".to_vec(), big.to_vec(), b"\r\n3\r\ntwo\r\n".to_vec()];
+        assert_eq!(written(&w), want);
     }
 
     #[test]
