@@ -27,7 +27,20 @@ pub struct HeadFacts {
 }
 
 impl HeadFacts {
-    pub fn connection(&mut self, value: &[u8]) {
+    /// Notes the field `name: value` if framing or the connection depends on it (the names are
+    /// told apart by length first: most fields cost one comparison). A malformed or conflicting
+    /// `Content-Length` is an error.
+    pub fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => self.connection(value),
+            14 if name.eq_ignore_ascii_case(b"content-length") => self.content_length(value)?,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => self.transfer_encoding(value),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn connection(&mut self, value: &[u8]) {
         for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
@@ -39,14 +52,14 @@ impl HeadFacts {
         }
     }
 
-    pub fn transfer_encoding(&mut self, value: &[u8]) {
+    fn transfer_encoding(&mut self, value: &[u8]) {
         let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
         self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
     }
 
     /// Records a `Content-Length`; differing or malformed values are an error (RFC 9112 §6.3),
     /// since the body's end could not be known.
-    pub fn content_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
+    fn content_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
         for part in value.split(|&b| b == b',') {
             let n = parse_u64(part.trim_ascii()).ok_or("invalid content-length")?;
             if self.content_length.is_some_and(|l| l != n) {

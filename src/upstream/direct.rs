@@ -304,15 +304,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Se
         let spans = Spans::measure(buf, resp.headers);
         let mut facts = HeadFacts::default();
         for (name, raw) in spans.fields(buf) {
-            // The fields framing and the connection depend on, told apart by length first.
-            match name.len() {
-                10 if name.eq_ignore_ascii_case(b"connection") => facts.connection(raw),
-                14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    facts.content_length(raw).map_err(SendError::Protocol)?
-                }
-                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => facts.transfer_encoding(raw),
-                _ => {}
-            }
+            facts.note(name, raw).map_err(SendError::Protocol)?;
         }
         let mut fields = WireFields::new(buf.split_to(len).freeze(), spans);
         // Transfer-Encoding frames the body; a length beside it must not reach the client (RFC

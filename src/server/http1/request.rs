@@ -60,21 +60,17 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let mut expect_continue = false;
     let (mut hosts, mut other_coding) = (0, false);
     for (name, raw) in spans.fields(buf) {
-        // The fields framing and the connection depend on, told apart by length first.
+        // The fields the request's own checks read, told apart by length first.
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
             6 if name.eq_ignore_ascii_case(b"expect") => expect_continue = raw.eq_ignore_ascii_case(b"100-continue"),
-            10 if name.eq_ignore_ascii_case(b"connection") => facts.connection(raw),
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                facts.content_length(raw).map_err(ApiError::bad_request)?
-            }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 // Only `chunked` itself: a body in another coding would go upstream undeclared.
                 other_coding |= facts.chunked.is_some() || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked");
-                facts.transfer_encoding(raw);
             }
             _ => {}
         }
+        facts.note(name, raw).map_err(ApiError::bad_request)?;
     }
     let head = buf.split_to(len).freeze();
     let uri =
