@@ -4,7 +4,7 @@ CARGO  ?= cargo
 CONFIG ?= config.default.yaml
 BIN     = target/release/llmproxyd
 
-.PHONY: help build release run test lint ci bench bench-compare bench-instructions fuzz static install install-check clean
+.PHONY: help build release run test lint ci bench bench-compare bench-tail compare-tools bench-instructions fuzz static install install-check clean
 
 help:
 	@echo "make build    debug build"
@@ -15,6 +15,7 @@ help:
 	@echo "make ci       lint + test + release build + config check (what CI runs)"
 	@echo "make bench    micro benchmarks (ns/op) and the latency benchmark (direct vs proxied)"
 	@echo "make bench-compare  llmproxyd vs nginx, pinned cores, interleaved rounds (installs nginx)"
+	@echo "make bench-tail  p99 of llmproxyd vs nginx sharing a core, in many short rounds (installs nginx)"
 	@echo "make bench-instructions  instructions per proxied request under callgrind (installs valgrind)"
 	@echo "make fuzz     run each cargo-fuzz target for FUZZ_SECONDS (nightly; installs cargo-fuzz)"
 	@echo "make static   static musl binary ($(STATIC_BIN)), checked and measured"
@@ -44,10 +45,18 @@ bench:
 	$(CARGO) bench --locked --bench micro
 	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency
 
-bench-compare:
+# What the comparisons with nginx need, installed when missing.
+compare-tools:
 	command -v nginx >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx)
 	command -v taskset >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q util-linux)
+
+bench-compare: compare-tools
 	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency -- compare
+
+# Only the open loop both proxies take together, in many rounds (BENCH_ROUNDS, default 100,
+# of BENCH_SECONDS, default 3): enough to compare tails that the machine, not the proxy, sets.
+bench-tail: compare-tools
+	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency -- tail
 
 # Instructions per proxied request under callgrind: deterministic where timings are noisy.
 bench-instructions:

@@ -12,11 +12,13 @@
 //! each pinned to core 0, upstream and load generator pinned to core 1, interleaved rounds. The
 //! upstream and load generator there are raw-socket programs: with hyper on both ends they cost
 //! the shared core more per request than either proxy costs its own, so they — not the proxies
-//! — set the pace, and the comparison would measure nothing.
+//! — set the pace, and the comparison would measure nothing. `make bench-tail` runs `tail`: the
+//! same pair, with only the open loop both take together, in enough rounds to compare p99s.
 //!
 //! Subcommands (run as separate processes so they can be pinned): `upstream PORT` and
-//! `load URL closed|open N SECONDS` (hyper), `raw-upstream PORT` and
-//! `raw-load HOST:PORT closed|open N SECONDS` (raw sockets).
+//! `load URL closed|open N SECONDS` (hyper), `raw-upstream PORT`,
+//! `raw-load HOST:PORT closed|open N SECONDS` and `raw-pair HOST:PORT HOST:PORT RATE SECONDS`
+//! (raw sockets; the pair shares one open loop, as the together load does).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -670,7 +672,15 @@ fn main() {
             });
             println!("{}", s.machine());
         }
+        ["raw-pair", a, b, rate, secs] => {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+            let d = Duration::from_secs(secs.parse().expect("seconds"));
+            let (sa, sb) = rt.block_on(raw::open_loop_pair(a, b, rate.parse().expect("rate"), d));
+            println!("{}\n{}", sa.machine(), sb.machine());
+        }
         ["compare"] => compare::run(),
+        ["tail"] => compare::tail(),
         ["instructions"] => instructions::run(),
         _ => suite(),
     }
@@ -810,8 +820,8 @@ mod compare {
     use super::*;
 
     /// Rounds per proxy (`BENCH_ROUNDS`); the medians are reported.
-    fn rounds() -> usize {
-        std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
+    fn rounds(default: usize) -> usize {
+        std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
     }
 
     /// What one proxy did in one round.
@@ -916,60 +926,103 @@ mod compare {
         }
     }
 
-    pub fn run() {
-        if Command::new("nginx").arg("-v").output().is_err() {
-            eprintln!("nginx not found (make bench-compare installs it)");
-            std::process::exit(1);
+    /// The two proxies under comparison in front of one upstream, with the runtime (this
+    /// process's, on core 1) that serves the upstream and sends the load.
+    struct Contest {
+        rt: tokio::runtime::Runtime,
+        dir: std::path::PathBuf,
+        nginx: Child,
+        upstream: tokio::task::JoinHandle<()>,
+        proxy: Proxy,
+        calibration: Option<Proxy>,
+        /// The reference (nginx, or with `BENCH_COMPARE_SELF` a second llmproxyd) and
+        /// llmproxyd: name and address for the raw load generator.
+        urls: [(&'static str, String); 2],
+        /// The processes whose CPU time is charged to each.
+        pids: [u32; 2],
+    }
+
+    impl Contest {
+        fn start() -> Contest {
+            if Command::new("nginx").arg("-v").output().is_err() {
+                eprintln!("nginx not found (make bench-compare installs it)");
+                std::process::exit(1);
+            }
+            let dir = std::env::temp_dir().join(format!("llmproxy-compare-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("dir");
+            move_to_core_1();
+            // One thread for the upstream and the load: the upstream's task runs whenever a load runs.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind upstream");
+            let up_port = listener.local_addr().expect("upstream address").port();
+            let upstream = rt.spawn(raw::serve(listener));
+            let nginx_port = free_port();
+            std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, nginx_port, up_port)).expect("nginx.conf");
+            let nginx = Command::new("taskset")
+                .args(["-c", "0", "nginx", "-c"])
+                .arg(dir.join("nginx.conf"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx");
+            let upstream_addr = SocketAddr::from(([127, 0, 0, 1], up_port));
+            let proxy = spawn_proxy(&proxy_config(upstream_addr, free_port()), Some("0"));
+            std::thread::sleep(Duration::from_millis(500));
+            // `BENCH_COMPARE_SELF=1` calibrates the instrument: the reference is a second
+            // llmproxyd, and every ratio should come out 1.00 within its interval.
+            let calibration = std::env::var_os("BENCH_COMPARE_SELF")
+                .is_some()
+                .then(|| spawn_proxy(&proxy_config(upstream_addr, free_port()), Some("0")));
+            let reference = match &calibration {
+                Some(twin) => ("twin", twin.addr.to_string(), twin.child.id()),
+                None => ("nginx", format!("127.0.0.1:{nginx_port}"), nginx_worker(nginx.id())),
+            };
+            let pids = [reference.2, proxy.child.id()];
+            let urls = [(reference.0, reference.1), ("llmproxyd", proxy.addr.to_string())];
+            Contest { rt, dir, nginx, upstream, proxy, calibration, urls, pids }
         }
-        let secs = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-        let dir = std::env::temp_dir().join(format!("llmproxy-compare-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        move_to_core_1();
-        // One thread for the upstream and the load: the upstream's task runs whenever a load runs.
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind upstream");
-        let up_port = listener.local_addr().expect("upstream address").port();
-        let upstream = rt.spawn(raw::serve(listener));
-        let load = |addr: &str, closed: bool, n: u64, secs: u64| {
+
+        fn load(&self, addr: &str, closed: bool, n: u64, secs: u64) -> Stats {
             let d = Duration::from_secs(secs);
             if closed {
-                rt.block_on(raw::closed_loop(addr, n as usize, d))
+                self.rt.block_on(raw::closed_loop(addr, n as usize, d))
             } else {
-                rt.block_on(raw::open_loop(addr, n, d))
+                self.rt.block_on(raw::open_loop(addr, n, d))
             }
-        };
-        let nginx_port = free_port();
-        std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, nginx_port, up_port)).expect("nginx.conf");
-        let mut nginx = Command::new("taskset")
-            .args(["-c", "0", "nginx", "-c"])
-            .arg(dir.join("nginx.conf"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx");
-        let proxy = spawn_proxy(&proxy_config(SocketAddr::from(([127, 0, 0, 1], up_port)), free_port()), Some("0"));
-        std::thread::sleep(Duration::from_millis(500));
-        // Addresses for the raw load generator, which always asks for /v1/chat/completions.
-        // `BENCH_COMPARE_SELF=1` calibrates the instrument: the reference is a second llmproxyd,
-        // and every ratio should come out 1.00 within its interval.
-        let calibration = std::env::var_os("BENCH_COMPARE_SELF")
-            .is_some()
-            .then(|| spawn_proxy(&proxy_config(SocketAddr::from(([127, 0, 0, 1], up_port)), free_port()), Some("0")));
-        let reference = match &calibration {
-            Some(twin) => ("twin", twin.addr.to_string(), twin.child.id()),
-            None => ("nginx", format!("127.0.0.1:{nginx_port}"), nginx_worker(nginx.id())),
-        };
-        let urls = [(reference.0, reference.1), ("llmproxyd", proxy.addr.to_string())];
-        let r = reference.0;
+        }
 
-        let rounds = rounds();
+        /// The open loops' fixed rate: 40 % of the reference's closed-loop throughput in a short
+        /// probe — a moderate load, where latency (not overload) is what is compared.
+        fn open_loop_rate(&self) -> u64 {
+            ((self.load(&self.urls[0].1, true, 32, 2).throughput() * 0.4) as u64).max(100)
+        }
+
+        fn stop(mut self) {
+            // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked politely.
+            let _ = Command::new("kill").args(["-TERM", &self.nginx.id().to_string()]).status();
+            let _ = self.nginx.wait();
+            self.upstream.abort();
+            drop(self.proxy);
+            drop(self.calibration);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn seconds(default: u64) -> u64 {
+        std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    }
+
+    pub fn run() {
+        let secs = seconds(5);
+        let contest = Contest::start();
+        let Contest { urls, pids, .. } = &contest;
+        let load = |addr: &str, closed: bool, n: u64, secs: u64| contest.load(addr, closed, n, secs);
+        let r = urls[0].0;
+
+        let rounds = rounds(5);
         println!("bench-compare: {r} and llmproxyd pinned to core 0, upstream and load generator to core 1, {rounds} interleaved rounds of {secs} s");
-        // Fixed rate for the open loop: 40% of the reference's closed-loop throughput in a short probe —
-        // a moderate load, where latency (not overload) is what is compared.
-        let rate = ((load(&urls[0].1, true, 32, 2).throughput() * 0.4) as u64).max(100);
+        let rate = contest.open_loop_rate();
         let mut figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
         let mut together_figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
-        // The processes whose CPU time is charged to each proxy when both run at once.
-        let pids = [reference.2, proxy.child.id()];
         for round in 1..=rounds {
             // ABBA order: a drift of the machine during a round favours neither proxy.
             let order: [usize; 2] = if round % 2 == 1 { [0, 1] } else { [1, 0] };
@@ -1002,7 +1055,7 @@ mod compare {
             let d = Duration::from_secs(secs);
             let [(_, reference_url), (_, llmproxyd_url)] = &urls;
             let before = pids.map(cpu_ticks);
-            let (closed_ref, closed_llm) = rt.block_on(async {
+            let (closed_ref, closed_llm) = contest.rt.block_on(async {
                 tokio::join!(raw::closed_loop(reference_url, 16, d), raw::closed_loop(llmproxyd_url, 16, d))
             });
             let cpu = |i: usize, s: &Stats| {
@@ -1010,7 +1063,7 @@ mod compare {
                     / (s.latencies_us.len() as f64).max(1.0)
             };
             let (cpu_ref, cpu_llm) = (cpu(0, &closed_ref), cpu(1, &closed_llm));
-            let (open_ref, open_llm) = rt.block_on(raw::open_loop_pair(reference_url, llmproxyd_url, rate, d));
+            let (open_ref, open_llm) = contest.rt.block_on(raw::open_loop_pair(reference_url, llmproxyd_url, rate, d));
             println!(
                 "round {round} together  closed(16 each): {r} {:>6.0}, llmproxyd {:>6.0} req/s; cpu {cpu_ref:>4.1}, {cpu_llm:>4.1} µs/req | open({}/s each): p99 {:>6.0}, {:>6.0} µs errors {}",
                 closed_ref.throughput(),
@@ -1047,17 +1100,9 @@ mod compare {
             "         core 0 busy per request (user, system, softirq): {r} {nc:.1} µs, llmproxyd {lc:.1} µs → ratio {:.2}",
             lc / nc
         );
-        // The same comparisons made within each round, where both proxies met the same machine,
-        // with a distribution-free interval for the median ratio: what the noise allows one to say.
+        // The same comparisons made within each round, where both proxies met the same machine.
         let paired = |what: &str, [reference, llmproxyd]: &[Vec<Round>; 2], pick: fn(&Round) -> f64| {
-            let ratios: Vec<f64> = reference.iter().zip(llmproxyd).map(|(n, l)| pick(l) / pick(n)).collect();
-            let above = ratios.iter().filter(|&&r| r >= 1.0).count();
-            let n = ratios.len();
-            println!(
-                "  {what:<30} median {:.2}, {}; ≥ 1 in {above} of {n} rounds",
-                median(ratios.clone()),
-                interval(ratios)
-            );
+            report_ratios(what, reference.iter().zip(llmproxyd).map(|(n, l)| pick(l) / pick(n)).collect())
         };
         println!("paired (llmproxyd / {r} in the same round):");
         paired("throughput", &figures, |r| r.throughput);
@@ -1067,13 +1112,107 @@ mod compare {
         paired("throughput", &together_figures, |r| r.throughput);
         paired("open-loop p99", &together_figures, |r| r.open_p99);
         paired("CPU per request (user + system)", &together_figures, |r| r.cpu_us_per_request);
-        // SIGTERM, not SIGKILL: nginx's master stops its workers only when asked politely.
-        let _ = Command::new("kill").args(["-TERM", &nginx.id().to_string()]).status();
-        let _ = nginx.wait();
-        upstream.abort();
-        drop(proxy);
-        drop(calibration);
-        let _ = std::fs::remove_dir_all(&dir);
+        contest.stop();
+    }
+
+    /// Per-round ratios, llmproxyd's over the reference's, with a distribution-free interval for
+    /// their median: what the noise allows one to say.
+    fn report_ratios(what: &str, ratios: Vec<f64>) {
+        let above = ratios.iter().filter(|&&r| r >= 1.0).count();
+        let n = ratios.len();
+        println!(
+            "  {what:<30} median {:.2}, {}; ≥ 1 in {above} of {n} rounds",
+            median(ratios.clone()),
+            interval(ratios)
+        );
+    }
+
+    /// The `q` quantile of the latencies of several rounds (each sorted) taken together, round
+    /// `i` counted `weights[i]` times: the least latency with more than ⌊q·n⌋ of the n at or
+    /// below it (as `Stats::pct` reads one sorted list), found by bisection on the latency.
+    fn pooled_quantile(rounds: &[Vec<u64>], weights: &[u32], q: f64) -> u64 {
+        let at_or_below = |x: u64| -> u64 {
+            rounds.iter().zip(weights).map(|(r, &w)| r.partition_point(|&v| v <= x) as u64 * w as u64).sum()
+        };
+        let total = at_or_below(u64::MAX);
+        let rank = (total as f64 * q) as u64;
+        let (mut low, mut high) = (0u64, rounds.iter().filter_map(|r| r.last()).copied().max().unwrap_or(0));
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if at_or_below(mid) > rank {
+                high = mid;
+            } else {
+                low = mid + 1;
+            }
+        }
+        low
+    }
+
+    /// A 95 % interval for the ratio of the two proxies' pooled `q` quantiles (llmproxyd's over
+    /// the reference's): the rounds are drawn again with replacement, the same draw for both
+    /// (they met the same machine in each round), 1,000 times. Rounds, not requests, are drawn,
+    /// because a round's requests share its stalls.
+    fn bootstrap_ratio(kept: &[Vec<Vec<u64>>; 2], q: f64) -> (f64, f64) {
+        let n = kept[0].len();
+        if n == 0 {
+            return (f64::NAN, f64::NAN);
+        }
+        let mut ratios: Vec<f64> = (0..1000)
+            .map(|_| {
+                let mut weights = vec![0u32; n];
+                for _ in 0..n {
+                    weights[llmproxy::rand::below(n as u64) as usize] += 1;
+                }
+                pooled_quantile(&kept[1], &weights, q) as f64 / pooled_quantile(&kept[0], &weights, q) as f64
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        (ratios[25], ratios[974])
+    }
+
+    /// `make bench-tail`: only the open loop the two take together, in many short rounds. Where
+    /// the machine sets the tail (here, vCPU wake-ups), two proxies' p99s differ by less than one
+    /// round's noise, and it takes a hundred rounds or more to tell which is lower. Besides the
+    /// median of the rounds' ratios, every request of every round is pooled per proxy, and the
+    /// pooled percentiles compared.
+    pub fn tail() {
+        let secs = seconds(3);
+        let rounds = rounds(100);
+        let contest = Contest::start();
+        let [(r, reference_url), (_, llmproxyd_url)] = &contest.urls;
+        let rate = contest.open_loop_rate();
+        println!(
+            "bench-tail: {r} and llmproxyd together on core 0, one open loop of {rate} req/s in all (A B B A…), {rounds} rounds of {secs} s"
+        );
+        let mut ratios = Vec::with_capacity(rounds);
+        // Each round's latencies (sorted), per proxy.
+        let mut kept: [Vec<Vec<u64>>; 2] = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+        for round in 1..=rounds {
+            let d = Duration::from_secs(secs);
+            let (a, b) = contest.rt.block_on(raw::open_loop_pair(reference_url, llmproxyd_url, rate, d));
+            println!(
+                "round {round}: p99 {r} {:>6.0}, llmproxyd {:>6.0} µs; errors {}",
+                a.pct(0.99),
+                b.pct(0.99),
+                a.errors + b.errors
+            );
+            ratios.push(b.pct(0.99) / a.pct(0.99));
+            kept[0].push(a.latencies_us);
+            kept[1].push(b.latencies_us);
+        }
+        println!("\nllmproxyd / {r}:");
+        report_ratios("open-loop p99 per round", ratios);
+        println!("  pooled: every request of every round, with a 95 % interval from resampling the rounds");
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+            let every_round = vec![1; rounds];
+            let (a, b) = (pooled_quantile(&kept[0], &every_round, q), pooled_quantile(&kept[1], &every_round, q));
+            let (low, high) = bootstrap_ratio(&kept, q);
+            println!(
+                "  pooled {name:<23} {r} {a:>6} µs, llmproxyd {b:>6} µs → ratio {:.2} ({low:.2}–{high:.2})",
+                b as f64 / a as f64
+            );
+        }
+        contest.stop();
     }
 }
 
