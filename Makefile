@@ -15,7 +15,7 @@ help:
 	@echo "make ci       lint + test + release build + config check (what CI runs)"
 	@echo "make bench    micro benchmarks (ns/op) and the latency benchmark (direct vs proxied)"
 	@echo "make bench-compare  llmproxyd vs nginx, pinned cores, interleaved rounds (installs nginx)"
-	@echo "make bench-tail  p99 of llmproxyd vs nginx sharing a core, in many short rounds (installs nginx)"
+	@echo "make bench-tail  p99 of llmproxyd vs nginx at a fixed rate, in many short rounds (installs nginx)"
 	@echo "make bench-instructions  instructions per proxied request under callgrind (installs valgrind)"
 	@echo "make fuzz     run each cargo-fuzz target for FUZZ_SECONDS (nightly; installs cargo-fuzz)"
 	@echo "make static   static musl binary ($(STATIC_BIN)), checked and measured"
@@ -53,8 +53,8 @@ compare-tools:
 bench-compare: compare-tools
 	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency -- compare
 
-# Only the open loop both proxies take together, in many rounds (BENCH_ROUNDS, default 100,
-# of BENCH_SECONDS, default 3): enough to compare tails that the machine, not the proxy, sets.
+# Only the open loops (both proxies together, then each alone), in many rounds (BENCH_ROUNDS,
+# default 100, of BENCH_SECONDS, default 3): enough to compare tails the machine sets.
 bench-tail: compare-tools
 	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --locked --bench latency -- tail
 

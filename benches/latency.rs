@@ -13,7 +13,7 @@
 //! upstream and load generator there are raw-socket programs: with hyper on both ends they cost
 //! the shared core more per request than either proxy costs its own, so they — not the proxies
 //! — set the pace, and the comparison would measure nothing. `make bench-tail` runs `tail`: the
-//! same pair, with only the open loop both take together, in enough rounds to compare p99s.
+//! same pair, with only the open loops, in enough rounds to compare p99s.
 //!
 //! Subcommands (run as separate processes so they can be pinned): `upstream PORT` and
 //! `load URL closed|open N SECONDS` (hyper), `raw-upstream PORT`,
@@ -1170,11 +1170,41 @@ mod compare {
         (ratios[25], ratios[974])
     }
 
-    /// `make bench-tail`: only the open loop the two take together, in many short rounds. Where
-    /// the machine sets the tail (here, vCPU wake-ups), two proxies' p99s differ by less than one
-    /// round's noise, and it takes a hundred rounds or more to tell which is lower. Besides the
-    /// median of the rounds' ratios, every request of every round is pooled per proxy, and the
-    /// pooled percentiles compared.
+    /// Each round's latencies (sorted) of the two proxies under one load, for `bench-tail`.
+    #[derive(Default)]
+    struct Tails {
+        kept: [Vec<Vec<u64>>; 2],
+        p99_ratios: Vec<f64>,
+    }
+
+    impl Tails {
+        fn push(&mut self, reference: Stats, llmproxyd: Stats) {
+            self.p99_ratios.push(llmproxyd.pct(0.99) / reference.pct(0.99));
+            self.kept[0].push(reference.latencies_us);
+            self.kept[1].push(llmproxyd.latencies_us);
+        }
+
+        fn report(self, what: &str, r: &str) {
+            println!("{what}, llmproxyd / {r}:");
+            report_ratios("p99, per round", self.p99_ratios);
+            let every_round = vec![1; self.kept[0].len()];
+            for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+                let [a, b] = [0, 1].map(|i| pooled_quantile(&self.kept[i], &every_round, q));
+                let (low, high) = bootstrap_ratio(&self.kept, q);
+                println!(
+                    "  pooled {name:<22} {r} {a:>6} µs, llmproxyd {b:>6} µs → ratio {:.2} ({low:.2}–{high:.2})",
+                    b as f64 / a as f64
+                );
+            }
+        }
+    }
+
+    /// `make bench-tail`: only the open loops, in many short rounds. Where the machine sets the
+    /// tail (here, vCPU wake-ups), two proxies' p99s differ by less than one round's noise, and
+    /// it takes a hundred rounds or more to tell which is lower. Each round runs the open loop the
+    /// two take together, then each one's alone (in ABBA order, as `run` does). Besides the
+    /// median of the rounds' ratios, every request of every round is pooled per proxy and load,
+    /// and the pooled percentiles compared, with an interval from resampling the rounds.
     pub fn tail() {
         let secs = seconds(3);
         let rounds = rounds(100);
@@ -1182,36 +1212,36 @@ mod compare {
         let [(r, reference_url), (_, llmproxyd_url)] = &contest.urls;
         let rate = contest.open_loop_rate();
         println!(
-            "bench-tail: {r} and llmproxyd together on core 0, one open loop of {rate} req/s in all (A B B A…), {rounds} rounds of {secs} s"
+            "bench-tail: {r} and llmproxyd pinned to core 0, {rounds} rounds of {secs} s: together, one open loop of {rate} req/s in all (A B B A…); alone, {rate} req/s each"
         );
-        let mut ratios = Vec::with_capacity(rounds);
-        // Each round's latencies (sorted), per proxy.
-        let mut kept: [Vec<Vec<u64>>; 2] = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+        let (mut together, mut alone) = (Tails::default(), Tails::default());
         for round in 1..=rounds {
             let d = Duration::from_secs(secs);
             let (a, b) = contest.rt.block_on(raw::open_loop_pair(reference_url, llmproxyd_url, rate, d));
+            let alone_in_order = |first: &str, second: &str| {
+                let one = contest.load(first, false, rate, secs);
+                (one, contest.load(second, false, rate, secs))
+            };
+            let (alone_a, alone_b) = if round % 2 == 1 {
+                alone_in_order(reference_url, llmproxyd_url)
+            } else {
+                let (b, a) = alone_in_order(llmproxyd_url, reference_url);
+                (a, b)
+            };
             println!(
-                "round {round}: p99 {r} {:>6.0}, llmproxyd {:>6.0} µs; errors {}",
+                "round {round}: p99 together {r} {:>6.0}, llmproxyd {:>6.0} µs | alone {r} {:>6.0}, llmproxyd {:>6.0} µs; errors {}",
                 a.pct(0.99),
                 b.pct(0.99),
-                a.errors + b.errors
+                alone_a.pct(0.99),
+                alone_b.pct(0.99),
+                a.errors + b.errors + alone_a.errors + alone_b.errors
             );
-            ratios.push(b.pct(0.99) / a.pct(0.99));
-            kept[0].push(a.latencies_us);
-            kept[1].push(b.latencies_us);
+            together.push(a, b);
+            alone.push(alone_a, alone_b);
         }
-        println!("\nllmproxyd / {r}:");
-        report_ratios("open-loop p99 per round", ratios);
-        println!("  pooled: every request of every round, with a 95 % interval from resampling the rounds");
-        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
-            let every_round = vec![1; rounds];
-            let (a, b) = (pooled_quantile(&kept[0], &every_round, q), pooled_quantile(&kept[1], &every_round, q));
-            let (low, high) = bootstrap_ratio(&kept, q);
-            println!(
-                "  pooled {name:<23} {r} {a:>6} µs, llmproxyd {b:>6} µs → ratio {:.2} ({low:.2}–{high:.2})",
-                b as f64 / a as f64
-            );
-        }
+        println!("\npooled: every request of every round, with a 95 % interval from resampling the rounds");
+        together.report("together", r);
+        alone.report("alone", r);
         contest.stop();
     }
 }
