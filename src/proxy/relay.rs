@@ -476,6 +476,17 @@ mod tests {
     }
 
     fn relay(frames: VecDeque<Bytes>, gap: Duration, timer: Timer) -> (RelayBody, Arc<MemberMetrics>) {
+        let body = UpstreamBody::Mock(ProxyBody::boxed(ScheduledBody::new(frames, gap)));
+        relay_over(body, timer, Instant::now(), Instant::now())
+    }
+
+    /// A relay of `body`, whose request was sent at `sent_at` and whose head came at `head_at`.
+    fn relay_over(
+        body: UpstreamBody,
+        timer: Timer,
+        sent_at: Instant,
+        head_at: Instant,
+    ) -> (RelayBody, Arc<MemberMetrics>) {
         let upstream = Arc::new(
             Upstream::compile(&crate::config::Upstream {
                 name: "u".into(),
@@ -500,12 +511,11 @@ mod tests {
         );
         let member = Arc::new(MemberMetrics::default());
         let guard = upstream.load.try_begin(None).unwrap();
-        let body = UpstreamBody::Mock(ProxyBody::boxed(ScheduledBody::new(frames, gap)));
-        let telemetry = Telemetry { member: member.clone(), sent_at: Instant::now(), first_byte_ms: None };
+        let telemetry = Telemetry { member: member.clone(), sent_at, first_byte_ms: None };
         let options = RelayOptions {
             timer,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            head_at: Instant::now(),
+            head_at,
             scanner: None,
             keepalive: None,
         };
@@ -542,6 +552,57 @@ mod tests {
         for n in 2..=3 {
             assert!(body.frame().await.unwrap().is_ok(), "frame {n}");
         }
+        assert!(body.frame().await.is_none());
+    }
+
+    /// A stream's first event that a plain-HTTP/1.1 upstream sent in the same read as the head
+    /// arrived with the head, however late the client asks for it: its time to first byte is
+    /// the head's, found with no clock read. The events after it are relayed as ever.
+    #[tokio::test]
+    async fn a_first_event_read_with_the_head_is_timed_by_the_head() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (more_tx, more_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request).await.unwrap();
+            // The head and the first event in one write; the second only when asked.
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            s.write_all(format!("{head}d\r\ndata: first\n\n\r\n").as_bytes()).await.unwrap();
+            let _ = more_rx.await;
+            s.write_all(b"e\r\ndata: second\n\n\r\n0\r\n\r\n").await.unwrap();
+            let _ = s.read(&mut request).await;
+        });
+        let pool =
+            crate::upstream::direct::DirectPool::new(address, Duration::from_secs(5), None, Duration::from_secs(60));
+        let (method, path) = (hyper::Method::GET, hyper::http::uri::PathAndQuery::from_static("/v1/chat/completions"));
+        let out = crate::upstream::direct::Outgoing {
+            method: &method,
+            path: &path,
+            headers: &|_: &mut dyn FnMut(&[u8], &[u8])| {},
+            body: &Bytes::new(),
+            now: std::time::Instant::now(),
+        };
+        let sent_at = Instant::now();
+        let answer = pool.send(out).await.unwrap();
+        let head_at = Instant::from_std(answer.body.head_at());
+        assert!(answer.body.came_with_head());
+        let body = UpstreamBody::Direct(answer.body);
+        let (body, member) = relay_over(body, Timer::Idle(Duration::from_secs(600)), sent_at, head_at);
+        let mut body = std::pin::pin!(body);
+        // The client asks for the body a (virtual) minute after the head came.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"data: first\n\n");
+        let (ttft, head) = (member.ttft.sum(), (head_at - sent_at).as_secs_f64());
+        assert!((ttft - head).abs() < 1e-6, "the head's time ({head} s), not when it was asked for: {ttft} s");
+        tokio::time::resume();
+        more_tx.send(()).unwrap();
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], b"data: second\n\n");
         assert!(body.frame().await.is_none());
     }
 
