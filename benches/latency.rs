@@ -686,8 +686,13 @@ fn main() {
     }
 }
 
+/// Seconds per case (`BENCH_SECONDS`).
+fn seconds(default: u64) -> u64 {
+    std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 fn suite() {
-    let secs = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs = seconds(5);
     let duration = Duration::from_secs(secs);
     let upstream = spawn_upstream();
     let proxy = spawn_proxy(&proxy_config(upstream, 0), None);
@@ -1005,10 +1010,6 @@ mod compare {
             drop(self.calibration);
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-
-    fn seconds(default: u64) -> u64 {
-        std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
     }
 
     pub fn run() {
