@@ -45,6 +45,9 @@ pub struct Server {
     pub admin: SocketAddr,
     forwards: Mutex<Vec<ForwardListener>>,
     admin_loop: Running,
+    /// What the admin listener was made from: a reload does not rebind it, so a change to this
+    /// takes a restart (and the reload says so).
+    admin_config: config::Admin,
     /// The admin listener's certificate (renewed on reload; the listener itself is not rebound).
     admin_tls: Option<Arc<tls::CertSlot>>,
     /// Accept loops of forwards a reload removed, finishing their requests and streams.
@@ -130,7 +133,8 @@ impl Server {
         crate::metrics::process::mark_start();
         let forward_sockets =
             config.http_server.forwards.iter().map(forward_listener).collect::<Result<Vec<_>, _>>()?;
-        let admin_cfg = &config.http_server.admin;
+        let admin_config = config.http_server.admin.clone();
+        let admin_cfg = &admin_config;
         let admin_socket = Listener {
             role: Role::Admin,
             socket: listener::bind(SocketAddr::new(admin_cfg.address, admin_cfg.port))?,
@@ -149,7 +153,15 @@ impl Server {
         }
         let admin_tls = admin_socket.tls.clone();
         let (admin, admin_loop) = spawn(admin_socket, &shared)?;
-        Ok(Server { shared, admin, forwards: Mutex::new(forwards), admin_loop, admin_tls, retired: Mutex::default() })
+        Ok(Server {
+            shared,
+            admin,
+            forwards: Mutex::new(forwards),
+            admin_loop,
+            admin_config,
+            admin_tls,
+            retired: Mutex::default(),
+        })
     }
 
     /// The bound address of a forward, by name.
@@ -183,8 +195,11 @@ impl Server {
             }
         }
         renewed.extend(renewal(self.admin_tls.as_ref())?);
-        if config.http_server.admin.tls.as_ref() != self.admin_tls.as_ref().map(|t| &t.files) {
-            crate::warn!("reload: the admin listener's TLS files changed; that takes a restart");
+        if config.http_server.admin != self.admin_config {
+            crate::warn!(
+                "reload: http_server.admin changed; the admin listener stays on {} as it was until a restart",
+                self.admin
+            );
         }
         let diverged = self.shared.diverged_from_file();
         let new_forwards = config.http_server.forwards.clone();
