@@ -14,6 +14,16 @@ fn rounds(default: usize) -> usize {
     std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
+/// The order the two run alone in `round`: ABBA, so that a drift of the machine during a run
+/// favours neither.
+fn abba(round: usize) -> [usize; 2] {
+    if round % 2 == 1 {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
 /// What one proxy did in one round.
 struct Round {
     throughput: f64,
@@ -201,7 +211,6 @@ pub fn run() {
     let secs = seconds(5);
     let contest = Contest::start();
     let Contest { urls, pids, .. } = &contest;
-    let load = |addr: &str, closed: bool, n: u64, secs: u64| contest.load(addr, closed, n, secs);
     let r = urls[0].0;
 
     let rounds = rounds(5);
@@ -210,14 +219,12 @@ pub fn run() {
     let mut figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     let mut together_figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
-        // ABBA order: a drift of the machine during a round favours neither proxy.
-        let order: [usize; 2] = if round % 2 == 1 { [0, 1] } else { [1, 0] };
-        for i in order {
+        for i in abba(round) {
             let (name, url) = &urls[i];
             let before = core_0_busy();
-            let closed = load(url, true, 32, secs);
+            let closed = contest.load(url, true, 32, secs);
             let busy = core_0_busy().saturating_sub(before);
-            let open = load(url, false, rate, secs);
+            let open = contest.load(url, false, rate, secs);
             let figure = Round {
                 throughput: closed.throughput(),
                 cpu_us_per_request: busy as f64 / ticks_per_second() * 1e6
@@ -397,16 +404,11 @@ pub fn tail() {
     for round in 1..=rounds {
         let d = Duration::from_secs(secs);
         let (a, b) = contest.rt.block_on(raw::open_loop_pair(reference_url, llmproxyd_url, rate, d));
-        let alone_in_order = |first: &str, second: &str| {
-            let one = contest.load(first, false, rate, secs);
-            (one, contest.load(second, false, rate, secs))
-        };
-        let (alone_a, alone_b) = if round % 2 == 1 {
-            alone_in_order(reference_url, llmproxyd_url)
-        } else {
-            let (b, a) = alone_in_order(llmproxyd_url, reference_url);
-            (a, b)
-        };
+        let mut alone_stats: [Stats; 2] = Default::default();
+        for i in abba(round) {
+            alone_stats[i] = contest.load(&contest.urls[i].1, false, rate, secs);
+        }
+        let [alone_a, alone_b] = alone_stats;
         println!(
             "round {round}: p99 together {r} {:>6.0}, llmproxyd {:>6.0} µs | alone {r} {:>6.0}, llmproxyd {:>6.0} µs; errors {}",
             a.pct(0.99),

@@ -210,11 +210,7 @@ impl Stats {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
     }
     fn pct(&self, q: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() as f64 * q) as usize).min(self.latencies_us.len() - 1);
-        self.latencies_us[i] as f64
+        pct(&self.latencies_us, q)
     }
     fn line(&self) -> String {
         format!(
