@@ -75,6 +75,9 @@ enum Mode {
         fields: Vec<u8>,
         /// The current event's first `data:` line has been passed on.
         in_data: bool,
+        /// When stripping: the last frame ended with a line ended by a lone CR, so a LF opening
+        /// the next frame completes that line's CRLF and goes where the line went.
+        cr_line: Option<Fate>,
     },
     /// The body: its first frame by reference (most JSON answers arrive in one, which then
     /// costs no copy), the rest copied — so many small frames pin no buffers of their own.
@@ -107,6 +110,7 @@ impl UsageScanner {
                 dropping_event: false,
                 fields: Vec::new(),
                 in_data: false,
+                cr_line: None,
             }
         } else if is(b"application/json") {
             Mode::Json { first: None, rest: BytesMut::new(), size: 0, only_ends: false }
@@ -157,10 +161,12 @@ impl UsageScanner {
         }
     }
 
+    /// Only `data:` lines matter here, so a LF completing a CRLF split across two frames can
+    /// pass for an empty line of its own.
     fn scan_lines(&mut self, data: &[u8]) {
         let mut rest = data;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let (line, tail) = rest.split_at(nl + 1);
+        while let Some(end) = line_end(rest) {
+            let (line, tail) = rest.split_at(end);
             rest = tail;
             let Mode::Sse { partial, overlong, .. } = &mut self.mode else { return };
             if partial.is_empty() && !*overlong {
@@ -195,55 +201,26 @@ impl UsageScanner {
     fn strip_lines(&mut self, data: Bytes) -> Bytes {
         let mut out = BytesMut::with_capacity(data.len());
         let mut rest: &[u8] = &data;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let (piece, tail) = rest.split_at(nl + 1);
-            rest = tail;
-            let Mode::Sse { partial, overlong, dropping_event, .. } = &mut self.mode else { break };
-            if *overlong {
-                // The end of a line whose start was already passed on (or dropped).
-                *overlong = false;
-                if !*dropping_event {
-                    out.extend_from_slice(piece);
+        if let (Mode::Sse { cr_line, fields, .. }, false) = (&mut self.mode, rest.is_empty()) {
+            if let (Some(fate), Some(b'\n')) = (cr_line.take(), rest.first()) {
+                // The LF of a CRLF split across frames: it goes where its line went.
+                match fate {
+                    Fate::Passed => out.extend_from_slice(b"\n"),
+                    Fate::Held => fields.push(b'\n'),
+                    Fate::Dropped => {}
                 }
-                continue;
-            }
-            let joined;
-            let line: &[u8] = if partial.is_empty() {
-                piece
-            } else {
-                partial.extend_from_slice(piece);
-                joined = std::mem::take(partial);
-                &joined
-            };
-            if *dropping_event {
-                *dropping_event = !is_blank(line);
-                continue;
-            }
-            let usage_only = self.line(line);
-            let Mode::Sse { dropping_event, fields, in_data, .. } = &mut self.mode else { break };
-            if usage_only && !*in_data {
-                fields.clear();
-                *dropping_event = true;
-            } else if is_blank(line) {
-                out.extend_from_slice(fields);
-                out.extend_from_slice(line);
-                fields.clear();
-                *in_data = false;
-            } else if !*in_data && line.starts_with(b":") && fields.is_empty() {
-                // A comment between events (upstreams send them to keep a quiet stream alive)
-                // is passed on at once.
-                out.extend_from_slice(line);
-            } else if *in_data || line.starts_with(b"data:") || fields.len() + line.len() > MAX_LINE {
-                // Data (or fields too long for a usage chunk's event): the event is passed on.
-                out.extend_from_slice(fields);
-                out.extend_from_slice(line);
-                fields.clear();
-                *in_data = true;
-            } else {
-                fields.extend_from_slice(line);
+                rest = &rest[1..];
             }
         }
-        if let Mode::Sse { partial, overlong, dropping_event, fields, in_data } = &mut self.mode {
+        while let Some(end) = line_end(rest) {
+            let (piece, tail) = rest.split_at(end);
+            rest = tail;
+            let fate = self.strip_line(piece, &mut out);
+            if let Mode::Sse { cr_line, .. } = &mut self.mode {
+                *cr_line = (rest.is_empty() && piece.ends_with(b"\r")).then_some(fate);
+            }
+        }
+        if let Mode::Sse { partial, overlong, dropping_event, fields, in_data, .. } = &mut self.mode {
             if *overlong || partial.len() + rest.len() > MAX_LINE {
                 if !*dropping_event {
                     // A long comment between events leaves the next event strippable; a long
@@ -264,6 +241,61 @@ impl UsageScanner {
             }
         }
         out.freeze()
+    }
+
+    /// Strips one complete line (`piece`, with its line ending): passes it on to `out`, holds
+    /// it with the fields of an event not yet decided, or drops it with the usage-only event.
+    fn strip_line(&mut self, piece: &[u8], out: &mut BytesMut) -> Fate {
+        let Mode::Sse { partial, overlong, dropping_event, .. } = &mut self.mode else { return Fate::Passed };
+        if *overlong {
+            // The end of a line whose start was already passed on (or dropped).
+            *overlong = false;
+            if *dropping_event {
+                return Fate::Dropped;
+            }
+            out.extend_from_slice(piece);
+            return Fate::Passed;
+        }
+        let joined;
+        let line: &[u8] = if partial.is_empty() {
+            piece
+        } else {
+            partial.extend_from_slice(piece);
+            joined = std::mem::take(partial);
+            &joined
+        };
+        if *dropping_event {
+            *dropping_event = !is_blank(line);
+            return Fate::Dropped;
+        }
+        let usage_only = self.line(line);
+        let Mode::Sse { dropping_event, fields, in_data, .. } = &mut self.mode else { return Fate::Passed };
+        if usage_only && !*in_data {
+            fields.clear();
+            *dropping_event = true;
+            Fate::Dropped
+        } else if is_blank(line) {
+            out.extend_from_slice(fields);
+            out.extend_from_slice(line);
+            fields.clear();
+            *in_data = false;
+            Fate::Passed
+        } else if !*in_data && line.starts_with(b":") && fields.is_empty() {
+            // A comment between events (upstreams send them to keep a quiet stream alive) is
+            // passed on at once.
+            out.extend_from_slice(line);
+            Fate::Passed
+        } else if *in_data || line.starts_with(b"data:") || fields.len() + line.len() > MAX_LINE {
+            // Data (or fields too long for a usage chunk's event): the event is passed on.
+            out.extend_from_slice(fields);
+            out.extend_from_slice(line);
+            fields.clear();
+            *in_data = true;
+            Fate::Passed
+        } else {
+            fields.extend_from_slice(line);
+            Fate::Held
+        }
     }
 
     /// Whether stripping holds back bytes the client is still owed.
@@ -510,8 +542,36 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
     }
 }
 
+/// Where a line went when usage chunks are stripped.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// To the client.
+    Passed,
+    /// Into the fields of an event not yet decided.
+    Held,
+    /// Removed with the usage-only event.
+    Dropped,
+}
+
+/// Where the first line of `data` ends (after its line ending), if it ends there: SSE ends a
+/// line with CRLF, LF or a lone CR. A CR that ends `data` ends its line; a LF opening the next
+/// frame is then the rest of that line ending.
+fn line_end(data: &[u8]) -> Option<usize> {
+    let at = data.iter().position(|&b| b == b'\n' || b == b'\r')?;
+    Some(if data[at] == b'\r' && data.get(at + 1) == Some(&b'\n') { at + 2 } else { at + 1 })
+}
+
+/// The complete lines of an SSE body, each with its line ending.
+pub fn sse_lines(mut body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (line, rest) = body.split_at(line_end(body)?);
+        body = rest;
+        Some(line)
+    })
+}
+
 fn is_blank(line: &[u8]) -> bool {
-    line == b"\n" || line == b"\r\n"
+    matches!(line, b"\n" | b"\r\n" | b"\r")
 }
 
 /// Whether some `"usage"` key in `json` has an object for its value (not `null`).
@@ -620,6 +680,45 @@ data: [DONE]\n\n";
         assert_eq!(&s.frame(Bytes::from_static(b": held behind the field\nid: 7\n"))[..], b"");
         assert!(s.holds_back());
         assert_eq!(&s.take_held_back().unwrap()[..], b"event: ping\n: held behind the field\nid: 7\n");
+    }
+
+    #[test]
+    fn lines_ended_by_cr_or_crlf_are_read_and_stripped_in_any_framing() {
+        // SSE ends a line with LF, CRLF or a lone CR; a CRLF may be split across two frames.
+        let with_fields: String = OPENAI_SSE
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .enumerate()
+            .map(|(i, e)| format!("id: {i}\nevent: chunk\n{e}\n\n"))
+            .collect();
+        for ending in ["\r", "\r\n"] {
+            let body = with_fields.replace('\n', ending);
+            let without: String =
+                body.split_inclusive(&ending.repeat(2)).filter(|e| !e.contains("\"choices\":[]")).collect();
+            assert_ne!(body, without);
+            for piece in [1, 2, 3, 7, 10_000] {
+                let (u, m, out) = scan_in_pieces("text/event-stream", &body, piece, false);
+                assert_eq!(u, Usage { prompt: Some(12), completion: Some(34) }, "{ending:?}, piece {piece}");
+                assert_eq!(m.as_deref(), Some("gpt-4o"));
+                assert_eq!(out, body);
+                let (u, _, out) = scan_in_pieces("text/event-stream", &body, piece, true);
+                assert_eq!(u.completion, Some(34));
+                assert_eq!(out, without, "{ending:?}, piece {piece}");
+            }
+        }
+        // The LF of a split CRLF goes where its line went: held with the fields, dropped with
+        // the usage event, passed on with a blank line.
+        let mut s = UsageScanner::for_content_type(b"text/event-stream", true).unwrap();
+        let usage_event = OPENAI_SSE.split_inclusive("\n\n").find(|e| e.contains("\"choices\":[]")).unwrap();
+        let mut out = Vec::new();
+        for frame in ["id: 1\r", "\ndata: {\"choices\":[{}]}\r\n\r", "\n: c\r", "\nid: 2\r", "\n"] {
+            out.extend_from_slice(&s.frame(Bytes::from(frame)));
+        }
+        out.extend_from_slice(&s.frame(Bytes::from(usage_event.trim_end().to_string() + "\r")));
+        for frame in ["\n\r", "\nid: 3\r\n\r\n"] {
+            out.extend_from_slice(&s.frame(Bytes::from(frame)));
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "id: 1\r\ndata: {\"choices\":[{}]}\r\n\r\n: c\r\nid: 3\r\n\r\n");
     }
 
     #[test]

@@ -124,9 +124,9 @@ pub struct AccessLine {
 struct KeepAlive {
     every: Duration,
     sleep: Pin<Box<Sleep>>,
-    /// The last bytes relayed, to know whether the stream is between two events.
-    tail: [u8; 2],
-    sent_any: bool,
+    /// The last bytes relayed, to know whether the stream is between two events; at the start,
+    /// as if an event had just ended.
+    tail: [u8; 4],
 }
 
 const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
@@ -135,17 +135,20 @@ const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 const SET_ASIDE_MAX: u64 = 64 * 1024;
 
 impl KeepAlive {
+    /// An event ends with an empty line: the last line ending (CRLF, LF or a lone CR) comes
+    /// right after another one.
     fn between_events(&self) -> bool {
-        !self.sent_any || self.tail == *b"\n\n"
+        let before_last: &[u8] = match &self.tail[..] {
+            [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n' | b'\r'] => rest,
+            _ => return false,
+        };
+        matches!(before_last.last(), Some(b'\n' | b'\r'))
     }
 
     fn note(&mut self, data: &[u8]) {
-        if let [.., a, b] = data {
-            self.tail = [*a, *b];
-        } else if let [b] = data {
-            self.tail = [self.tail[1], *b];
-        }
-        self.sent_any |= !data.is_empty();
+        let n = data.len().min(self.tail.len());
+        self.tail.rotate_left(n);
+        self.tail[4 - n..].copy_from_slice(&data[data.len() - n..]);
     }
 }
 
@@ -218,8 +221,7 @@ impl RelayBody {
         let keepalive = options.keepalive.map(|every| KeepAlive {
             every,
             sleep: Box::pin(tokio::time::sleep(every)),
-            tail: [0, 0],
-            sent_any: false,
+            tail: *b"\n\n\n\n",
         });
         RelayBody(Box::new(Relay {
             inner,
@@ -477,7 +479,7 @@ mod tests {
 
     fn relay(frames: VecDeque<Bytes>, gap: Duration, timer: Timer) -> (RelayBody, Arc<MemberMetrics>) {
         let body = UpstreamBody::Mock(ProxyBody::boxed(ScheduledBody::new(frames, gap)));
-        relay_over(body, timer, Instant::now(), Instant::now())
+        relay_over(body, timer, Instant::now(), Instant::now(), None)
     }
 
     /// A relay of `body`, whose request was sent at `sent_at` and whose head came at `head_at`.
@@ -486,6 +488,7 @@ mod tests {
         timer: Timer,
         sent_at: Instant,
         head_at: Instant,
+        keepalive: Option<Duration>,
     ) -> (RelayBody, Arc<MemberMetrics>) {
         let upstream = Arc::new(
             Upstream::compile(&crate::config::Upstream {
@@ -517,7 +520,7 @@ mod tests {
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             head_at,
             scanner: None,
-            keepalive: None,
+            keepalive,
         };
         (RelayBody::new(body, 200, options, upstream, telemetry, guard), member)
     }
@@ -590,7 +593,7 @@ mod tests {
         let head_at = Instant::from_std(answer.body.head_at());
         assert!(answer.body.came_with_head());
         let body = UpstreamBody::Direct(answer.body);
-        let (body, member) = relay_over(body, Timer::Idle(Duration::from_secs(600)), sent_at, head_at);
+        let (body, member) = relay_over(body, Timer::Idle(Duration::from_secs(600)), sent_at, head_at, None);
         let mut body = std::pin::pin!(body);
         // The client asks for the body a (virtual) minute after the head came.
         tokio::time::pause();
@@ -604,6 +607,22 @@ mod tests {
         let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&second[..], b"data: second\n\n");
         assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_comments_fall_between_events_whatever_their_line_endings() {
+        // Frames 2.5 s apart, a comment after each silent second: the silence in the middle of
+        // the first event gets none, the one after it two.
+        for ending in ["\n", "\r\n", "\r"] {
+            let frames = [format!("data: 0{ending}"), ending.to_string(), format!("data: 1{ending}{ending}")];
+            let body = ScheduledBody::new(frames.into_iter().map(Bytes::from).collect(), Duration::from_millis(2500));
+            let body = UpstreamBody::Mock(ProxyBody::boxed(body));
+            let timer = Timer::Idle(Duration::from_secs(60));
+            let (body, _) = relay_over(body, timer, Instant::now(), Instant::now(), Some(Duration::from_secs(1)));
+            let all = body.collect().await.unwrap().to_bytes();
+            let expected = format!("data: 0{ending}{ending}: keep-alive\n\n: keep-alive\n\ndata: 1{ending}{ending}");
+            assert_eq!(String::from_utf8_lossy(&all), expected, "{ending:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
