@@ -62,7 +62,7 @@ upstream_groups:
 #[tokio::test]
 async fn upstream_crud_follows_live_traffic() {
     let server = start_admin(BASE, None).await;
-    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    let (admin, addr) = (server.admin_addr(), server.forward_addr("main").unwrap());
     assert_eq!(served_model(addr, "/v1/models").await, "model-a");
 
     let (status, list) = api(admin, Method::GET, "/upstreams", None).await;
@@ -104,7 +104,7 @@ async fn upstream_crud_follows_live_traffic() {
 #[tokio::test]
 async fn routes_crud_follows_live_traffic() {
     let server = start_admin(BASE, None).await;
-    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    let (admin, addr) = (server.admin_addr(), server.forward_addr("main").unwrap());
     assert_eq!(served_model(addr, "/v2/models").await, "model-a");
     let (status, r) =
         api(admin, Method::POST, "/forwards/main/routes", Some(json!({"path": "/v2/*", "target_group": "g2"}))).await;
@@ -154,7 +154,7 @@ async fn routes_crud_follows_live_traffic() {
 #[tokio::test]
 async fn errors_have_real_statuses() {
     let server = start_admin(BASE, None).await;
-    let admin = server.admin;
+    let admin = server.admin_addr();
     let (status, e) = api_with(admin, Method::POST, "/upstreams", Some("{not json".into()), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(e["error"]["message"].as_str().unwrap().starts_with("malformed JSON"));
@@ -182,7 +182,7 @@ async fn errors_have_real_statuses() {
 #[tokio::test]
 async fn the_token_is_required_when_set() {
     let server = start_admin(BASE, Some("admin-s3cret")).await;
-    let admin = server.admin;
+    let admin = server.admin_addr();
     assert_eq!(api_with(admin, Method::GET, "/upstreams", None, None).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(api_with(admin, Method::GET, "/upstreams", None, Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(api_with(admin, Method::GET, "/upstreams", None, Some("admin-s3cret")).await.0, StatusCode::OK);
@@ -206,7 +206,7 @@ async fn secrets_are_masked_and_masks_sent_back_keep_them() {
         "    http_client: {proxy: {url: \"http://pu:proxy-pw@127.0.0.1:9\", enabled: false}}",
     );
     let server = start_admin(&yaml, None).await;
-    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    let (admin, addr) = (server.admin_addr(), server.forward_addr("main").unwrap());
     let mut everything = String::new();
     for path in ["/upstreams", "/upstreams/secret", "/upstream-groups", "/upstream-groups/g", "/forwards"] {
         let (status, v) = api(admin, Method::GET, path, None).await;
@@ -234,7 +234,7 @@ async fn secrets_are_masked_and_masks_sent_back_keep_them() {
 #[tokio::test]
 async fn unchanged_upstreams_keep_their_breaker_state() {
     let server = start_admin(BASE, None).await;
-    let admin = server.admin;
+    let admin = server.admin_addr();
     let a = server.shared.runtime().upstreams[0].clone();
     let breaker = a.breaker.as_ref().unwrap();
     for _ in 0..5 {
@@ -252,4 +252,32 @@ async fn unchanged_upstreams_keep_their_breaker_state() {
         503,
         "traffic still sees the open breaker"
     );
+}
+
+#[tokio::test]
+async fn a_reload_moves_the_admin_listener_all_or_nothing() {
+    let server = start_admin(BASE, None).await;
+    let old = server.admin_addr();
+    let reload = |admin: &str| {
+        let yaml = BASE.replace("admin: {port: 0, address: 127.0.0.1}", admin);
+        server.reload(llmproxy::config::from_str(&yaml, &HashMap::<String, String>::new()).unwrap())
+    };
+    // A port another process holds: the reload is rejected and the admin port stays.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = reload(&format!("admin: {{port: {port}, address: 127.0.0.1}}")).unwrap_err();
+    assert!(err.contains(&port.to_string()), "{err}");
+    assert_eq!(server.admin_addr(), old);
+    assert_eq!(get(old, "/health").await.0, 200);
+
+    // A free one: the admin API answers there, and the old listener closes.
+    drop(taken);
+    reload(&format!("admin: {{port: {port}, address: 127.0.0.1}}")).unwrap();
+    assert_eq!(server.admin_addr().port(), port);
+    assert_eq!(get(server.admin_addr(), "/health").await.0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(old).await.is_ok() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(tokio::net::TcpStream::connect(old).await.is_err(), "the old admin listener closed");
 }

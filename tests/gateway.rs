@@ -147,7 +147,7 @@ async fn client_keys_via_either_header_never_reach_the_upstream() {
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(call(vec![("x-api-key", "sk-team-b-secret")]).await.0, 200, "limits are per key");
 
-    let (_, _, metrics) = get(server.admin, "/metrics").await;
+    let (_, _, metrics) = get(server.admin_addr(), "/metrics").await;
     let text = String::from_utf8_lossy(&metrics);
     assert!(text.contains("llmproxy_client_requests_total{forward=\"main\",key=\"team-a\"} 2"), "{text}");
     assert!(
@@ -176,7 +176,7 @@ async fn the_address_limit_applies_before_keys_are_checked() {
     // A request the address limit refuses is not counted against (or for) its key.
     assert_eq!(call("sk-team-a-secret").await, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(up.log.requests(), 0);
-    let (_, _, metrics) = get(server.admin, "/metrics").await;
+    let (_, _, metrics) = get(server.admin_addr(), "/metrics").await;
     let text = String::from_utf8_lossy(&metrics);
     assert!(!text.contains("llmproxy_client_requests_total{forward=\"main\",key=\"team-a\"} 1"), "{text}");
     assert!(text.contains("llmproxy_ratelimit_total{forward=\"main\"} 2"), "{text}");
@@ -186,7 +186,7 @@ async fn the_address_limit_applies_before_keys_are_checked() {
 async fn client_keys_are_listed_masked_added_and_removed_through_the_api() {
     let up = TestUpstream::start().await;
     let server = start(&keyed_config(&up.url("/v1"))).await;
-    let (admin, addr) = (server.admin, server.forward_addr("main").unwrap());
+    let (admin, addr) = (server.admin_addr(), server.forward_addr("main").unwrap());
     let (status, _, body) = get(admin, "/api/v1/forwards/main/keys").await;
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&body).to_string();
@@ -244,7 +244,7 @@ async fn access_lists_answer_403_before_anything_else() {
 }
 
 async fn tokens(server: &llmproxy::server::Server) -> String {
-    let (_, _, body) = get(server.admin, "/metrics").await;
+    let (_, _, body) = get(server.admin_addr(), "/metrics").await;
     String::from_utf8_lossy(&body)
         .lines()
         .filter(|l| l.starts_with("llmproxy_tokens_total"))

@@ -117,7 +117,7 @@ async fn malformed_heads_get_a_json_error_and_a_close() {
     // The server is unaffected.
     assert_eq!(get(addr, "/v1/echo").await.0, 200);
     // And the refusals are counted.
-    let (_, _, metrics) = get(server.admin, "/metrics").await;
+    let (_, _, metrics) = get(server.admin_addr(), "/metrics").await;
     let text = String::from_utf8_lossy(&metrics);
     let errors = |code: &str, status: u16| {
         format!("llmproxy_http_request_errors_total{{forward=\"main\",error=\"{code}\",status=\"{status}\"}}")

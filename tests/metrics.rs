@@ -134,7 +134,7 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
 }
 
 async fn scrape(server: &llmproxy::server::Server) -> (HashMap<String, String>, Vec<Sample>, String) {
-    let (status, headers, body) = get(server.admin, "/metrics").await;
+    let (status, headers, body) = get(server.admin_addr(), "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let text = String::from_utf8(body.to_vec()).unwrap();

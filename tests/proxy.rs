@@ -380,7 +380,7 @@ async fn graceful_shutdown_drains_a_stream_and_health_reports_draining() {
     let up = TestUpstream::start().await;
     let server = proxy_for(&up, "/v1", "", "").await;
     let addr = server.forward_addr("main").unwrap();
-    let admin = server.admin;
+    let admin = server.admin_addr();
     let (status, _, body) = get(admin, "/health").await;
     assert_eq!((status, json_of(&body)["status"].as_str()), (StatusCode::OK, Some("ok")));
     let stream = tokio::spawn(read_stream(addr, "/v1/stream?n=15&gap_ms=100"));

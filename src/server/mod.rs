@@ -3,10 +3,10 @@
 //! Each forward and the admin port get a listener and an accept loop. HTTP/1.1 on plain-TCP
 //! forwards — nearly all traffic — is served by the proxy's own server (`http1`); HTTP/2 by
 //! prior knowledge, TLS listeners (HTTP/2 or HTTP/1.1 by ALPN) and the admin port by hyper-util's
-//! auto builder. A reload binds listeners for new forwards, swaps the runtime, and drains the
-//! listeners of removed ones. Shutdown stops accepting, lets requests and streams in flight
-//! finish (each connection closes after its current response), and gives up after the grace
-//! period.
+//! auto builder. A reload binds listeners for new forwards (and a changed admin port), swaps the
+//! runtime, and drains the listeners of removed ones. Shutdown stops accepting, lets requests
+//! and streams in flight finish (each connection closes after its current response), and gives
+//! up after the grace period.
 
 pub mod drain;
 pub mod http1;
@@ -39,18 +39,17 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// How long a forward removed by a reload may take to finish its requests and streams.
 const REMOVED_FORWARD_GRACE: Duration = Duration::from_secs(300);
 
+/// How long the admin listener a reload replaced may take to finish its requests (scrapes and
+/// API calls, all short).
+const REPLACED_ADMIN_GRACE: Duration = Duration::from_secs(10);
+
 /// A running gateway: its listeners and the shared runtime.
 pub struct Server {
     pub shared: Arc<Shared>,
-    pub admin: SocketAddr,
-    forwards: Mutex<Vec<ForwardListener>>,
-    admin_loop: Running,
-    /// What the admin listener was made from: a reload does not rebind it, so a change to this
-    /// takes a restart (and the reload says so).
-    admin_config: config::Admin,
-    /// The admin listener's certificate (renewed on reload; the listener itself is not rebound).
-    admin_tls: Option<Arc<tls::CertSlot>>,
-    /// Accept loops of forwards a reload removed, finishing their requests and streams.
+    forwards: Mutex<Vec<Bound<config::Forward>>>,
+    admin: Mutex<Bound<config::Admin>>,
+    /// Accept loops of listeners a reload removed or replaced, finishing their requests and
+    /// streams.
     retired: Mutex<Vec<JoinHandle<bool>>>,
 }
 
@@ -67,12 +66,21 @@ impl Running {
     }
 }
 
-struct ForwardListener {
-    /// What the listener was made from: a reload restarts it when this changes.
-    config: config::Forward,
+/// A listener serving: a forward's (`C` = [`config::Forward`]) or the admin port's.
+struct Bound<C> {
+    /// What the listener was made from: a reload replaces it when this changes.
+    config: C,
     addr: SocketAddr,
     running: Running,
     tls: Option<Arc<tls::CertSlot>>,
+}
+
+impl<C> Bound<C> {
+    fn start(l: Listener, config: C, shared: &Arc<Shared>) -> Result<Self, String> {
+        let tls = l.tls.clone();
+        let (addr, running) = spawn(l, shared)?;
+        Ok(Bound { config, addr, running, tls })
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +102,15 @@ fn forward_listener(f: &config::Forward) -> Result<Listener, String> {
         socket: listener::bind(SocketAddr::new(f.address, f.port))?,
         tls: f.tls.as_ref().map(tls::CertSlot::load).transpose()?,
         header_timeout: Duration::from_secs(f.timeout.connect),
+    })
+}
+
+fn admin_listener(a: &config::Admin) -> Result<Listener, String> {
+    Ok(Listener {
+        role: Role::Admin,
+        socket: listener::bind(SocketAddr::new(a.address, a.port))?,
+        tls: a.tls.as_ref().map(tls::CertSlot::load).transpose()?,
+        header_timeout: Duration::from_secs(a.timeout.connect),
     })
 }
 
@@ -133,35 +150,23 @@ impl Server {
         crate::metrics::process::mark_start();
         let forward_sockets =
             config.http_server.forwards.iter().map(forward_listener).collect::<Result<Vec<_>, _>>()?;
-        let admin_config = config.http_server.admin.clone();
-        let admin_cfg = &admin_config;
-        let admin_socket = Listener {
-            role: Role::Admin,
-            socket: listener::bind(SocketAddr::new(admin_cfg.address, admin_cfg.port))?,
-            tls: admin_cfg.tls.as_ref().map(tls::CertSlot::load).transpose()?,
-            header_timeout: Duration::from_secs(admin_cfg.timeout.connect),
-        };
-        let forward_configs = config.http_server.forwards.clone();
+        let admin_socket = admin_listener(&config.http_server.admin)?;
+        let (forward_configs, admin_config) = (config.http_server.forwards.clone(), config.http_server.admin.clone());
         let runtime = Runtime::build(config)?;
         runtime.start_background(None);
         let shared = Arc::new(Shared::new(runtime, admin_token));
-        let mut forwards = Vec::new();
-        for (l, cfg) in forward_sockets.into_iter().zip(forward_configs) {
-            let tls = l.tls.clone();
-            let (addr, running) = spawn(l, &shared)?;
-            forwards.push(ForwardListener { config: cfg, addr, running, tls });
-        }
-        let admin_tls = admin_socket.tls.clone();
-        let (admin, admin_loop) = spawn(admin_socket, &shared)?;
-        Ok(Server {
-            shared,
-            admin,
-            forwards: Mutex::new(forwards),
-            admin_loop,
-            admin_config,
-            admin_tls,
-            retired: Mutex::default(),
-        })
+        let forwards = forward_sockets
+            .into_iter()
+            .zip(forward_configs)
+            .map(|(l, cfg)| Bound::start(l, cfg, &shared))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin = Bound::start(admin_socket, admin_config, &shared)?;
+        Ok(Server { shared, forwards: Mutex::new(forwards), admin: Mutex::new(admin), retired: Mutex::default() })
+    }
+
+    /// The bound address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.lock_admin().addr
     }
 
     /// The bound address of a forward, by name.
@@ -174,14 +179,18 @@ impl Server {
         self.lock_forwards().iter().map(|f| (f.config.name.clone(), f.addr)).collect()
     }
 
-    fn lock_forwards(&self) -> std::sync::MutexGuard<'_, Vec<ForwardListener>> {
+    fn lock_forwards(&self) -> std::sync::MutexGuard<'_, Vec<Bound<config::Forward>>> {
         self.forwards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_admin(&self) -> std::sync::MutexGuard<'_, Bound<config::Admin>> {
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Applies a configuration read from the file: binds listeners for new or moved forwards
-    /// and reads every TLS certificate again (a failure rejects the whole reload), swaps the
-    /// runtime, renews the certificates of the listeners kept, then drains the listeners of
-    /// forwards that are gone. The admin listener is not rebound (its certificate is renewed).
+    /// and for a changed admin port, and reads every TLS certificate again (a failure rejects
+    /// the whole reload), swaps the runtime, renews the certificates of the listeners kept, then
+    /// drains the listeners that are gone or replaced.
     pub fn reload(&self, config: Config) -> Result<(), String> {
         let mut forwards = self.lock_forwards();
         let mut fresh = Vec::new();
@@ -194,13 +203,13 @@ impl Server {
                 None => fresh.push((forward_listener(f)?, f.clone())),
             }
         }
-        renewed.extend(renewal(self.admin_tls.as_ref())?);
-        if config.http_server.admin != self.admin_config {
-            crate::warn!(
-                "reload: http_server.admin changed; the admin listener stays on {} as it was until a restart",
-                self.admin
-            );
-        }
+        let mut admin = self.lock_admin();
+        let new_admin = if config.http_server.admin == admin.config {
+            renewed.extend(renewal(admin.tls.as_ref())?);
+            None
+        } else {
+            Some((admin_listener(&config.http_server.admin)?, config.http_server.admin.clone()))
+        };
         let diverged = self.shared.diverged_from_file();
         let new_forwards = config.http_server.forwards.clone();
         let file = Arc::new(config.clone());
@@ -222,9 +231,12 @@ impl Server {
         }
         *forwards = keep;
         for (l, cfg) in fresh {
-            let tls = l.tls.clone();
-            let (addr, running) = spawn(l, &self.shared)?;
-            forwards.push(ForwardListener { config: cfg, addr, running, tls });
+            forwards.push(Bound::start(l, cfg, &self.shared)?);
+        }
+        if let Some((l, cfg)) = new_admin {
+            let old = std::mem::replace(&mut *admin, Bound::start(l, cfg, &self.shared)?);
+            crate::info!("http_server.admin changed: draining the admin listener on {}", old.addr);
+            retired.push(old.running.stop(REPLACED_ADMIN_GRACE));
         }
         // Configuration order, so `forward_addrs` lists what the file lists.
         forwards.sort_by_key(|f| new_forwards.iter().position(|n| n.name == f.config.name));
@@ -248,7 +260,8 @@ impl Server {
             drained
         });
         let drained = waited.await.unwrap_or(false);
-        let _ = self.admin_loop.stop(Duration::from_secs(1)).await;
+        let admin = self.admin.into_inner().unwrap_or_else(|p| p.into_inner());
+        let _ = admin.running.stop(Duration::from_secs(1)).await;
         drained
     }
 }
