@@ -705,6 +705,8 @@ async fn upstream_framing_chunked_interim_and_until_close() {
             false,
         ),
         (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", false),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext", false),
         (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", true),
     ])
     .await;
@@ -720,6 +722,10 @@ async fn upstream_framing_chunked_interim_and_until_close() {
     assert_eq!(headers["x-up"], "1");
     assert_eq!(get(addr, "/c").await.0, StatusCode::NO_CONTENT);
     assert_eq!(connections.load(Ordering::SeqCst), 1, "exactly framed answers keep the connection");
+    // An HTTP/1.0 answer with a transfer coding is read, but its connection is not trusted again.
+    assert_eq!(get(addr, "/e").await.2, &b"ok"[..]);
+    assert_eq!(get(addr, "/f").await.2, &b"next"[..]);
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "a new connection after the HTTP/1.0 chunked answer");
     let (status, _, body) = get(addr, "/d").await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"until the end"[..]), "HTTP/1.0 body runs to the close");
 }

@@ -63,8 +63,8 @@ impl Chunked {
             match self.at {
                 At::Size => {
                     let Some(line_len) = line(buf)? else { return Ok(Step::NeedMore) };
-                    let (size, extensions) = chunk_size(self.line_end(&buf[..line_len])?)?;
-                    self.add_overhead(extensions)?;
+                    let (size, overhead) = chunk_size(self.line_end(&buf[..line_len])?)?;
+                    self.add_overhead(overhead)?;
                     buf.advance(line_len);
                     self.at = if size == 0 { At::Trailers } else { At::Data(size) };
                 }
@@ -141,15 +141,15 @@ fn content(line: &[u8]) -> Result<&[u8], &'static str> {
     Ok(text)
 }
 
-/// The hexadecimal size at the start of a chunk-size line, and the length of its extensions
-/// (after `;`, ignored). Whitespace is allowed only before the extensions (RFC 9112 §7.1.1).
+/// The hexadecimal size at the start of a chunk-size line, and how many bytes follow it: spaces
+/// or tabs, then extensions after `;` (ignored). Both count as overhead, so framing alone cannot
+/// keep a body going (RFC 9112 §7.1.1 allows whitespace only before `;`; a size followed by
+/// whitespace alone is tolerated, as other servers do).
 fn chunk_size(line: &[u8]) -> Result<(u64, usize), &'static str> {
     let text = content(line)?;
-    let (size, extensions) = match text.iter().position(|&b| b == b';') {
-        Some(semi) => (&text[..semi], text.len() - semi),
-        None => (text, 0),
-    };
-    let hex = size.trim_ascii_end();
+    let semi = text.iter().position(|&b| b == b';').unwrap_or(text.len());
+    let digits = text[..semi].iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |last| last + 1);
+    let hex = &text[..digits];
     if hex.is_empty() || hex.len() > 15 {
         return Err("invalid chunk size");
     }
@@ -157,7 +157,7 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), &'static str> {
         let digit = (c as char).to_digit(16).ok_or("invalid chunk size")?;
         Ok::<_, &'static str>(n * 16 + u64::from(digit))
     })?;
-    Ok((size, extensions))
+    Ok((size, text.len() - digits))
 }
 
 #[cfg(test)]
@@ -199,8 +199,9 @@ mod tests {
 
     #[test]
     fn malformed_framing_is_an_error() {
-        let bad: [&[u8]; 8] = [
+        let bad: [&[u8]; 9] = [
             b"x\r\n",
+            b"5\x0c\r\nhello\r\n0\r\n\r\n",
             b"5\r\nhelloXX",
             b"\r\n",
             b"10000000000000000\r\n",
@@ -219,6 +220,8 @@ mod tests {
         let extensions: Vec<u8> =
             (0..20).flat_map(|_| format!("1;{}\r\na\r\n", "e".repeat(1000)).into_bytes()).collect();
         assert_eq!(decode_in_pieces(&extensions, 4096), Err("chunk extensions and trailers too long"));
+        let padded: Vec<u8> = (0..20).flat_map(|_| format!("1{}\r\na\r\n", " ".repeat(1000)).into_bytes()).collect();
+        assert_eq!(decode_in_pieces(&padded, 4096), Err("chunk extensions and trailers too long"));
         let trailers: Vec<u8> = [&b"0\r\n"[..], &b"x-t: 1\r\n".repeat(3000), b"\r\n"].concat();
         assert_eq!(decode_in_pieces(&trailers, 4096), Err("chunk extensions and trailers too long"));
     }

@@ -334,9 +334,10 @@ fn response_framing(facts: &HeadFacts, version: Version, status: StatusCode, hea
     let body = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Delimiter::Empty
     } else if let Some(chunked) = facts.chunked {
-        // Transfer-Encoding overrides Content-Length; a message with both is suspect, so the
-        // connection is not reused after it.
-        keep_alive &= facts.content_length.is_none();
+        // Transfer-Encoding overrides Content-Length; a message with both is suspect, and so is
+        // an HTTP/1.0 message with a transfer coding (RFC 9112 §6.1): the connection is not
+        // reused after either.
+        keep_alive &= facts.content_length.is_none() && version != Version::HTTP_10;
         if chunked {
             Delimiter::Chunked(Chunked::default())
         } else {
