@@ -771,3 +771,18 @@ async fn a_stream_the_proxy_rewrites_does_not_keep_the_upstream_length() {
     assert_eq!(String::from_utf8_lossy(&got), format!("{kept}data: [DONE]\n\n"), "whole, without the usage chunk");
     assert!(!headers.contains_key("content-length"), "the upstream's length no longer holds");
 }
+
+#[tokio::test]
+async fn an_http_1_0_client_reading_to_the_close_sees_a_cut_answer_as_a_reset() {
+    // Chunked from the upstream, so to an HTTP/1.0 client the answer runs to the close: a FIN
+    // after the upstream broke off would make the first bytes look like the whole answer.
+    let (up, _) =
+        raw_upstream(vec![(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", true)]).await;
+    let server = start(&single_upstream_config(&format!("http://{up}"), "", "")).await;
+    let mut c = tokio::net::TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"GET /cut HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await.unwrap();
+    let err = read.expect_err("the cut answer must not end like a complete one");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}

@@ -177,6 +177,12 @@ impl<'s> Client<'s> {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
+    /// Makes the close a reset: the one way to tell a client that reads its answer to the close
+    /// (HTTP/1.0, no length) that the answer was cut, where a FIN would look like its end.
+    pub fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self.write.as_ref()).set_linger(Some(Duration::ZERO));
+    }
+
     /// Reads what the client sent into the buffer; `Ok(0)` at the end of the stream.
     pub fn poll_fill(inbound: &mut Inbound<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if inbound.buf.capacity() - inbound.buf.len() < READ_CHUNK / 4 {

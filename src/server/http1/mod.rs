@@ -113,6 +113,10 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
                 crate::debug!("writing to {} failed: {e}", c.conn.peer);
                 false
             }
+            Err(WriteError::Body) if !to.http_1_1 => {
+                client.reset_on_close();
+                return;
+            }
             Err(WriteError::Body | WriteError::ClientGone) => false,
         };
         client.mark_idle();
