@@ -21,6 +21,10 @@ const PENALTY_HALF_LIFE_SECS: f64 = 10.0;
 /// Floor for the success ratio in the score, so a failing upstream is heavily penalised but
 /// its score stays finite and comparable.
 const MIN_SUCCESS: f64 = 0.02;
+/// What a failure adds to its own time in the response-time average. Without it an upstream
+/// that fails in a millisecond (refused connections, instant 5xx) would look faster than a
+/// healthy one taking a second to its first token, and win the picks its failures lose.
+const FAILURE_PENALTY_SECS: f64 = 5.0;
 
 pub struct Load {
     inflight: AtomicU32,
@@ -73,10 +77,12 @@ impl Load {
         rt * f64::from(self.inflight() + 1) / ok.max(MIN_SUCCESS)
     }
 
-    /// Folds one outcome in: `response_secs` is the time to the response head.
+    /// Folds one outcome in: `response_secs` is the time to the response head (or to the
+    /// failure, which then counts [`FAILURE_PENALTY_SECS`] longer).
     pub fn observe(&self, response_secs: f64, success: bool, now: u64) {
         let (rt, ok) = self.effective(now);
-        let new_rt = rt + ALPHA * (response_secs - rt);
+        let sample = if success { response_secs } else { response_secs + FAILURE_PENALTY_SECS };
+        let new_rt = rt + ALPHA * (sample - rt);
         let new_ok = ok + ALPHA * (if success { 1.0 } else { 0.0 } - ok);
         self.response_secs.store(new_rt.to_bits(), Ordering::Release);
         self.success.store(new_ok.to_bits(), Ordering::Release);
@@ -130,10 +136,34 @@ mod tests {
             failing.observe(0.1, false, t);
         }
         assert!(failing.score(t) > 10.0 * fast.score(t));
-        // Unsampled for a minute, the penalties have faded: it will be tried again.
-        assert!(failing.score(t + 60 * S) < fast.score(t + 60 * S) * 2.0);
-        // And one good answer after recovery improves it further.
-        failing.observe(0.1, true, t + 60 * S);
-        assert!(failing.score(t + 60 * S) < 0.2);
+        // Unsampled for a minute while the healthy one keeps answering, its penalties have
+        // faded: it will be tried again.
+        let later = t + 60 * S;
+        for second in 1..=60 {
+            fast.observe(0.1, true, t + second * S);
+        }
+        assert!(failing.score(later) < fast.score(later));
+        // And good answers after recovery keep it beside the others.
+        for _ in 0..10 {
+            failing.observe(0.1, true, later);
+        }
+        assert!(failing.score(later) < 2.0 * fast.score(later));
+    }
+
+    #[test]
+    fn an_upstream_that_fails_fast_does_not_look_fast() {
+        // One answers in 0.8 s; the other refuses in a millisecond.
+        let (healthy, refusing) = (Arc::new(Load::default()), Load::default());
+        let t = 100 * S;
+        for _ in 0..5 {
+            healthy.observe(0.8, true, t);
+        }
+        refusing.observe(0.001, false, t);
+        assert!(refusing.score(t) > healthy.score(t), "one failure is enough to lose to an idle healthy upstream");
+        for _ in 0..3 {
+            refusing.observe(0.001, false, t);
+        }
+        let busy: Vec<_> = (0..8).map(|_| healthy.try_begin(None).unwrap()).collect();
+        assert!(refusing.score(t) > healthy.score(t), "after a few, even to one with {} in flight", busy.len());
     }
 }
