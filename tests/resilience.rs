@@ -99,6 +99,25 @@ async fn retry_after_holds_back_only_the_upstream_that_sent_it() {
 }
 
 #[tokio::test]
+async fn an_upstream_answer_outranks_a_later_connect_error() {
+    // a answers 429 with Retry-After; b, tried next, refuses the connection. The client gets
+    // a's answer and its Retry-After, not a 502 about b.
+    let a = TestUpstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let server = start(&group_config(
+        &[("a", a.url("/always429"), ""), ("b", refused, "")],
+        "    balance: {strategy: failover}",
+    ))
+    .await;
+    let (status, headers, body) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(a.log.requests(), 1);
+}
+
+#[tokio::test]
 async fn a_failed_answer_kept_for_later_holds_no_concurrency_slot() {
     // With max_concurrency 1, the 429 kept while the proxy backs off must not occupy the only
     // slot: the retry finds the upstream free.

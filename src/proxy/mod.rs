@@ -267,8 +267,8 @@ fn rate_limited(who: &str, wait: u64) -> ApiError {
     .with_retry_after(Gcra::retry_after_secs(wait))
 }
 
-/// A failed attempt that another attempt may improve on; the last one is what the client gets
-/// when attempts run out.
+/// A failed attempt that another attempt may improve on; the last upstream answer (or, when no
+/// upstream answered, the last error) is what the client gets when attempts run out.
 enum Failed {
     Response(Answer<RelayBody>),
     Error(ApiError),
@@ -338,11 +338,16 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
                     retry_afters.note(picked.index, after);
                 }
                 let upstream = &group.members[picked.index].upstream;
-                last = Some(if n < policy.max_attempts {
+                let failed = if n < policy.max_attempts {
                     Box::pin(failed.set_aside(upstream, group.connect_timeout)).await
                 } else {
                     failed
-                });
+                };
+                // The client gets the last answer an upstream gave, when one did: a 429 and its
+                // Retry-After say more than a later attempt's connect error or timeout.
+                if !matches!((&failed, &last), (Failed::Error(_), Some(Failed::Response(_)))) {
+                    last = Some(failed);
+                }
                 cause = Some((picked.index, kind));
             }
         }
