@@ -296,3 +296,25 @@ async fn a_body_that_stops_arriving_is_cut_after_timeout_connect_but_a_slow_one_
     assert!(started.elapsed() >= Duration::from_millis(900), "cut too early: {:?}", started.elapsed());
     assert_eq!(up.log.requests.load(std::sync::atomic::Ordering::SeqCst), 1, "only the complete body went upstream");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_its_answer_is_counted_as_499() {
+    let up = TestUpstream::start().await;
+    let server = proxy(&up).await;
+    let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
+    c.write_all(b"GET /v1/slow-head?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while up.log.requests() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(c);
+    let counted =
+        "llmproxy_http_request_errors_total{forward=\"main\",error=\"client_closed_request\",status=\"499\"} 1";
+    let mut text = String::new();
+    while !text.contains(counted) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        text = String::from_utf8_lossy(&get(server.admin_addr(), "/metrics").await.2).into_owned();
+    }
+    assert!(text.contains(counted), "{text}");
+    assert!(text.contains("llmproxy_http_request_duration_seconds_count{forward=\"main\",method=\"GET\"} 1"), "{text}");
+}

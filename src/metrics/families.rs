@@ -29,7 +29,7 @@ pub fn method_index(m: &Method) -> usize {
 }
 
 /// Errors the proxy itself answers with: `(error label, status)`, matching [`crate::error`] codes.
-pub const PROXY_ERRORS: [(&str, u16); 13] = [
+pub const PROXY_ERRORS: [(&str, u16); 14] = [
     ("bad_request", 400),
     ("unauthorized", 401),
     ("forbidden", 403),
@@ -43,6 +43,7 @@ pub const PROXY_ERRORS: [(&str, u16); 13] = [
     ("no_upstream_available", 503),
     ("upstream_at_capacity", 503),
     ("upstream_timeout", 504),
+    ("client_closed_request", 499),
 ];
 
 /// Upstream error statuses relayed to clients, counted per status (400–599).

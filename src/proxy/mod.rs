@@ -67,7 +67,10 @@ where
         method: req.method.clone(),
         path: req.uri.path().to_string(),
     });
-    match proxy(rt, fwd, conn, req, body, started).await {
+    let unanswered = Unanswered { fwd, method, started, access };
+    let result = proxy(rt, fwd, conn, req, body, started).await;
+    let access = unanswered.answered();
+    match result {
         Ok((mut resp, routed)) => {
             if resp.status.as_u16() >= 400 {
                 fwd.metrics.upstream_status(resp.status.as_u16());
@@ -86,21 +89,63 @@ where
         }
         Err(e) => {
             crate::debug!("{forward}: {} {}", e.status.as_u16(), e.message);
-            fwd.metrics.proxy_error(e.code);
-            fwd.metrics.duration[method].observe_duration(started.elapsed());
-            if let Some(a) = access {
-                crate::info!(
-                    "access forward={forward} client={} method={} path={} status={} error={} duration_ms={}",
-                    a.client,
-                    a.method,
-                    a.path,
-                    e.status.as_u16(),
-                    e.code,
-                    started.elapsed().as_millis()
-                );
-            }
+            record_unserved(fwd, method, started, access.as_ref(), e.status.as_u16(), e.code);
             e.into_response().into()
         }
+    }
+}
+
+/// nginx's name for a request whose client left before its answer began.
+const CLIENT_CLOSED_REQUEST: (u16, &str) = (499, "client_closed_request");
+
+/// A request being handled. Dropped unfinished — its client left before the answer began, and
+/// the connection dropped the handler — it is still counted (as `client_closed_request`),
+/// timed and logged, so error totals add up to the requests counted. A finished handler
+/// forgets it.
+struct Unanswered<'a> {
+    fwd: &'a Forward,
+    method: usize,
+    started: Instant,
+    access: Option<AccessLine>,
+}
+
+impl Unanswered<'_> {
+    /// The handler finished: its answer is accounted for where it ends.
+    fn answered(mut self) -> Option<AccessLine> {
+        let access = self.access.take();
+        std::mem::forget(self);
+        access
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let (status, code) = CLIENT_CLOSED_REQUEST;
+        record_unserved(self.fwd, self.method, self.started, self.access.as_ref(), status, code);
+    }
+}
+
+/// Accounts for a request answered by the proxy itself (or by nobody): its error, its duration
+/// and its access log line.
+fn record_unserved(
+    fwd: &Forward,
+    method: usize,
+    started: Instant,
+    access: Option<&AccessLine>,
+    status: u16,
+    code: &str,
+) {
+    fwd.metrics.proxy_error(code);
+    fwd.metrics.duration[method].observe_duration(started.elapsed());
+    if let Some(a) = access {
+        crate::info!(
+            "access forward={} client={} method={} path={} status={status} error={code} duration_ms={}",
+            fwd.name,
+            a.client,
+            a.method,
+            a.path,
+            started.elapsed().as_millis()
+        );
     }
 }
 
