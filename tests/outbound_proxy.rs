@@ -223,3 +223,54 @@ async fn unreachable_proxy_is_a_502() {
     error_message(&body);
     assert_eq!(up.log.requests.load(Ordering::SeqCst), 0);
 }
+
+/// An upstream that answers the first request on each connection and closes the connection,
+/// unanswered, when a second one arrives on it (a keep-alive timeout racing the request).
+async fn closes_kept_connections() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                for answer in [Some(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]), None] {
+                    // Each request: a head, then (POST) a small body that arrives with it.
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.clear();
+                    let Some(answer) = answer else { return };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), connections)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_kept_connection_closes_is_sent_again() {
+    // Through a proxy, so hyper's client carries it (plain-HTTP upstreams without one use the
+    // direct client, tested in `proxy.rs`).
+    let (up, connections) = closes_kept_connections().await;
+    let (proxy_url, _) = connect_proxy().await;
+    let server = start(&single_upstream_config(&up, "", &format!("      proxy: {{url: \"{proxy_url}\"}}"))).await;
+    let addr = server.forward_addr("main").unwrap();
+    for n in 1..=3 {
+        let (status, _, body) = get(addr, "/v1/models").await;
+        assert_eq!((status.as_u16(), String::from_utf8_lossy(&body).as_ref()), (200, "ok"), "GET {n}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3, "each GET after the first found its connection closing");
+    // A POST is not sent twice: the client hears of the failure.
+    let (status, _, body) = post(addr, "/v1/chat/completions", "{}").await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+}

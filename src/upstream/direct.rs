@@ -270,7 +270,7 @@ impl Conn {
 }
 
 /// Whether `e` says the connection was closed under us (rather than, say, a timeout).
-fn closed(e: &io::Error) -> bool {
+pub fn closed(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
 }
