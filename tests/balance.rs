@@ -107,7 +107,13 @@ fn response_aware_prefers_fast_samples_untried_and_recovers() {
         fast.observe(0.05, false, t);
     }
     assert!(picks(&rt, 5, t).iter().all(|n| n != "fast"));
-    assert_eq!(picks(&rt, 1, t + 120 * s), vec!["fast"], "penalties fade: it is tried again");
+    // The others keep answering meanwhile; its penalties fade, and it is tried again.
+    let (new, later) = (&g.members[2].upstream.load, t + 120 * s);
+    for second in 1..=120 {
+        slow.observe(1.5, true, t + second * s);
+        new.observe(0.8, true, t + second * s);
+    }
+    assert_eq!(picks(&rt, 1, later), vec!["fast"], "penalties fade: it is tried again");
 }
 
 #[test]

@@ -10,11 +10,13 @@ use crate::runtime::Shared;
 use bytes::Bytes;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
+use std::net::IpAddr;
 
 /// The OpenAPI 3 description of `/api/v1`, served at `/api/v1/openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
 
-pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody>
+/// Answers an admin request from `peer`.
+pub async fn handle<B>(shared: &Shared, req: Request<B>, peer: IpAddr) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -25,7 +27,13 @@ where
         (&Method::GET, "/metrics") => metrics(shared),
         (&Method::GET, "/api/v1/openapi.json") => json(StatusCode::OK, OPENAPI),
         _ if path == "/api/v1" || path.starts_with("/api/v1/") => {
-            if authorized(shared, &req) {
+            if shared.admin_token.is_none() && !is_loopback(peer) {
+                ApiError::forbidden(
+                    "without LLMPROXY_ADMIN_AUTH_TOKEN the admin API answers only clients on this host; \
+                     set the token to use it from elsewhere",
+                )
+                .into_response()
+            } else if authorized(shared, &req) {
                 api::handle(shared, req).await
             } else {
                 let mut resp =
@@ -38,6 +46,14 @@ where
         }
         _ => ApiError::not_found(format!("no admin endpoint {} {path}", req.method())).into_response(),
     }
+}
+
+/// Whether `peer` is this host. Without a token the configuration API (which can point traffic,
+/// prompts included, at any URL) answers only such clients: an admin port listening on all
+/// addresses — LLMProxy's default, where it served only health and metrics — must not open it
+/// to the network.
+fn is_loopback(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
 }
 
 /// With `LLMPROXY_ADMIN_AUTH_TOKEN` set, the configuration API requires
@@ -89,6 +105,36 @@ mod tests {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+
+    #[tokio::test]
+    async fn without_a_token_the_api_answers_only_this_host() {
+        let yaml = "http_server:\n  forwards: [{name: f, port: 0, default_group: g}]\n\
+                    upstreams: [{name: u, url: \"mock://\"}]\nupstream_groups: [{name: g, upstreams: [{name: u}]}]\n";
+        let config = || crate::config::from_str(yaml, &std::collections::HashMap::<String, String>::new()).unwrap();
+        let (here, remote) = (IpAddr::from([127, 0, 0, 1]), IpAddr::from([192, 0, 2, 7]));
+        let mapped_here: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let get = |path: &str, token: Option<&str>| {
+            let mut req = Request::get(path);
+            if let Some(t) = token {
+                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
+            req.body(http_body_util::Empty::<Bytes>::new()).unwrap()
+        };
+        let open = Shared::new(crate::runtime::Runtime::build(config()).unwrap(), None);
+        for peer in [here, mapped_here] {
+            assert_eq!(handle(&open, get("/api/v1/upstreams", None), peer).await.status(), StatusCode::OK, "{peer}");
+        }
+        assert_eq!(handle(&open, get("/api/v1/upstreams", None), remote).await.status(), StatusCode::FORBIDDEN);
+        for path in ["/health", "/metrics"] {
+            assert_eq!(handle(&open, get(path, None), remote).await.status(), StatusCode::OK, "{path}");
+        }
+        // With a token, the token decides, wherever the client is.
+        let guarded = Shared::new(crate::runtime::Runtime::build(config()).unwrap(), Some("s3cret".into()));
+        let status = handle(&guarded, get("/api/v1/upstreams", Some("s3cret")), remote).await.status();
+        assert_eq!(status, StatusCode::OK);
+        let status = handle(&guarded, get("/api/v1/upstreams", None), here).await.status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     #[test]

@@ -114,6 +114,18 @@ fn admin_listener(a: &config::Admin) -> Result<Listener, String> {
     })
 }
 
+/// Says so when the configuration API is reachable from other hosts yet unprotected — it then
+/// answers only this host (see `admin`), which an operator scripting it remotely must know.
+fn note_admin_exposure(a: &config::Admin, shared: &Shared) {
+    if shared.admin_token.is_none() && !a.address.is_loopback() {
+        crate::warn!(
+            "admin listens on {} without {}: /api/v1 answers only clients on this host (/health and /metrics answer all)",
+            a.address,
+            config::ADMIN_TOKEN_VAR
+        );
+    }
+}
+
 /// The certificate a kept TLS listener is to serve after a reload, read again from its files.
 fn renewal(slot: Option<&Arc<tls::CertSlot>>) -> Result<Option<(Arc<tls::CertSlot>, TlsAcceptor)>, String> {
     slot.map(|slot| Ok((slot.clone(), tls::acceptor(&slot.files)?))).transpose()
@@ -160,6 +172,7 @@ impl Server {
             .zip(forward_configs)
             .map(|(l, cfg)| Bound::start(l, cfg, &shared))
             .collect::<Result<Vec<_>, _>>()?;
+        note_admin_exposure(&admin_config, &shared);
         let admin = Bound::start(admin_socket, admin_config, &shared)?;
         Ok(Server { shared, forwards: Mutex::new(forwards), admin: Mutex::new(admin), retired: Mutex::default() })
     }
@@ -234,6 +247,7 @@ impl Server {
             forwards.push(Bound::start(l, cfg, &self.shared)?);
         }
         if let Some((l, cfg)) = new_admin {
+            note_admin_exposure(&cfg, &self.shared);
             let old = std::mem::replace(&mut *admin, Bound::start(l, cfg, &self.shared)?);
             crate::info!("http_server.admin changed: draining the admin listener on {}", old.addr);
             retired.push(old.running.stop(REPLACED_ADMIN_GRACE));
@@ -362,7 +376,7 @@ async fn serve_io<I>(
                     let body = idle::Stalling::new(body, idle_limit);
                     Box::pin(crate::proxy::handle(&shared.runtime(), name, conn, head, body)).await.into_response()
                 }
-                Role::Admin => Box::pin(crate::admin::handle(&shared, req)).await,
+                Role::Admin => Box::pin(crate::admin::handle(&shared, req, conn.peer.ip())).await,
             };
             Ok::<_, Infallible>(resp.map(|body| idle::Tracked::new(body, busy)))
         }
