@@ -27,6 +27,27 @@ fn main() -> ExitCode {
     if args.debug {
         llmproxy::log::set_level(llmproxy::log::Level::Debug);
     }
+    // On one core (a pinned instance, a small VM) a single-threaded scheduler does the same work
+    // without cross-thread wake-ups; otherwise one worker per core.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Before anything slow: a SIGHUP's default action ends the process, and a `systemctl reload`
+    // right after a start must not stop the service (systemd would not restart it).
+    let mut signals = {
+        let _in_runtime = runtime.enter();
+        Signals::new()
+    };
     let config = match config::load(&args.config, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -57,21 +78,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    // On one core (a pinned instance, a small VM) a single-threaded scheduler does the same work
-    // without cross-thread wake-ups; otherwise one worker per core.
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut builder = if cores == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     runtime.block_on(async move {
         let server = match Server::start(config).await {
             Ok(s) => s,
@@ -82,7 +88,6 @@ fn main() -> ExitCode {
         };
         info!("llmproxyd {} ready ({})", env!("CARGO_PKG_VERSION"), args.config.display());
         llmproxy::server::listener::warn_if_restarts_can_lose_connections();
-        let mut signals = Signals::new();
         let signal = loop {
             match signals.next().await {
                 Signal::Reload => reload(&server, &args.config),

@@ -257,6 +257,40 @@ fn sighup_applies_a_valid_config_and_keeps_the_running_one_on_error() {
     }
 }
 
+/// Whether `pid` has a handler for SIGHUP (`SigCgt` in /proc, bit 1 for signal 1).
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
+    u64::from_str_radix(mask, 16).is_ok_and(|m| m & 1 != 0)
+}
+
+#[test]
+fn a_sighup_while_starting_does_not_stop_the_proxy() {
+    // The configuration is a pipe nobody writes to yet: the proxy waits, mid-start, reading it.
+    let fifo = std::env::temp_dir().join(format!("llmproxy-cli-fifo-{}.yaml", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let proxy = Running::start(&fifo, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !catches_sighup(proxy.child.id()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(catches_sighup(proxy.child.id()), "SIGHUP is handled before the configuration is read");
+    proxy.signal("-HUP");
+    // The start goes on; the SIGHUP, kept for after it, reloads the file (the pipe, read again).
+    let feed = |text: String| {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+    };
+    feed(two_forwards_config("first-model", false)).join().unwrap();
+    let addr = proxy.forward_addr();
+    let reloaded = feed(two_forwards_config("second-model", false));
+    proxy.wait_for("reload: configuration applied");
+    reloaded.join().unwrap();
+    assert!(http_get(addr, "/v1/models").unwrap().contains("second-model"));
+    let _ = std::fs::remove_file(&fifo);
+}
+
 #[test]
 fn secrets_never_reach_the_logs() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
