@@ -89,14 +89,16 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 UNITDIR ?= /etc/systemd/system
 
-# Installs the static binary when built (`make static`), else the release build. An existing
-# /etc/llmproxy/config.yaml is never overwritten.
+# Installs the newest of the static binary (`make static`) and the release build (building the
+# latter when neither exists). An existing /etc/llmproxy/config.yaml is never overwritten.
 install:
-	@bin=$(STATIC_BIN); [ -x "$$bin" ] || bin=$(BIN); [ -x "$$bin" ] || { $(CARGO) build --release --locked && bin=$(BIN); }; \
-	install -D -m 0755 "$$bin" $(DESTDIR)$(PREFIX)/bin/llmproxyd
+	@bin=$$(ls -t $(STATIC_BIN) $(BIN) 2>/dev/null | head -n 1); \
+	[ -n "$$bin" ] || { $(CARGO) build --release --locked && bin=$(BIN); }; \
+	echo "installing $$bin"; install -D -m 0755 "$$bin" $(DESTDIR)$(PREFIX)/bin/llmproxyd
 	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/llmproxy $(DESTDIR)/etc/sysctl.d $(DESTDIR)$(PREFIX)/share/doc/llmproxy
 	sed 's|/usr/local/|$(PREFIX)/|g' deploy/llmproxy.service > $(DESTDIR)$(UNITDIR)/llmproxy.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/llmproxy.service
+	sed 's|^Description=.*|& (instance %i)|' $(DESTDIR)$(UNITDIR)/llmproxy.service > $(DESTDIR)$(UNITDIR)/llmproxy@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/llmproxy.service $(DESTDIR)$(UNITDIR)/llmproxy@.service
 	install -m 0644 deploy/sysctl.conf $(DESTDIR)/etc/sysctl.d/60-llmproxy.conf
 	install -m 0644 README.md config.default.yaml $(DESTDIR)$(PREFIX)/share/doc/llmproxy/
 	@if [ -e $(DESTDIR)/etc/llmproxy/config.yaml ]; then \
@@ -105,9 +107,11 @@ install:
 	  install -m 0644 config.default.yaml $(DESTDIR)/etc/llmproxy/config.yaml; \
 	fi
 	@if command -v systemd-analyze >/dev/null; then \
-	  sed 's|$(PREFIX)/bin/llmproxyd|$(abspath $(DESTDIR)$(PREFIX))/bin/llmproxyd|g' $(DESTDIR)$(UNITDIR)/llmproxy.service > $(DESTDIR)/etc/llmproxy/.verify.service && \
-	  systemd-analyze verify $(DESTDIR)/etc/llmproxy/.verify.service && echo "systemd-analyze verify: ok"; \
-	  rc=$$?; rm -f $(DESTDIR)/etc/llmproxy/.verify.service; exit $$rc; \
+	  for unit in llmproxy.service llmproxy@.service; do \
+	    sed 's|$(PREFIX)/bin/llmproxyd|$(abspath $(DESTDIR)$(PREFIX))/bin/llmproxyd|g' $(DESTDIR)$(UNITDIR)/$$unit > $(DESTDIR)/etc/llmproxy/verify-$$unit && \
+	    systemd-analyze verify $(DESTDIR)/etc/llmproxy/verify-$$unit && echo "systemd-analyze verify $$unit: ok"; \
+	    rc=$$?; rm -f $(DESTDIR)/etc/llmproxy/verify-$$unit; [ $$rc -eq 0 ] || exit $$rc; \
+	  done; \
 	fi
 
 # Installs into a scratch DESTDIR twice: the unit verifies, and a changed config survives.

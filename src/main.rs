@@ -4,7 +4,7 @@
 
 use llmproxy::cli::{self, Command};
 use llmproxy::config::{self, ProcessEnv};
-use llmproxy::server::Server;
+use llmproxy::server::{sd_notify, Server};
 use llmproxy::{error, info, warn};
 use std::process::ExitCode;
 
@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             }
         };
         info!("llmproxyd {} ready ({})", env!("CARGO_PKG_VERSION"), args.config.display());
+        sd_notify::notify("READY=1");
         llmproxy::server::listener::warn_if_restarts_can_lose_connections();
         let signal = loop {
             match signals.next().await {
@@ -94,6 +95,7 @@ fn main() -> ExitCode {
                 Signal::Stop(name) => break name,
             }
         };
+        sd_notify::notify("STOPPING=1");
         info!("{signal}: draining for up to {}s", args.shutdown_timeout.as_secs());
         if server.shutdown(args.shutdown_timeout).await {
             info!("drained; bye");

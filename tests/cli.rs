@@ -104,8 +104,11 @@ struct Running {
 
 impl Running {
     fn start(config: &PathBuf, extra: &[&str]) -> Running {
-        let mut child =
-            bin().arg("-c").arg(config).args(extra).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        Running::spawn(bin().arg("-c").arg(config).args(extra))
+    }
+
+    fn spawn(command: &mut Command) -> Running {
+        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -289,6 +292,24 @@ fn a_sighup_while_starting_does_not_stop_the_proxy() {
     reloaded.join().unwrap();
     assert!(http_get(addr, "/v1/models").unwrap().contains("second-model"));
     let _ = std::fs::remove_file(&fifo);
+}
+
+#[test]
+fn systemd_hears_ready_once_the_listeners_are_bound_and_stopping_at_sigterm() {
+    let (_dir, path) = temp_config("notify.yaml", &two_forwards_config("m", false));
+    let socket = std::env::temp_dir().join(format!("llmproxy-cli-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let proxy = Running::spawn(bin().arg("-c").arg(&path).env("NOTIFY_SOCKET", &socket));
+    let mut buf = [0u8; 256];
+    let n = systemd.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(http_get(proxy.forward_addr(), "/v1/models").unwrap().starts_with("HTTP/1.1 200"), "serving when ready");
+    proxy.signal("-TERM");
+    let n = systemd.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let _ = std::fs::remove_file(&socket);
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod drain;
 pub mod http1;
 pub mod idle;
 pub mod listener;
+pub mod sd_notify;
 pub mod tls;
 
 use crate::config::{self, Config};
