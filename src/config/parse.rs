@@ -79,7 +79,8 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
         "access_log",
     ])?;
     let name = f.required_string("name")?;
-    let port = port(&f, "port")?.ok_or_else(|| ConfigError::at(&f.child_path("port"), "is required"))?;
+    // LLMProxy documents 3000 as the default (while calling the key required).
+    let port = port(&f, "port")?.unwrap_or(3000);
     let default_group = match f.get_alias(&["default_group", "upstream_group"])? {
         Some(n) => n.string()?,
         None => return Err(ConfigError::at(&f.child_path("default_group"), "is required")),
@@ -249,6 +250,13 @@ fn admin(node: &Node) -> Result<Admin, ConfigError> {
 pub const MOCK_SCHEME: &str = "mock://";
 
 fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
+    // Some LLMProxy releases read an `http_client` per upstream; here it belongs to the group.
+    if node.value.get("http_client").is_some() {
+        return Err(ConfigError::at(
+            &node.child("http_client"),
+            "belongs to the upstream group here: move it to upstream_groups[].http_client",
+        ));
+    }
     let f = node.fields(&[
         "name",
         "url",
@@ -334,34 +342,20 @@ fn check_http_url(node: &Node, url: &str, schemes: &[&str]) -> Result<(), Config
     Ok(())
 }
 
+/// Credentials the chosen `type` does not use are ignored, as LLMProxy does (a file switched to
+/// `type: none` often keeps its token).
 fn auth(node: &Node) -> Result<Auth, ConfigError> {
     let f = node.fields(&["type", "token", "username", "password"])?;
     let kind = match f.get("type") {
         None => "none".to_string(),
         Some(n) => n.choice(&["bearer", "basic", "none"])?,
     };
-    let unused = |key: &str| -> Result<(), ConfigError> {
-        match f.get(key) {
-            Some(n) => Err(n.error(format!("is not used by auth type \"{kind}\""))),
-            None => Ok(()),
-        }
-    };
     match kind.as_str() {
-        "bearer" => {
-            unused("username")?;
-            unused("password")?;
-            Ok(Auth::Bearer { token: f.require("token")?.secret()? })
-        }
+        "bearer" => Ok(Auth::Bearer { token: f.require("token")?.secret()? }),
         "basic" => {
-            unused("token")?;
             Ok(Auth::Basic { username: f.required_string("username")?, password: f.require("password")?.secret()? })
         }
-        _ => {
-            unused("token")?;
-            unused("username")?;
-            unused("password")?;
-            Ok(Auth::None)
-        }
+        _ => Ok(Auth::None),
     }
 }
 
@@ -378,8 +372,8 @@ fn header_op(node: &Node) -> Result<HeaderOp, ConfigError> {
         return Err(key_node.error(format!("{key:?} is not a valid header name")));
     }
     let value = match (op, f.get("value")) {
-        (HeaderOpKind::Remove, Some(n)) => return Err(n.error("is not used by op \"remove\"")),
-        (HeaderOpKind::Remove, None) => None,
+        // Ignored, as LLMProxy does.
+        (HeaderOpKind::Remove, _) => None,
         (_, None) => return Err(ConfigError::at(&f.child_path("value"), "is required for insert and replace")),
         (_, Some(n)) => {
             let v = n.string()?;

@@ -27,7 +27,7 @@ impl<'a> Node<'a> {
         ConfigError::at(&self.path, message)
     }
 
-    fn child(&self, key: &str) -> String {
+    pub fn child(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {
@@ -139,10 +139,12 @@ impl<'a> Node<'a> {
     }
 
     /// One of a fixed set of words.
+    /// One of `choices`, in any letter case (some LLMProxy releases wrote `Insert`, others
+    /// `insert`); returned as spelled in `choices`.
     pub fn choice(&self, choices: &[&str]) -> Result<String, ConfigError> {
         let s = self.string()?;
-        if choices.contains(&s.as_str()) {
-            Ok(s)
+        if let Some(c) = choices.iter().find(|c| c.eq_ignore_ascii_case(&s)) {
+            Ok(c.to_string())
         } else {
             Err(self.error(format!("unknown value {s:?} (expected one of: {})", choices.join(", "))))
         }
