@@ -295,6 +295,30 @@ async fn failing_health_checks_take_an_upstream_out_and_passing_ones_bring_it_ba
 }
 
 #[tokio::test]
+async fn a_failed_health_check_says_why() {
+    use llmproxy::upstream::{client::HttpClient, health_check::check};
+    let up = TestUpstream::start().await;
+    up.log.health_status.store(503, std::sync::atomic::Ordering::SeqCst);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let check_cfg = "    health_check: {path: /health, interval: 1, timeout: 1}";
+    let server = start(&group_config(&[("a", up.url(""), check_cfg), ("b", refused, check_cfg)], "")).await;
+    let rt = server.shared.runtime();
+    let client = HttpClient::new(&rt.groups[0].config.http_client).unwrap();
+    let probe = |i: usize| {
+        let upstream = rt.groups[0].members[i].upstream.clone();
+        let (cfg, client) = (upstream.health_check.clone().unwrap(), &client);
+        async move { check(&upstream, &cfg, client).await }
+    };
+    assert_eq!(probe(0).await, Err("status 503".to_string()));
+    let why = probe(1).await.unwrap_err();
+    assert!(why.to_lowercase().contains("refused"), "{why}");
+    up.log.health_status.store(200, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(probe(0).await, Ok(()));
+}
+
+#[tokio::test]
 async fn response_aware_favours_the_fast_upstream_under_concurrency() {
     let yaml = group_config(
         &[

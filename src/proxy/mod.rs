@@ -778,7 +778,9 @@ fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> (Failure, ApiError) {
+/// The innermost cause of a client error: hyper-util's own message ("client error (Connect)")
+/// says less than the refused connection or failed handshake under it.
+pub fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
     use std::error::Error;
     let mut cause = e.to_string();
     let mut source = e.source();
@@ -786,6 +788,11 @@ fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) ->
         cause = s.to_string();
         source = s.source();
     }
+    cause
+}
+
+fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> (Failure, ApiError) {
+    let cause = error_chain(e);
     if e.is_connect() {
         (Failure::Connect, ApiError::bad_gateway(format!("cannot connect to upstream {}: {cause}", upstream.name)))
     } else {

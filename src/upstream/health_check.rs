@@ -52,54 +52,56 @@ async fn run(weak: Weak<Upstream>, cfg: config::HealthCheck, client: HttpClient,
         if upstream.health_loop.load(Ordering::Acquire) != generation {
             return;
         }
-        let ok = check(&upstream, &cfg, &client).await;
+        let outcome = check(&upstream, &cfg, &client).await;
+        let ok = outcome.is_ok();
         if ok {
             upstream.health_passes.inc();
         } else {
             upstream.health_failures.inc();
         }
         let was = upstream.healthy.swap(ok, Ordering::AcqRel);
-        if was != ok {
-            if ok {
-                crate::info!("health check of upstream {} passes again: back in rotation", upstream.name);
-            } else {
-                crate::warn!("health check of upstream {} failed: out of rotation", upstream.name);
+        match outcome {
+            Ok(()) if !was => {
+                crate::info!("health check of upstream {} passes again: back in rotation", upstream.name)
             }
+            Err(why) if was => {
+                crate::warn!("health check of upstream {} failed ({why}): out of rotation", upstream.name)
+            }
+            Err(why) => crate::debug!("health check of upstream {} still fails: {why}", upstream.name),
+            Ok(()) => {}
         }
     }
 }
 
-/// One probe: true on a 2xx within the timeout.
-pub async fn check(upstream: &Upstream, cfg: &config::HealthCheck, client: &HttpClient) -> bool {
+/// One probe: a 2xx within the timeout, or why not (logged when the upstream leaves rotation).
+pub async fn check(upstream: &Upstream, cfg: &config::HealthCheck, client: &HttpClient) -> Result<(), String> {
     let timeout = Duration::from_secs(cfg.timeout);
+    let success = |status: hyper::StatusCode| match status.is_success() {
+        true => Ok(()),
+        false => Err(format!("status {}", status.as_u16())),
+    };
     let probe = async {
         match &upstream.target {
-            Target::Mock(mock) => crate::mock::respond(mock, &Method::GET, &cfg.path, b"").await.status().is_success(),
+            Target::Mock(mock) => success(crate::mock::respond(mock, &Method::GET, &cfg.path, b"").await.status()),
             Target::Http(t) => {
-                let Ok(uri) = Uri::builder()
+                let uri = Uri::builder()
                     .scheme(t.scheme.clone())
                     .authority(t.authority.clone())
                     .path_and_query(t.path_and_query(&cfg.path, None))
                     .build()
-                else {
-                    return false;
-                };
+                    .map_err(|e| format!("invalid check URL: {e}"))?;
                 let mut req = Request::new(Full::new(Bytes::new()));
                 *req.uri_mut() = uri;
                 req.headers_mut().insert(HOST, t.host_value.clone());
                 req.headers_mut().insert(USER_AGENT, HeaderValue::from_static(crate::config::parse::DEFAULT_AGENT));
                 crate::proxy::headers::apply_upstream_headers(req.headers_mut(), upstream);
-                match client.send(req).await {
-                    Ok(resp) => {
-                        let ok = resp.status().is_success();
-                        // Drain so the pooled connection can be reused for the next check.
-                        let _ = resp.into_body().collect().await;
-                        ok
-                    }
-                    Err(_) => false,
-                }
+                let resp = client.send(req).await.map_err(|e| crate::proxy::error_chain(&e))?;
+                let status = resp.status();
+                // Drain so the pooled connection can be reused for the next check.
+                let _ = resp.into_body().collect().await;
+                success(status)
             }
         }
     };
-    tokio::time::timeout(timeout, probe).await.unwrap_or(false)
+    tokio::time::timeout(timeout, probe).await.unwrap_or_else(|_| Err(format!("no answer within {}s", cfg.timeout)))
 }
