@@ -467,6 +467,35 @@ fn enable_request_migration() -> bool {
 }
 
 #[test]
+fn a_draining_instance_hands_the_admin_port_to_the_one_beside_it() {
+    let mock = "{ttft_ms: 0, token_delay_ms: 200, tokens: 10}";
+    let (_dir, path) = temp_config("old.yaml", &mock_config(0, 0, mock));
+    let mut old = Running::start(&path, &[]);
+    let (addr, admin) = (old.forward_addr(), old.admin_addr());
+    // A two-second stream keeps the old instance draining.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let body = r#"{"model":"m","stream":true}"#;
+    write!(stream, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .unwrap();
+    let mut first = [0u8; 64];
+    assert!(stream.read(&mut first).unwrap() > 0, "the stream began");
+    let (_new_dir, new_path) = temp_config("new.yaml", &mock_config(addr.port(), admin.port(), mock));
+    let new = Running::start(&new_path, &[]);
+    assert_eq!(new.admin_addr(), admin);
+    old.signal("-TERM");
+    old.wait_for("it answers from now on");
+    for n in 0..20 {
+        let health = http_get(admin, "/health").unwrap();
+        assert!(health.starts_with("HTTP/1.1 200"), "probe {n} reached the draining instance: {health}");
+    }
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("[DONE]"), "the stream finished: {rest}");
+    assert_eq!(old.wait_exit(Duration::from_secs(10)), Some(0));
+    drop(new);
+}
+
+#[test]
 fn restart_on_shared_ports_loses_no_requests() {
     let migration = enable_request_migration();
     let (_dir, path) = temp_config("old.yaml", &mock_config(0, 0, "{ttft_ms: 5, token_delay_ms: 0, tokens: 2}"));

@@ -48,3 +48,62 @@ pub fn warn_if_restarts_can_lose_connections() {
         Err(_) => crate::info!("kernel without tcp_migrate_req: overlapping restarts can reset queued connections"),
     }
 }
+
+/// Whether a socket of another process (or another of ours) listens on exactly `addr` beside
+/// ours — an instance started on the same ports for a zero-downtime restart. Read from the
+/// kernel's socket table; `false` where there is none to read.
+pub fn others_listen_on(addr: SocketAddr) -> bool {
+    let table = if addr.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    std::fs::read_to_string(table).is_ok_and(|text| listening_on(&text, addr) > 1)
+}
+
+/// How many sockets in a `/proc/net/tcp{,6}` table listen on `addr`. The table writes an address
+/// as the hexadecimal of each 32-bit word as the machine stores it, then `:` and the port.
+fn listening_on(table: &str, addr: SocketAddr) -> usize {
+    const LISTEN: &str = "0A";
+    let octets = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let words: String =
+        octets.chunks(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect();
+    let local = format!("{words}:{:04X}", addr.port());
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            fields.nth(1) == Some(local.as_str()) && fields.nth(1) == Some(LISTEN)
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listeners_are_counted_from_the_kernel_table() {
+        // 127.0.0.1:9000 and [::1]:9000 as a little-endian machine writes them.
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+                  0: 0100007F:2328 00000000:0000 0A 00000000:00000000\n\
+                  1: 0100007F:2328 00000000:0000 0A 00000000:00000000\n\
+                  2: 0100007F:2328 0100007F:9C40 01 00000000:00000000\n\
+                  3: 00000000:2328 00000000:0000 0A 00000000:00000000\n";
+        if cfg!(target_endian = "little") {
+            assert_eq!(listening_on(v4, "127.0.0.1:9000".parse().unwrap()), 2, "established ones do not count");
+            assert_eq!(listening_on(v4, "0.0.0.0:9000".parse().unwrap()), 1);
+            let v6 = "  sl  local_address rem_address st\n\
+                      0: 00000000000000000000000001000000:2328 00000000000000000000000000000000:0000 0A\n";
+            assert_eq!(listening_on(v6, "[::1]:9000".parse().unwrap()), 1);
+        }
+        // And on this machine, for real: one listener, then two.
+        let first = bind("127.0.0.1:0".parse().unwrap());
+        if let (Ok(first), true) = (first, std::path::Path::new("/proc/net/tcp").exists()) {
+            let addr = first.local_addr().unwrap();
+            assert!(!others_listen_on(addr));
+            let _second = bind(addr).unwrap();
+            assert!(others_listen_on(addr));
+        }
+    }
+}

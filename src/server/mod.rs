@@ -260,10 +260,20 @@ impl Server {
 
     /// Stops accepting, waits up to `grace` for requests and streams in flight, and returns
     /// whether everything finished in time. The admin port keeps answering (health: 503
-    /// "draining") until the forwards are done, so a load balancer sees the drain.
+    /// "draining") until the forwards are done, so a load balancer sees the drain — unless
+    /// another instance shares it, which then answers instead.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        // An instance started beside this one (a zero-downtime restart) shares the admin port:
+        // from now on it answers health checks, scrapes and the API — a load balancer must not
+        // see this one's "draining" for a host that keeps serving. Handed over before the drain
+        // begins, so the requests still queued here are answered as from a serving host.
+        let mut admin = Some(self.admin.into_inner().unwrap_or_else(|p| p.into_inner()));
+        if let Some(a) = admin.take_if(|a| listener::others_listen_on(a.addr)) {
+            let _ = a.running.stop(Duration::from_secs(1)).await;
+            crate::info!("another instance listens on the admin address {}: it answers from now on", a.addr);
+        }
         self.shared.set_draining();
-        let forwards = std::mem::take(&mut *self.lock_forwards());
+        let forwards = std::mem::take(&mut *self.forwards.lock().unwrap_or_else(|p| p.into_inner()));
         let mut tasks: Vec<_> = forwards.into_iter().map(|f| f.running.stop(grace)).collect();
         // Listeners a reload retired may still be finishing streams: they are waited for too.
         tasks.append(&mut self.retired.lock().unwrap_or_else(|p| p.into_inner()));
@@ -275,8 +285,9 @@ impl Server {
             drained
         });
         let drained = waited.await.unwrap_or(false);
-        let admin = self.admin.into_inner().unwrap_or_else(|p| p.into_inner());
-        let _ = admin.running.stop(Duration::from_secs(1)).await;
+        if let Some(a) = admin {
+            let _ = a.running.stop(Duration::from_secs(1)).await;
+        }
         drained
     }
 }
