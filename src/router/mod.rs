@@ -207,9 +207,19 @@ mod tests {
     }
 
     #[test]
+    fn parameter_names_may_be_left_out() {
+        let r = router(&["/a/:", "/b/{}", "/c/{:\\d+}", "/d/{\\d+}", "/e/{id}"]);
+        for (path, want) in [("/a/x", "/a/:"), ("/b/x", "/b/{}"), ("/c/42", "/c/{:\\d+}"), ("/d/42", "/d/{\\d+}")] {
+            assert_eq!(r.lookup(path).map(String::as_str), Some(want), "{path}");
+        }
+        assert_eq!(r.lookup("/d/x"), None, "an unnamed regex is still a regex");
+        assert_eq!(r.lookup("/e/anything").map(String::as_str), Some("/e/{id}"), "a name alone is any segment");
+    }
+
+    #[test]
     fn rejects_bad_patterns() {
         let mut r: Router<()> = Router::new();
-        for bad in ["v1", "/v1/{x:[}", "/v1/{x", "/v1/a*b", "/v1/:", "/v1/{:x}", "/v1/:na-me"] {
+        for bad in ["v1", "/v1/{x:[}", "/v1/{x", "/v1/a*b", "/v1/:na-me", "/v1/{x:}", "/v1/{[}"] {
             assert!(r.insert(bad, ()).is_err(), "{bad} should be rejected");
         }
         r.insert("/v1/:a", ()).unwrap();

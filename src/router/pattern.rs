@@ -1,4 +1,5 @@
-//! Route patterns: `/v1/chat/completions`, `/v1/:resource`, `/v1/{model:gpt-.*}/x`, `/api/*`.
+//! Route patterns: `/v1/chat/completions`, `/v1/:resource`, `/v1/{model:gpt-.*}/x`, `/api/*`
+//! (parameter names are optional: `/v1/:`, `/v1/{\d+}`).
 
 use regex_lite::Regex;
 use std::fmt;
@@ -47,6 +48,8 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
     if s == "*" {
         return Ok(if is_last { Segment::Rest } else { Segment::Wildcard });
     }
+    // Names only document a parameter (nothing reads them), so they may be left out, as
+    // LLMProxy's router allows: `:`, `{}`, `{:\d+}`, and `{\d+}` (not a name, so a regex).
     if let Some(name) = s.strip_prefix(':') {
         check_name(name).map_err(&bad)?;
         return Ok(Segment::Param);
@@ -55,7 +58,8 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
         let inner = inner.strip_suffix('}').ok_or_else(|| bad("opens \"{\" without closing \"}\""))?;
         let (name, re) = match inner.find(':') {
             Some(i) => (&inner[..i], Some(&inner[i + 1..])),
-            None => (inner, None),
+            None if check_name(inner).is_ok() => (inner, None),
+            None => ("", Some(inner)),
         };
         check_name(name).map_err(&bad)?;
         return match re {
@@ -74,10 +78,9 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
     Ok(Segment::Static(s.to_string()))
 }
 
+/// A parameter name: `[A-Za-z0-9_]*`, possibly empty.
 fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        Err("has an empty parameter name")
-    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Err("has a parameter name that is not [A-Za-z0-9_]")
     } else {
         Ok(())
