@@ -5,34 +5,53 @@ use serde_json::Value;
 
 pub const MASK: &str = "***";
 
-/// Header names whose values are credentials in practice.
-fn is_sensitive_header(name: &str) -> bool {
+/// Header and query-parameter names whose values are credentials in practice (`x-api-key`,
+/// `Authorization`, Gemini's `?key=`, Azure's `?sig=`).
+fn is_sensitive_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["auth", "key", "token", "secret", "password", "cookie"].iter().any(|w| n.contains(w))
+    ["auth", "key", "token", "secret", "password", "cookie", "sig"].iter().any(|w| n.contains(w))
 }
 
-/// `scheme://user:password@host` → `scheme://user:***@host`.
-pub fn mask_userinfo(url: &str) -> String {
+/// The credentials in a URL masked: the password (`user:***@`), a user name standing alone (a
+/// token used as one: `***@`), and the values of credential-like query parameters (`?key=***`).
+pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:{MASK}@{host}{tail}")
-        }
-        None => url.to_string(),
-    }
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{MASK}@{host}"),
+            None => format!("{MASK}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    let Some(query) = query else { return format!("{scheme}://{authority}{path}") };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, format!("#{f}")),
+        None => (query, String::new()),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if is_sensitive_name(name) => format!("{name}={MASK}"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{scheme}://{authority}{path}?{}{fragment}", pairs.join("&"))
 }
 
 /// Masks the secrets of an upstream, group or forward rendered as JSON: credentials (`token`,
-/// `password`, client `key`s), the password in URLs, and header-op values of credential-like
-/// headers (`x-api-key`, `Authorization`, …).
+/// `password`, client `key`s), those in URLs (see [`mask_url`]), and header-op values of
+/// credential-like headers (`x-api-key`, `Authorization`, …).
 pub fn redact(v: &mut Value) {
     match v {
         Value::Object(map) => {
             if map.contains_key("op") {
                 // A header op: its `key` is the header's name, its `value` may be a credential.
-                if map.get("key").and_then(Value::as_str).is_some_and(is_sensitive_header) {
+                if map.get("key").and_then(Value::as_str).is_some_and(is_sensitive_name) {
                     if let Some(value) = map.get_mut("value") {
                         *value = Value::String(MASK.into());
                     }
@@ -42,7 +61,7 @@ pub fn redact(v: &mut Value) {
             for (k, child) in map.iter_mut() {
                 match (k.as_str(), &*child) {
                     ("token" | "password" | "key", Value::String(_)) => *child = Value::String(MASK.into()),
-                    ("url", Value::String(u)) => *child = Value::String(mask_userinfo(u)),
+                    ("url", Value::String(u)) => *child = Value::String(mask_url(u)),
                     _ => redact(child),
                 }
             }
@@ -79,8 +98,10 @@ fn restore_at(new: &mut Value, old: Option<&Value>, path: &str) -> Result<(), St
                 restore_at(child, prev, &format!("{path}[{i}]"))?;
             }
         }
-        Value::String(n) if *n == MASK || n.contains(&format!(":{MASK}@")) => match old {
-            Some(Value::String(o)) if *n == MASK || *n == mask_userinfo(o) => *n = o.clone(),
+        Value::String(n) if n.contains(MASK) => match old {
+            Some(Value::String(o)) if *n == MASK || (*n == mask_url(o) && n != o) => *n = o.clone(),
+            // A literal `***` inside some other text (a model glob, say) is that text.
+            _ if *n != MASK && !n.contains("://") => {}
             _ => {
                 let at = path.trim_start_matches('.');
                 return Err(format!(
@@ -126,6 +147,29 @@ mod tests {
         let mut back = shown.clone();
         restore(&mut back, &original).unwrap();
         assert_eq!(back, original);
+    }
+
+    #[test]
+    fn urls_keep_their_shape_and_lose_their_credentials() {
+        for (url, shown) in [
+            ("https://g.example/v1beta?key=AIza-1&alt=sse", "https://g.example/v1beta?key=***&alt=sse"),
+            ("https://a.example/x?sv=1&sig=abc%2F#top", "https://a.example/x?sv=1&sig=***#top"),
+            ("https://sk-live-2@h.example/v1", "https://***@h.example/v1"),
+            ("http://u:p@h.example?api_key=3", "http://u:***@h.example?api_key=***"),
+            ("https://plain.example/v1?model=m", "https://plain.example/v1?model=m"),
+        ] {
+            assert_eq!(mask_url(url), shown);
+            let mut back = json!({"url": shown});
+            restore(&mut back, &json!({"url": url})).unwrap();
+            assert_eq!(back["url"], url, "a GET → PUT round trip keeps {url}");
+        }
+        // A masked URL that is not the current one's masked form cannot be guessed back.
+        let err = restore(&mut json!({"url": "https://***@other.example"}), &json!({"url": "https://t@h.example"}));
+        assert!(err.is_err());
+        // Text that merely contains the mask is text.
+        let mut glob = json!({"model": "gpt-***"});
+        restore(&mut glob, &json!({})).unwrap();
+        assert_eq!(glob["model"], "gpt-***");
     }
 
     #[test]

@@ -329,7 +329,7 @@ fn health_check(node: &Node) -> Result<HealthCheck, ConfigError> {
 /// Checks that `url` parses and has one of `schemes` and a host.
 fn check_http_url(node: &Node, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
     // Errors show the URL with its password masked: they are logged.
-    let shown_url = crate::admin::redact::mask_userinfo(url);
+    let shown_url = crate::admin::redact::mask_url(url);
     let uri: hyper::Uri = url.parse().map_err(|e| node.error(format!("{shown_url:?} is not a valid URL: {e}")))?;
     let scheme = uri.scheme_str().unwrap_or("");
     if !schemes.contains(&scheme) {
