@@ -341,11 +341,11 @@ impl Shared {
         Ok(next)
     }
 
-    /// Whether the running configuration differs from the file's last loaded content (changes
-    /// made through the admin API).
-    pub fn diverged_from_file(&self) -> bool {
+    /// Whether `running` differs from the file's last loaded content (changes made through the
+    /// admin API).
+    pub fn differs_from_file(&self, running: &Config) -> bool {
         let file = self.file_config.lock().unwrap_or_else(|p| p.into_inner());
-        file.as_ref().is_some_and(|f| **f != *self.runtime().config)
+        file.as_ref().is_some_and(|f| **f != *running)
     }
 
     /// Records `config` as the file's content, once it runs.

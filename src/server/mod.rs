@@ -224,10 +224,15 @@ impl Server {
         } else {
             Some((admin_listener(&config.http_server.admin)?, config.http_server.admin.clone()))
         };
-        let diverged = self.shared.diverged_from_file();
         let new_forwards = config.http_server.forwards.clone();
         let file = Arc::new(config.clone());
-        self.shared.update(|_| Ok::<_, String>(config))?;
+        // Compared under the update's lock, so an API change landing meanwhile is not replaced
+        // unreported.
+        let mut diverged = false;
+        self.shared.update(|running| {
+            diverged = self.shared.differs_from_file(&running.config);
+            Ok::<_, String>(config)
+        })?;
         self.shared.set_file_config(file);
         if diverged {
             crate::warn!("reload: changes made through the admin API since the last load are replaced by the file");
