@@ -266,6 +266,8 @@ impl UsageScanner {
         };
         if *dropping_event {
             *dropping_event = !is_blank(line);
+            // Removed from the stream, still read: the event goes, its tokens count.
+            self.line(line);
             return Fate::Dropped;
         }
         let usage_only = self.line(line);
