@@ -42,6 +42,7 @@ pub enum Refusal {
 
 impl ClientKeys {
     pub fn compile(cfg: &ForwardAuth, previous: Option<&ClientKeys>) -> Self {
+        let now = crate::clock::now();
         let keys: Vec<ClientKey> = cfg
             .keys
             .iter()
@@ -52,7 +53,7 @@ impl ClientKeys {
                 ClientKey {
                     name: k.name.as_str().into(),
                     secret: k.key.as_bytes().into(),
-                    limiter: k.ratelimit.as_ref().map(|r| Gcra::with_state(r.per_second, r.burst, owed)),
+                    limiter: k.ratelimit.as_ref().map(|r| Gcra::with_state(r.per_second, r.burst, owed, now)),
                     requests: old.map(|o| o.requests.clone()).unwrap_or_default(),
                 }
             })

@@ -28,10 +28,31 @@ impl Gcra {
     }
 
     /// A limiter with its one word of state, continuing what was owed to `previous` (the
-    /// limiter it replaces on a configuration change, if any): a change forgives no debt.
-    pub fn with_state(per_second: u32, burst: u32, previous: Option<&(Gcra, AtomicU64)>) -> (Gcra, AtomicU64) {
-        let owed = previous.map_or(0, |(_, tat)| tat.load(Ordering::Acquire));
-        (Gcra::new(per_second, burst), AtomicU64::new(owed))
+    /// limiter it replaces on a configuration change, if any): a change forgives no debt, and
+    /// holds none against the new limits that they could not have run up. Under changed limits
+    /// the requests owed are owed at the new rate, and at most a full burst of them — raising a
+    /// limit must not lock the key out for the minutes the old one had queued.
+    pub fn with_state(
+        per_second: u32,
+        burst: u32,
+        previous: Option<&(Gcra, AtomicU64)>,
+        now: u64,
+    ) -> (Gcra, AtomicU64) {
+        let gcra = Gcra::new(per_second, burst);
+        let tat = match previous {
+            None => 0,
+            Some((old, tat)) if *old == gcra => tat.load(Ordering::Acquire),
+            Some((old, tat)) => {
+                let owed_requests = tat.load(Ordering::Acquire).saturating_sub(now) / old.interval.max(1);
+                let owed = owed_requests.saturating_mul(gcra.interval).min(gcra.tolerance + gcra.interval);
+                if owed == 0 {
+                    0
+                } else {
+                    now + owed
+                }
+            }
+        };
+        (gcra, AtomicU64::new(tat))
     }
 
     /// Admits one request at `now` against `tat`, or returns the nanoseconds to wait.
@@ -165,6 +186,27 @@ impl<K: Hash> KeyedLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_limit_carries_the_debt_at_its_own_rate_and_at_most_a_burst() {
+        let t0 = 1_000 * NANOS_PER_SEC;
+        let old = (Gcra::new(1, 200), AtomicU64::new(0));
+        for _ in 0..200 {
+            assert!(old.0.check(&old.1, t0).is_ok());
+        }
+        assert!(old.0.check(&old.1, t0).is_err(), "200 s queued at one per second");
+        // Raised to 10/s, burst 20: at most a burst is owed, so a request passes 0.1 s later —
+        // not 200 s later.
+        let (gcra, tat) = Gcra::with_state(10, 20, Some(&old), t0);
+        assert!(gcra.check(&tat, t0).is_err());
+        assert!(gcra.check(&tat, t0 + NANOS_PER_SEC / 10).is_ok());
+        // Unchanged limits carry the state as it is; a debt-free limiter carries none.
+        let (same, same_tat) = Gcra::with_state(1, 200, Some(&old), t0);
+        assert_eq!(same.check(&same_tat, t0), Err(NANOS_PER_SEC));
+        let idle = (Gcra::new(1, 5), AtomicU64::new(0));
+        let (lower, lower_tat) = Gcra::with_state(1, 1, Some(&idle), t0);
+        assert!(lower.check(&lower_tat, t0).is_ok());
+    }
 
     const MS: u64 = 1_000_000;
     const S: u64 = NANOS_PER_SEC;

@@ -96,8 +96,10 @@ impl Upstream {
             (Some(b), _) => Some(Arc::new(Breaker::new(b.threshold, b.cooldown))),
             (None, _) => None,
         };
-        let rate =
-            cfg.ratelimit.as_ref().map(|r| Gcra::with_state(r.per_second, r.burst, same.and_then(|p| p.rate.as_ref())));
+        let rate = cfg
+            .ratelimit
+            .as_ref()
+            .map(|r| Gcra::with_state(r.per_second, r.burst, same.and_then(|p| p.rate.as_ref()), crate::clock::now()));
         let carried = |counter: fn(&Upstream) -> &Counter| {
             let c = Counter::default();
             c.add(previous.map_or(0, |p| counter(p).get()));
