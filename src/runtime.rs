@@ -235,7 +235,7 @@ fn build_group(
                     .filter(|og| og.config.http_client == g.http_client)
                     .and_then(|og| og.members.iter().find(|om| om.upstream.name == m.name)),
             );
-            Ok(Member { upstream: upstreams[i].clone(), weight: m.weight, metrics, direct })
+            Ok(Member { upstream: upstreams[i].clone(), weight: m.weight_with(&upstreams[i].config), metrics, direct })
         })
         .collect::<Result<Vec<_>, String>>()?;
     let agent = HeaderValue::from_str(&g.http_client.agent).map_err(|_| format!("group {}: invalid agent", g.name))?;

@@ -218,9 +218,10 @@ async fn secrets_are_masked_and_masks_sent_back_keep_them() {
     }
     let (_, shown) = api(admin, Method::GET, "/upstreams/secret", None).await;
     assert_eq!(shown["data"]["auth"]["token"], "***");
-    // GET → edit → PUT with the masks: the secrets stay what they were.
+    // GET → edit → PUT with the masks (and the live `status` the GET added): the secrets stay
+    // what they were.
     let mut edited = shown["data"].clone();
-    edited.as_object_mut().unwrap().remove("status");
+    assert!(edited["status"].is_object());
     edited["weight"] = json!(3);
     let (status, v) = api(admin, Method::PUT, "/upstreams/secret", Some(edited)).await;
     assert_eq!(status, 200, "{v}");
@@ -229,6 +230,17 @@ async fn secrets_are_masked_and_masks_sent_back_keep_them() {
     assert_eq!(echoed["headers"]["authorization"][0], "Bearer sk-live-123");
     assert_eq!(echoed["headers"]["x-api-key"][0], "ak-456");
     assert_eq!(server.shared.runtime().config.upstreams[0].weight, 3);
+    assert_eq!(server.shared.runtime().groups[0].members[0].weight, 3, "a group that set none takes it");
+    // A mask has nothing to stand for in something new: copied from a GET, it is refused.
+    let mut copy = shown["data"].clone();
+    copy["name"] = json!("copy");
+    let (status, v) = api(admin, Method::POST, "/upstreams", Some(copy)).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("auth.token"), "{v}");
+    let key = json!({"name": "copied", "key": "***"});
+    let (status, v) = api(admin, Method::POST, "/forwards/main/keys", Some(key)).await;
+    assert_eq!(status, 400, "a key anyone could guess: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("key: "), "{v}");
 }
 
 #[tokio::test]

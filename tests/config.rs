@@ -90,7 +90,7 @@ fn minimal_config_gets_documented_defaults() {
     assert!(u.headers.is_empty() && u.breaker.is_none() && u.ratelimit.is_none() && u.mock.is_none());
     assert_eq!(u.weight, 1);
     let g = &c.upstream_groups[0];
-    assert_eq!(g.upstreams[0].weight, 1);
+    assert_eq!((g.upstreams[0].weight, g.upstreams[0].weight_with(u)), (None, 1), "the upstream's weight");
     assert_eq!(g.balance.strategy, Strategy::Roundrobin);
     let h = &g.http_client;
     assert_eq!(h.agent, "LLMProxy/1.0");
@@ -513,8 +513,8 @@ fn a_config_using_every_key_round_trips() {
     let u = &c.upstreams[0];
     assert_eq!(u.headers[2].op, HeaderOpKind::Remove);
     assert_eq!(u.breaker.as_ref().unwrap().threshold, 0.25);
-    assert_eq!(c.upstream_groups[0].upstreams[2].weight, 1);
-    assert_eq!(c.upstream_groups[0].upstreams[0].weight, 8);
+    assert_eq!(c.upstream_groups[0].upstreams[2].weight, None, "inherits");
+    assert_eq!(c.upstream_groups[0].upstreams[0].weight, Some(8));
     assert_eq!(c.http_server.admin.address.to_string(), "::1");
     assert_eq!(c.upstreams[2].mock.as_ref().unwrap().error_status, 503);
     let written = serde_yaml::to_string(&c).unwrap();

@@ -117,6 +117,14 @@ fn upstream<'a>(rt: &'a Runtime, name: &str) -> Result<&'a config::Upstream, Api
     rt.config.upstream(name).ok_or_else(|| ApiError::not_found(format!("no upstream named \"{name}\"")))
 }
 
+/// An upstream's live state (`status`), shown next to its configuration by a GET and ignored
+/// when the upstream comes back in a PUT or POST, so a GET → edit → PUT round trip works.
+fn without_live_state(item: &mut Value) {
+    if let Some(map) = item.as_object_mut() {
+        map.remove("status");
+    }
+}
+
 /// An upstream with its live state: what an operator wants next to the configuration.
 fn upstream_json(rt: &Runtime, u: &config::Upstream) -> Value {
     let mut v = masked(u);
@@ -189,8 +197,13 @@ fn position(list: &[Yaml], key: &str, value: &str) -> Option<usize> {
 }
 
 /// A JSON object with a required `name`, and its YAML form for the configuration tree.
+/// A new item's body. A masked secret in it (`"***"`, copied from a GET) has nothing to stand
+/// for and is refused — taken literally it would be a key anyone could guess, or a credential
+/// sent upstream as `***`.
 fn named_body(body: &[u8]) -> Result<(Value, String, Yaml), ApiError> {
-    let item = Value::Object(parse_object(body)?);
+    let mut item = Value::Object(parse_object(body)?);
+    without_live_state(&mut item);
+    restore(&mut item, &Value::Null).map_err(ApiError::invalid_config)?;
     let name = item.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("\"name\" is required"))?;
     let name = name.to_string();
     let yaml = to_yaml(&item)?;
@@ -212,6 +225,7 @@ fn create_upstream(shared: &Shared, body: &[u8]) -> Reply {
 
 fn replace_upstream(shared: &Shared, name: &str, body: &[u8]) -> Reply {
     let mut item = Value::Object(parse_object(body)?);
+    without_live_state(&mut item);
     match item.get("name").and_then(Value::as_str) {
         Some(n) if n != name => {
             return Err(ApiError::bad_request(format!(

@@ -239,7 +239,18 @@ pub struct UpstreamGroup {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupMember {
     pub name: String,
-    pub weight: u32,
+    /// The member's own weight; without one it takes its upstream's (`upstreams[].weight`,
+    /// default 1) — resolved when the runtime is built, so changing the upstream's weight
+    /// reaches every group that did not set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl GroupMember {
+    /// The weight the balancer uses.
+    pub fn weight_with(&self, upstream: &Upstream) -> u32 {
+        self.weight.unwrap_or(upstream.weight)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

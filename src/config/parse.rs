@@ -406,17 +406,17 @@ fn group(node: &Node, upstreams: &[Upstream]) -> Result<UpstreamGroup, ConfigErr
     for m in members_node.items()? {
         let mf = m.fields(&["name", "weight"])?;
         let member_name = mf.required_string("name")?;
-        let Some(up) = upstreams.iter().find(|u| u.name == member_name) else {
+        if !upstreams.iter().any(|u| u.name == member_name) {
             let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
             return Err(ConfigError::at(
                 &mf.child_path("name"),
                 format!("unknown upstream \"{member_name}\" (known: {})", known.join(", ")),
             ));
-        };
+        }
         if members.iter().any(|x| x.name == member_name) {
             return Err(ConfigError::at(&mf.child_path("name"), format!("upstream \"{member_name}\" is listed twice")));
         }
-        let weight = mf.u64_or("weight", up.weight as u64, 1..=65_535)? as u32;
+        let weight = mf.get("weight").map(|n| n.u64_in(1..=65_535).map(|w| w as u32)).transpose()?;
         members.push(GroupMember { name: member_name, weight });
     }
     if members.is_empty() {
