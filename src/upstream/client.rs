@@ -46,12 +46,12 @@ impl HttpClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let limit = Duration::from_secs(cfg.timeout.connect);
+        // HTTP/1.1 only: hyper-util's pool keeps one HTTP/2 connection per host and opens no
+        // second one when the server's concurrent-stream limit (often 100) is reached — with
+        // answers that stream for minutes, the requests beyond it would queue until
+        // `timeout.request`. Over HTTP/1.1 the pool opens connections as they are needed.
         let https = |tls: rustls::ClientConfig| {
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1()
         };
         let Some(proxy) = &cfg.proxy else {
             return Ok(HttpClient::Direct(builder.build(ConnectWithin::new(https(tls).wrap_connector(tcp), limit))));
