@@ -786,3 +786,18 @@ async fn an_http_1_0_client_reading_to_the_close_sees_a_cut_answer_as_a_reset() 
     let err = read.expect_err("the cut answer must not end like a complete one");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
+
+#[tokio::test]
+async fn a_path_climbing_out_of_the_upstream_base_is_refused() {
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(&up.url("/openai/v1"), "", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    for path in ["/v1/../../admin/keys", "/v1/%2e%2e/%2E%2E/admin", "/v1/./models"] {
+        let (status, _, body) = get(addr, path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(json_of(&body)["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(up.log.requests(), 0, "nothing reached the upstream");
+    get(addr, "/v1/files/report.v2.json").await;
+    assert_eq!(up.log.requests(), 1, "dots inside names are fine");
+}

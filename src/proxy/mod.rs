@@ -188,6 +188,9 @@ where
     if fwd.access.as_ref().is_some_and(|acl| !acl.permits(client_ip)) {
         return Err(ApiError::forbidden(format!("{client_ip} is not allowed to use this gateway")));
     }
+    if crate::router::has_dot_segment(head.uri.path()) {
+        return Err(ApiError::bad_request("paths with \".\" or \"..\" segments are not forwarded"));
+    }
     // The address first: a client that sprays missing or wrong keys is limited like any other,
     // and a request the address limit refuses spends none of its key's rate.
     if let Some(limiter) = &fwd.client_limiter {

@@ -139,6 +139,29 @@ impl<T> Node<T> {
     }
 }
 
+/// Whether `path` has a `.` or `..` segment, plain or percent-encoded (`%2e`), between `/` or
+/// `\\` separators. Such a path is refused rather than resolved: joined onto an upstream's base
+/// path and resolved there (most servers do), `/v1/../../admin` reaches outside the base path
+/// with the proxy's credentials, and the routes would have judged a path the upstream never
+/// serves.
+pub fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
+    path.split(['/', '\\']).any(|segment| {
+        let (mut rest, mut dots) = (segment.as_bytes(), 0);
+        while !rest.is_empty() {
+            rest = match rest {
+                [b'.', tail @ ..] => tail,
+                [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+                _ => return false,
+            };
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +226,16 @@ mod tests {
         {
             assert_eq!(a.lookup(path).unwrap(), want);
             assert_eq!(b.lookup(path).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn dot_segments_plain_or_encoded_are_found() {
+        for path in ["/v1/../admin", "/v1/./x", "/..", "/v1/%2e%2E/x", "/v1/.%2e", "/v1\\..\\x", "/v1/.."] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/v1/chat/completions", "/v1/file.json", "/v1/...", "/v1/.well-known", "/v1/%2f", "/"] {
+            assert!(!has_dot_segment(path), "{path}");
         }
     }
 
