@@ -77,6 +77,29 @@ async fn model_rules_take_precedence_and_need_every_condition() {
     }
 }
 
+#[tokio::test]
+async fn a_host_rule_matches_http_2_requests_too() {
+    // HTTP/2 carries the host as `:authority`, with no Host field: the rule must still see it.
+    let yaml = RULES.replace(
+        "        - {path: \"/v1/chat/completions\", target_group: openai}",
+        "        - {path: \"/v1/models\", headers: {host: \"127.0.0.1:*\"}, target_group: acme}",
+    );
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    let h1 = client();
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let request = || Request::get(format!("http://{addr}/v1/models")).body(Full::default()).unwrap();
+    for version in [hyper::Version::HTTP_11, hyper::Version::HTTP_2] {
+        let before = upstream_requests(&server, "t");
+        let resp = if version == hyper::Version::HTTP_2 { h2.request(request()) } else { h1.request(request()) };
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.version(), version);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(upstream_requests(&server, "t"), before + 1, "{version:?}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
 fn upstream_requests(server: &llmproxy::server::Server, name: &str) -> u64 {
     let rt = server.shared.runtime();
     rt.groups

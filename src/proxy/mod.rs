@@ -230,7 +230,7 @@ where
     let group_index = fwd
         .rules
         .iter()
-        .find(|r| r.matches(path, model.as_deref(), &head.fields))
+        .find(|r| r.matches(path, model.as_deref(), &head.fields, head.uri.authority().map(|a| a.as_str())))
         .map(|r| r.target)
         .or_else(|| fwd.router.lookup(path).copied())
         .unwrap_or(fwd.default_group);

@@ -33,9 +33,17 @@ impl ConditionalRule {
         Ok(ConditionalRule { path, model: rule.model.as_deref().map(Glob::new), headers, target })
     }
 
-    pub fn matches(&self, path: &str, model: Option<&str>, headers: &Fields) -> bool {
+    /// `authority` is the request target's host (HTTP/2's `:authority`), which a `host`
+    /// condition reads when the request has no `Host` field — HTTP/2 requests carry none.
+    pub fn matches(&self, path: &str, model: Option<&str>, headers: &Fields, authority: Option<&str>) -> bool {
         self.path.as_ref().is_none_or(|r| r.lookup(path).is_some())
             && self.model.as_ref().is_none_or(|g| model.is_some_and(|m| g.matches(m)))
-            && self.headers.iter().all(|(name, g)| headers.get_all(name).any(|v| text(v).is_some_and(|v| g.matches(v))))
+            && self.headers.iter().all(|(name, g)| {
+                let mut values = headers.get_all(name).filter_map(text).peekable();
+                match (values.peek(), authority) {
+                    (None, Some(authority)) if *name == hyper::header::HOST => g.matches(authority),
+                    _ => values.any(|v| g.matches(v)),
+                }
+            })
     }
 }
