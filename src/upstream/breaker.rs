@@ -95,6 +95,30 @@ impl Breaker {
         }
     }
 
+    /// A breaker with new settings that goes on from `previous`: an open breaker stays open
+    /// (an API change to its cooldown must not send traffic back to a failing upstream), and
+    /// the failures counted so far still count. A half-open one becomes open with its cooldown
+    /// over: its probe's outcome goes to `previous`, and waiting for it here would never end.
+    pub fn continuing(threshold: f64, cooldown_secs: u64, previous: &Breaker, now: u64) -> Self {
+        let next = Breaker::new(threshold, cooldown_secs);
+        match previous.state() {
+            State::HalfOpen => {
+                next.state.store(State::Open as u8, Ordering::Release);
+                next.opened_at.store(now.saturating_sub(next.cooldown), Ordering::Release);
+            }
+            state => {
+                next.state.store(state as u8, Ordering::Release);
+                next.opened_at.store(previous.opened_at.load(Ordering::Acquire), Ordering::Release);
+            }
+        }
+        for (to, from) in next.buckets.iter().zip(&previous.buckets) {
+            to.second.store(from.second.load(Ordering::Acquire), Ordering::Release);
+            to.total.store(from.total.load(Ordering::Acquire), Ordering::Release);
+            to.failures.store(from.failures.load(Ordering::Acquire), Ordering::Release);
+        }
+        next
+    }
+
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
@@ -213,6 +237,35 @@ mod tests {
     fn fail(b: &Breaker, now: u64) -> Option<Transition> {
         let (a, _) = b.admit(now);
         b.record(a, false, now)
+    }
+
+    #[test]
+    fn new_settings_keep_an_open_breaker_open_and_never_wait_on_a_probe_elsewhere() {
+        let old = Breaker::new(0.5, 30);
+        let t = 100 * NANOS_PER_SEC;
+        for _ in 0..5 {
+            let (a, _) = old.admit(t);
+            old.record(a, false, t);
+        }
+        assert_eq!(old.state(), State::Open);
+        let next = Breaker::continuing(0.9, 60, &old, t);
+        assert_eq!(next.state(), State::Open, "still open under the new cooldown");
+        assert!(!next.available(t + 31 * NANOS_PER_SEC) && next.available(t + 60 * NANOS_PER_SEC));
+        // The old one sent its probe; the new one probes at once rather than wait for it.
+        let (probe, _) = old.admit(t + 31 * NANOS_PER_SEC);
+        assert_eq!(probe, Admission::Probe);
+        let next = Breaker::continuing(0.9, 60, &old, t + 31 * NANOS_PER_SEC);
+        assert_eq!(next.admit(t + 31 * NANOS_PER_SEC).0, Admission::Probe);
+        // A closed one keeps the failures it counted.
+        let closed = Breaker::new(0.5, 30);
+        for _ in 0..4 {
+            let (a, _) = closed.admit(t);
+            closed.record(a, false, t);
+        }
+        let next = Breaker::continuing(0.5, 10, &closed, t);
+        let (a, _) = next.admit(t);
+        next.record(a, false, t);
+        assert_eq!(next.state(), State::Open, "the fifth failure trips it");
     }
 
     #[test]

@@ -91,9 +91,12 @@ impl Upstream {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let same = previous.filter(|p| p.config.url == cfg.url && p.config.mock == cfg.mock);
-        let breaker = match (&cfg.breaker, same) {
-            (Some(b), Some(p)) if p.config.breaker.as_ref() == Some(b) => p.breaker.clone(),
-            (Some(b), _) => Some(Arc::new(Breaker::new(b.threshold, b.cooldown))),
+        let breaker = match (&cfg.breaker, same.and_then(|p| p.breaker.as_ref().map(|old| (p, old)))) {
+            (Some(b), Some((p, old))) if p.config.breaker.as_ref() == Some(b) => Some(old.clone()),
+            (Some(b), Some((_, old))) => {
+                Some(Arc::new(Breaker::continuing(b.threshold, b.cooldown, old, crate::clock::now())))
+            }
+            (Some(b), None) => Some(Arc::new(Breaker::new(b.threshold, b.cooldown))),
             (None, _) => None,
         };
         let rate = cfg
