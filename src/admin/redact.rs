@@ -90,12 +90,18 @@ fn restore_at(new: &mut Value, old: Option<&Value>, path: &str) -> Result<(), St
         }
         Value::Array(items) => {
             let olds = old.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-            for (i, child) in items.iter_mut().enumerate() {
-                let prev = match identity(child) {
-                    Some(id) => olds.iter().find(|o| identity(o).as_ref() == Some(&id)),
+            for i in 0..items.len() {
+                // The n-th item with a name matches the n-th old one with it (two operations
+                // on one header keep their own values).
+                let id = identity(&items[i]);
+                let prev = match &id {
+                    Some(id) => {
+                        let nth = items[..i].iter().filter(|x| identity(x).as_ref() == Some(id)).count();
+                        olds.iter().filter(|o| identity(o).as_ref() == Some(id)).nth(nth)
+                    }
                     None => olds.get(i),
                 };
-                restore_at(child, prev, &format!("{path}[{i}]"))?;
+                restore_at(&mut items[i], prev, &format!("{path}[{i}]"))?;
             }
         }
         Value::String(n) if n.contains(MASK) => match old {
@@ -147,6 +153,18 @@ mod tests {
         let mut back = shown.clone();
         restore(&mut back, &original).unwrap();
         assert_eq!(back, original);
+    }
+
+    #[test]
+    fn two_operations_on_one_header_keep_their_own_secrets() {
+        let original = json!({"headers": [
+            {"op": "insert", "key": "x-api-key", "value": "first"},
+            {"op": "replace", "key": "x-api-key", "value": "second"}
+        ]});
+        let mut shown = original.clone();
+        redact(&mut shown);
+        restore(&mut shown, &original).unwrap();
+        assert_eq!(shown, original);
     }
 
     #[test]
