@@ -801,3 +801,16 @@ async fn a_path_climbing_out_of_the_upstream_base_is_refused() {
     get(addr, "/v1/files/report.v2.json").await;
     assert_eq!(up.log.requests(), 1, "dots inside names are fine");
 }
+
+#[tokio::test]
+async fn credentials_in_the_upstream_url_are_sent_as_basic_auth() {
+    let up = TestUpstream::start().await;
+    let url = up.url("/v1").replace("http://", "http://alice:p%40ss@");
+    let server = start(&single_upstream_config(&url, "", "")).await;
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, StatusCode::OK);
+    let echoed = json_of(&body);
+    // base64("alice:p@ss")
+    assert_eq!(echoed["headers"]["authorization"][0], "Basic YWxpY2U6cEBzcw==");
+    assert!(!echoed["headers"]["host"][0].as_str().unwrap().contains('@'), "{echoed}");
+}

@@ -67,13 +67,18 @@ impl Upstream {
             Some(mock) => Target::Mock(mock.clone()),
             None => Target::Http(HttpTarget::parse(&cfg.url)?),
         };
+        let basic = |username: &str, password: &str| {
+            sensitive(&format!("Basic {}", crate::base64::encode(format!("{username}:{password}").as_bytes())))
+        };
         let authorization = match &cfg.auth {
-            Auth::None => None,
+            // Credentials written into the URL (`https://user:pass@host`) are basic auth, as
+            // HTTP clients (LLMProxy's among them) send them; they never travel in the URL.
+            Auth::None => match &target {
+                Target::Http(t) => t.userinfo().map(|(user, pass)| basic(&user, &pass)).transpose()?,
+                Target::Mock(_) => None,
+            },
             Auth::Bearer { token } => Some(sensitive(&format!("Bearer {token}"))?),
-            Auth::Basic { username, password } => Some(sensitive(&format!(
-                "Basic {}",
-                crate::base64::encode(format!("{username}:{password}").as_bytes())
-            ))?),
+            Auth::Basic { username, password } => Some(basic(username, password)?),
         };
         let header_ops = cfg
             .headers

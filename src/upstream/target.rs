@@ -56,6 +56,13 @@ impl HttpTarget {
         })
     }
 
+    /// The user name and password written into the URL, percent-decoded, if any.
+    pub fn userinfo(&self) -> Option<(String, String)> {
+        let (userinfo, _) = self.authority.as_str().rsplit_once('@')?;
+        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        Some((crate::percent::decode(user), crate::percent::decode(pass)))
+    }
+
     /// The upstream path and query for a client request. When the join leaves the client's
     /// unchanged (an upstream URL without a path, or whose path the client's starts with, and
     /// without a query of its own) the client's is reused as it is: no string is built or
