@@ -595,29 +595,18 @@ async fn attempt(
                     Some(Ok(resp)) => Ok(resp.map(UpstreamBody::Direct)),
                 }
             } else {
-                let mut sent_again = false;
-                loop {
-                    let headers = headers::upstream_headers(&out.head.fields, upstream, &fwd);
-                    let req = match client_request(target, out, path.clone(), headers) {
-                        Ok(r) => r,
-                        Err(e) => return Outcome::Invalid(e),
-                    };
-                    match within(&mut sleep, Box::pin(group.client.send(req))).await {
-                        None => break Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
-                        // As on the direct path: an idempotent request whose connection closed
-                        // before any answer — a pooled connection the upstream let go as the
-                        // request went out — is sent once more (hyper itself does so only when
-                        // the request was not written yet).
-                        Some(Err(e)) if !sent_again && out.head.method.is_idempotent() && closed_before_answer(&e) => {
-                            sent_again = true;
-                        }
-                        Some(Err(e)) => break Err(upstream_error(upstream, &e)),
-                        Some(Ok(resp)) => {
-                            let (mut head, body) = resp.into_parts();
-                            headers::strip_hop_by_hop(&mut head.headers);
-                            let fields = head.headers.into();
-                            break Ok(Answer { status: head.status, fields, body: UpstreamBody::Http(body) });
-                        }
+                let headers = headers::upstream_headers(&out.head.fields, upstream, &fwd);
+                let req = match client_request(target, out, path, headers) {
+                    Ok(r) => r,
+                    Err(e) => return Outcome::Invalid(e),
+                };
+                match within(&mut sleep, Box::pin(group.client.send(req))).await {
+                    None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
+                    Some(Err(e)) => Err(upstream_error(upstream, &e)),
+                    Some(Ok(resp)) => {
+                        let (mut head, body) = resp.into_parts();
+                        headers::strip_hop_by_hop(&mut head.headers);
+                        Ok(Answer { status: head.status, fields: head.headers.into(), body: UpstreamBody::Http(body) })
                     }
                 }
             }
@@ -767,35 +756,8 @@ fn direct_error(upstream: &Upstream, e: &crate::upstream::direct::SendError) -> 
     }
 }
 
-/// Whether the client's error says the connection closed (or was reset) before an answer came.
-fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
-            || s.downcast_ref::<std::io::Error>().is_some_and(crate::upstream::direct::closed)
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// The innermost cause of a client error: hyper-util's own message ("client error (Connect)")
-/// says less than the refused connection or failed handshake under it.
-pub fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut cause = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        cause = s.to_string();
-        source = s.source();
-    }
-    cause
-}
-
 fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> (Failure, ApiError) {
-    let cause = error_chain(e);
+    let cause = crate::upstream::client::error_chain(e);
     if e.is_connect() {
         (Failure::Connect, ApiError::bad_gateway(format!("cannot connect to upstream {}: {cause}", upstream.name)))
     } else {

@@ -1,5 +1,4 @@
-//! The pooled HTTP client of an upstream group: HTTP/1.1 and HTTP/2 (by ALPN), TLS with the
-//! webpki roots compiled in (a static binary on a bare host trusts public CAs), connect timeout
+//! The pooled HTTP client of an upstream group: HTTP/1.1, TLS with the webpki roots compiled in (a static binary on a bare host trusts public CAs), connect timeout
 //! (over the whole connect: TCP, the proxy's handshake and TLS), TCP keepalive, pool idle
 //! timeout, and an optional outbound proxy (HTTP CONNECT or SOCKS5).
 //! Plain `http://` upstreams reached without a proxy use [`super::direct`] instead, which is
@@ -100,13 +99,64 @@ impl HttpClient {
         }
     }
 
+    /// Sends `req`. As [`super::direct::DirectPool::send`] does, an idempotent request whose
+    /// connection closed before any answer — a pooled connection the upstream let go as the
+    /// request went out — is sent once more; hyper itself does so only for a request it had not
+    /// written yet.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
+        let again = req.method().is_idempotent().then(|| copy(&req));
+        match self.send_once(req).await {
+            Err(e) if closed_before_answer(&e) => match again {
+                Some(req) => self.send_once(req).await,
+                None => Err(e),
+            },
+            sent => sent,
+        }
+    }
+
+    async fn send_once(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
         match self {
             HttpClient::Direct(c) => c.request(req).await,
             HttpClient::Tunnel(c) => c.request(req).await,
             HttpClient::Socks(c) => c.request(req).await,
         }
     }
+}
+
+fn copy(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Whether the error says the connection closed (or was reset) before an answer came.
+fn closed_before_answer(e: &Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message)
+            || s.downcast_ref::<std::io::Error>().is_some_and(super::direct::closed)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The innermost cause of a client error: hyper-util's own message ("client error (Connect)")
+/// says less than the refused connection or failed handshake under it.
+pub fn error_chain(e: &Error) -> String {
+    use std::error::Error;
+    let mut cause = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    cause
 }
 
 /// A connector whose whole connect — TCP, the proxy's CONNECT or SOCKS5 exchange, the TLS

@@ -95,7 +95,7 @@ pub async fn check(upstream: &Upstream, cfg: &config::HealthCheck, client: &Http
                 req.headers_mut().insert(HOST, t.host_value.clone());
                 req.headers_mut().insert(USER_AGENT, HeaderValue::from_static(crate::config::parse::DEFAULT_AGENT));
                 crate::proxy::headers::apply_upstream_headers(req.headers_mut(), upstream);
-                let resp = client.send(req).await.map_err(|e| crate::proxy::error_chain(&e))?;
+                let resp = client.send(req).await.map_err(|e| super::client::error_chain(&e))?;
                 let status = resp.status();
                 // Drain so the pooled connection can be reused for the next check.
                 let _ = resp.into_body().collect().await;
