@@ -623,6 +623,16 @@ data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},
 data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":34,\"total_tokens\":46}}\n\n\
 data: [DONE]\n\n";
 
+    /// `OPENAI_SSE` with `id:` (ended by `id_end`) and `event:` fields on every event.
+    fn openai_sse_with_fields(id_end: &str) -> String {
+        OPENAI_SSE
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .enumerate()
+            .map(|(i, e)| format!("id: {i}{id_end}event: chunk\n{e}\n\n"))
+            .collect()
+    }
+
     #[test]
     fn openai_stream_usage_in_any_framing() {
         for piece in [1, 3, 7, 64, 10_000] {
@@ -651,12 +661,7 @@ data: [DONE]\n\n";
     fn stripping_removes_the_fields_of_the_usage_event_and_keeps_the_others() {
         // Every event carries `id:` and `event:` fields; the usage chunk's must go with it, or
         // they would join the next event (`[DONE]` would arrive as a `chunk` with id 3).
-        let with_fields: String = OPENAI_SSE
-            .split("\n\n")
-            .filter(|e| !e.is_empty())
-            .enumerate()
-            .map(|(i, e)| format!("id: {i}\r\nevent: chunk\n{e}\n\n"))
-            .collect();
+        let with_fields = openai_sse_with_fields("\r\n");
         let without: String = with_fields.split_inclusive("\n\n").filter(|e| !e.contains("\"choices\":[]")).collect();
         assert_ne!(with_fields, without);
         for piece in [1, 3, 17, 10_000] {
@@ -687,12 +692,7 @@ data: [DONE]\n\n";
     #[test]
     fn lines_ended_by_cr_or_crlf_are_read_and_stripped_in_any_framing() {
         // SSE ends a line with LF, CRLF or a lone CR; a CRLF may be split across two frames.
-        let with_fields: String = OPENAI_SSE
-            .split("\n\n")
-            .filter(|e| !e.is_empty())
-            .enumerate()
-            .map(|(i, e)| format!("id: {i}\nevent: chunk\n{e}\n\n"))
-            .collect();
+        let with_fields = openai_sse_with_fields("\n");
         for ending in ["\r", "\r\n"] {
             let body = with_fields.replace('\n', ending);
             let without: String =

@@ -24,7 +24,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,22 +97,24 @@ struct Listener {
     header_timeout: Duration,
 }
 
+impl Listener {
+    /// Binds `address:port` and reads the TLS files, if any.
+    fn open(role: Role, address: IpAddr, port: u16, tls: Option<&config::Tls>, connect: u64) -> Result<Self, String> {
+        Ok(Listener {
+            role,
+            socket: listener::bind(SocketAddr::new(address, port))?,
+            tls: tls.map(tls::CertSlot::load).transpose()?,
+            header_timeout: Duration::from_secs(connect),
+        })
+    }
+}
+
 fn forward_listener(f: &config::Forward) -> Result<Listener, String> {
-    Ok(Listener {
-        role: Role::Forward(f.name.as_str().into()),
-        socket: listener::bind(SocketAddr::new(f.address, f.port))?,
-        tls: f.tls.as_ref().map(tls::CertSlot::load).transpose()?,
-        header_timeout: Duration::from_secs(f.timeout.connect),
-    })
+    Listener::open(Role::Forward(f.name.as_str().into()), f.address, f.port, f.tls.as_ref(), f.timeout.connect)
 }
 
 fn admin_listener(a: &config::Admin) -> Result<Listener, String> {
-    Ok(Listener {
-        role: Role::Admin,
-        socket: listener::bind(SocketAddr::new(a.address, a.port))?,
-        tls: a.tls.as_ref().map(tls::CertSlot::load).transpose()?,
-        header_timeout: Duration::from_secs(a.timeout.connect),
-    })
+    Listener::open(Role::Admin, a.address, a.port, a.tls.as_ref(), a.timeout.connect)
 }
 
 /// Says so when the configuration API is reachable from other hosts yet unprotected — it then
