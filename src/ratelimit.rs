@@ -44,12 +44,7 @@ impl Gcra {
             Some((old, tat)) if *old == gcra => tat.load(Ordering::Acquire),
             Some((old, tat)) => {
                 let owed_requests = tat.load(Ordering::Acquire).saturating_sub(now) / old.interval.max(1);
-                let owed = owed_requests.saturating_mul(gcra.interval).min(gcra.tolerance + gcra.interval);
-                if owed == 0 {
-                    0
-                } else {
-                    now + owed
-                }
+                now + owed_requests.saturating_mul(gcra.interval).min(gcra.tolerance + gcra.interval)
             }
         };
         (gcra, AtomicU64::new(tat))
