@@ -67,6 +67,29 @@ async fn retry_after_is_honoured_and_capped() {
 }
 
 #[tokio::test]
+async fn providers_overload_and_millisecond_waits_are_understood() {
+    let up = TestUpstream::start().await;
+    let yaml = group_config(&[("only", up.url(""), "")], "    http_client: {retry: {attempts: 1, initial: 100}}");
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    // Anthropic's 529 (overloaded_error) is an upstream failure worth another attempt.
+    let (status, _, _) = get(addr, "/v1/flaky?fail=1&code=529").await;
+    assert_eq!(status, 200, "529 is retried");
+    assert_eq!(up.log.requests(), 2);
+
+    // Azure OpenAI's `retry-after-ms` (finer than `Retry-After`, which it may send as 1) rules.
+    let up = TestUpstream::start().await;
+    let yaml = group_config(&[("only", up.url(""), "")], "    http_client: {retry: {attempts: 1, initial: 100}}");
+    let server = start(&yaml).await;
+    let started = Instant::now();
+    let (status, _, _) =
+        get(server.forward_addr("main").unwrap(), "/v1/flaky?fail=1&code=429&retry_after_ms=700").await;
+    assert_eq!(status, 200);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(690), "waited {waited:?}, retry-after-ms said 700 ms");
+}
+
+#[tokio::test]
 async fn retry_after_holds_back_only_the_upstream_that_sent_it() {
     // a asks for 1 s, b for an hour: the third attempt waits for a's time and goes to a, rather
     // than giving up because b's wait is beyond what the proxy waits.

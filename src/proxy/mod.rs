@@ -634,8 +634,10 @@ async fn attempt(
     let head_at = verdict.record(failure, arrived);
     let facts = AnswerFacts::read(&resp.fields);
     // Only a failure's `Retry-After` matters (it delays the next attempt).
-    let retry_after =
-        failure.and_then(|_| text(facts.retry_after?)).and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+    let retry_after = failure.and_then(|_| {
+        let ms = facts.retry_after_ms.and_then(text).and_then(retry::parse_retry_after_ms);
+        ms.or_else(|| retry::parse_retry_after(text(facts.retry_after?)?, SystemTime::now()))
+    });
     let telemetry = Telemetry { member: member.metrics.clone(), sent_at, first_byte_ms: None };
     let content_type = facts.content_type.unwrap_or_default();
     let is_sse = content_type.get(..17).is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"));
@@ -675,6 +677,7 @@ struct AnswerFacts<'a> {
     content_type: Option<&'a [u8]>,
     content_encoding: Option<&'a [u8]>,
     retry_after: Option<&'a [u8]>,
+    retry_after_ms: Option<&'a [u8]>,
 }
 
 impl<'a> AnswerFacts<'a> {
@@ -683,6 +686,7 @@ impl<'a> AnswerFacts<'a> {
         for (name, value) in fields.iter() {
             let slot = match name.len() {
                 11 if name.eq_ignore_ascii_case(b"retry-after") => &mut facts.retry_after,
+                14 if name.eq_ignore_ascii_case(b"retry-after-ms") => &mut facts.retry_after_ms,
                 12 if name.eq_ignore_ascii_case(b"content-type") => &mut facts.content_type,
                 16 if name.eq_ignore_ascii_case(b"content-encoding") => &mut facts.content_encoding,
                 _ => continue,

@@ -8,9 +8,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Statuses worth another attempt: rate limited, or a server/gateway failure that another try
-/// (or another upstream) may not have. Other statuses — 4xx above all — are the answer.
+/// (or another upstream) may not have — among them Anthropic's 529, "overloaded", which is
+/// exactly when another upstream should answer. Other statuses — 4xx above all — are the answer.
 pub fn is_retryable_status(status: u16) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
+    matches!(status, 429 | 500 | 502 | 503 | 504 | 529)
 }
 
 /// What the breaker and the load statistics count as a failure of the upstream.
@@ -36,6 +37,13 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let at = parse_http_date(v)?;
     let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
     Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Parses `retry-after-ms` (Azure OpenAI, and read first by OpenAI's SDKs): milliseconds, maybe
+/// with a fraction. Finer than `Retry-After`'s whole seconds, so it is preferred when both come.
+pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+    let ms: f64 = value.trim().parse().ok().filter(|ms: &f64| ms.is_finite() && *ms >= 0.0)?;
+    Duration::try_from_secs_f64(ms / 1000.0).ok()
 }
 
 fn parse_http_date(s: &str) -> Option<u64> {
@@ -97,6 +105,11 @@ mod tests {
             "past dates mean now"
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after_ms("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_retry_after_ms(" 2.5 "), Some(Duration::from_micros(2500)));
+        for bad in ["-1", "NaN", "inf", "1e400", "soon", ""] {
+            assert_eq!(parse_retry_after_ms(bad), None, "{bad}");
+        }
         assert_eq!(parse_retry_after("Sun, 32 Nov 1994 08:49:37 GMT", now), None);
         for huge in ["Sun, 06 Nov 999999999999999 08:49:37 GMT", "Sun, 06 Nov -9223372036854775808 08:49:37 GMT"] {
             assert_eq!(parse_retry_after(huge, now), None, "{huge}: no overflow, not a date");
@@ -118,7 +131,7 @@ mod tests {
 
     #[test]
     fn status_classes() {
-        for s in [429, 500, 502, 503, 504] {
+        for s in [429, 500, 502, 503, 504, 529] {
             assert!(is_retryable_status(s) && is_failure_status(s));
         }
         for s in [400, 401, 404, 413, 422] {

@@ -220,6 +220,9 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
                 if let Some(s) = q.get("retry_after") {
                     r.headers_mut().insert("retry-after", s.parse().unwrap());
                 }
+                if let Some(ms) = q.get("retry_after_ms") {
+                    r.headers_mut().insert("retry-after-ms", ms.parse().unwrap());
+                }
                 r
             } else {
                 json(StatusCode::OK, serde_json::json!({"ok": true}))
