@@ -154,7 +154,7 @@ pub fn sse(data: &[u8]) {
         (s.finish(), out)
     };
     let mut counted = None;
-    for ct in ["text/event-stream", "application/json"] {
+    for ct in ["text/event-stream", "application/json", "application/x-ndjson"] {
         let (whole, out) = run(ct, false, body.len());
         assert_eq!(out, body, "{ct}: bytes changed");
         let (pieces, out) = run(ct, false, step);
@@ -162,6 +162,8 @@ pub fn sse(data: &[u8]) {
         assert_eq!(whole, pieces, "{ct}: framing changed the usage read");
         counted.get_or_insert(whole);
     }
+    // Stripping applies to SSE only: a newline-delimited JSON stream is never rewritten.
+    assert_eq!(run("application/x-ndjson", true, step).1, body, "an NDJSON stream was rewritten");
     let (whole, stripped) = run("text/event-stream", true, body.len());
     assert_eq!(Some(whole), counted, "stripping changed the usage read");
     // Lines shorter than the scanner's line limit (1 MiB; fuzz inputs are at most 64 KiB) are

@@ -1,8 +1,8 @@
 //! The built-in mock upstream (`url: "mock://"`).
 //!
 //! It answers the OpenAI and Anthropic wire formats closely enough for the official SDKs:
-//! chat completions (JSON and SSE), model lists, embeddings, and Anthropic messages (JSON and
-//! SSE events), with a configurable time to first token, delay between tokens, answer length and
+//! chat completions (JSON and SSE), model lists, embeddings, Anthropic messages (JSON and SSE
+//! events), and Ollama's native chat and generate (JSON and newline-delimited JSON), with a configurable time to first token, delay between tokens, answer length and
 //! error rate. It runs in-process (no socket), so `config.default.yaml` works with no keys and no
 //! network, and users can rehearse latency and outages against the real proxy path.
 
@@ -66,6 +66,8 @@ pub async fn respond(cfg: &Mock, method: &Method, path: &str, body: &[u8]) -> Re
         (&Method::POST, _) if route("/chat/completions") => chat(cfg, &request, body.len()).await,
         (&Method::POST, _) if route("/messages") => messages(cfg, &request, body.len()).await,
         (&Method::POST, _) if route("/embeddings") => embeddings(cfg, &request),
+        (&Method::POST, _) if route("/api/chat") => ollama(cfg, &request, body.len(), Ollama::Chat).await,
+        (&Method::POST, _) if route("/api/generate") => ollama(cfg, &request, body.len(), Ollama::Generate).await,
         (&Method::GET, _) if route("/models") => models(cfg),
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -217,6 +219,46 @@ async fn messages(cfg: &Mock, request: &Value, body_len: usize) -> Response<Prox
     ));
     frames.push_back(event("message_stop", json!({"type": "message_stop"})));
     sse_response(frames, Duration::from_millis(cfg.token_delay_ms))
+}
+
+#[derive(Clone, Copy)]
+enum Ollama {
+    /// `/api/chat`: each piece of text in `message.content`.
+    Chat,
+    /// `/api/generate`: in `response`.
+    Generate,
+}
+
+/// Ollama's native API: it streams unless told `"stream": false`, one JSON object per line, and
+/// counts tokens only in the last object (`"done": true`).
+async fn ollama(cfg: &Mock, request: &Value, body_len: usize, kind: Ollama) -> Response<ProxyBody> {
+    let model = model_of(cfg, request);
+    let piece = |text: String, done: bool| {
+        let mut v = match kind {
+            Ollama::Chat => json!({"model": model, "message": {"role": "assistant", "content": text}, "done": done}),
+            Ollama::Generate => json!({"model": model, "response": text, "done": done}),
+        };
+        if done {
+            let elapsed_ns = generation_time(cfg).as_nanos() as u64;
+            v["done_reason"] = json!("stop");
+            v["total_duration"] = json!(elapsed_ns);
+            v["prompt_eval_count"] = json!(prompt_tokens(body_len));
+            v["eval_count"] = json!(cfg.tokens);
+        }
+        v
+    };
+    if !request.get("stream").and_then(Value::as_bool).unwrap_or(true) {
+        tokio::time::sleep(generation_time(cfg)).await;
+        return json_response(StatusCode::OK, piece(text(cfg.tokens), true));
+    }
+    tokio::time::sleep(Duration::from_millis(cfg.ttft_ms)).await;
+    let line = |v: Value| Bytes::from(format!("{v}\n"));
+    let mut frames: VecDeque<Bytes> = (0..cfg.tokens as usize).map(|i| line(piece(token_word(i), false))).collect();
+    frames.push_back(line(piece(String::new(), true)));
+    let mut resp =
+        Response::new(ProxyBody::boxed(ScheduledBody::new(frames, Duration::from_millis(cfg.token_delay_ms))));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp
 }
 
 fn embeddings(cfg: &Mock, request: &Value) -> Response<ProxyBody> {

@@ -4,6 +4,9 @@
 //!   `usage` (sent when `stream_options.include_usage` is on).
 //! - Anthropic JSON: `usage.input_tokens` / `usage.output_tokens`; streams: `message_start`
 //!   (`message.usage`) and `message_delta` (`usage.output_tokens`, cumulative).
+//! - Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`): top-level
+//!   `prompt_eval_count` / `eval_count`, in a JSON answer or in the last line (`"done": true`) of
+//!   a newline-delimited JSON stream (`application/x-ndjson`, Ollama's default).
 //!
 //! Streams are scanned line by line without delaying or copying what the client receives: only
 //! the unfinished tail of a frame is kept to join it with the next one, and only lines that
@@ -28,6 +31,11 @@ pub struct Usage {
 impl Usage {
     pub fn is_empty(&self) -> bool {
         self.prompt.is_none() && self.completion.is_none()
+    }
+
+    /// `Some` when anything was counted.
+    fn counted(self) -> Option<Usage> {
+        (!self.is_empty()).then_some(self)
     }
 }
 
@@ -93,6 +101,9 @@ enum Mode {
 
 pub struct UsageScanner {
     mode: Mode,
+    /// The lines are JSON documents (`application/x-ndjson`), not SSE fields: read as the lines
+    /// of an SSE stream are, and never rewritten.
+    ndjson: bool,
     usage: Usage,
     model: Option<ModelName>,
     /// Remove the usage-only chunk (`"choices": []` with `usage`) from the client stream.
@@ -103,7 +114,8 @@ impl UsageScanner {
     /// A scanner for a response of `content_type`, or `None` when it cannot carry usage.
     pub fn for_content_type(content_type: &[u8], strip: bool) -> Option<Self> {
         let is = |prefix: &[u8]| content_type.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
-        let mode = if is(b"text/event-stream") {
+        let ndjson = is(b"application/x-ndjson");
+        let mode = if is(b"text/event-stream") || ndjson {
             Mode::Sse {
                 partial: Vec::new(),
                 overlong: false,
@@ -117,7 +129,7 @@ impl UsageScanner {
         } else {
             return None;
         };
-        Some(UsageScanner { mode, usage: Usage::default(), model: None, strip })
+        Some(UsageScanner { mode, ndjson, usage: Usage::default(), model: None, strip: strip && !ndjson })
     }
 
     /// Whether what the client receives may differ from what the upstream sent.
@@ -324,6 +336,13 @@ impl UsageScanner {
 
     /// Handles one complete line; returns true when it is a usage-only chunk.
     fn line(&mut self, line: &[u8]) -> bool {
+        if self.ndjson {
+            // Only Ollama's last line counts; every line names the model.
+            if self.model.is_none() || find(line, b"eval_count\"", 0).is_some() || has_usage_object(line) {
+                self.report(line.trim_ascii());
+            }
+            return false;
+        }
         let Some(payload) = line.strip_prefix(b"data:") else { return false };
         // Every OpenAI chunk names the model (and, with include_usage, carries `"usage":null`):
         // once the model is known, only lines with a usage object are parsed.
@@ -350,7 +369,7 @@ impl UsageScanner {
             self.model = model.map(|m| ModelName::Owned(m.into_owned()));
         }
         let nested = r.kind.is_some_and(|k| k == b"message_start" || k.starts_with(b"response."));
-        let usage = if nested { r.message_usage } else { r.usage };
+        let usage = if nested { r.message_usage } else { r.usage.or(r.ollama.counted()) };
         let Some(u) = usage else { return false };
         self.note(u);
         r.kind.is_none() && r.choices_empty == Some(true)
@@ -398,6 +417,15 @@ impl UsageScanner {
     fn report_ends(&mut self, head: &[u8], tail: &[u8]) {
         if let Some(Some(u)) = crate::json_scan::read_last_member(tail, b"usage", 4, counts) {
             self.note(u);
+        } else {
+            // Ollama's counts close its answers (an `/api/embed` of many inputs grows large).
+            let count = |key: &[u8]| {
+                crate::json_scan::read_last_member(tail, key, 6, Scanner::u64_or_other).flatten().filter(sane)
+            };
+            let ollama = Usage { prompt: count(b"prompt_eval_count"), completion: count(b"eval_count") };
+            if let Some(u) = ollama.counted() {
+                self.note(u);
+            }
         }
         if self.model.is_none() {
             // Near the end in some answers (OpenAI embeddings put it after `data`), else first.
@@ -422,6 +450,8 @@ struct Report<'a> {
     message_usage: Option<Usage>,
     /// Whether `choices` is an empty array, when it is an array.
     choices_empty: Option<bool>,
+    /// Ollama's top-level `prompt_eval_count` and `eval_count`.
+    ollama: Usage,
 }
 
 impl<'a> Report<'a> {
@@ -439,6 +469,8 @@ impl<'a> Report<'a> {
                 }
                 b"usage" => r.usage = counts(s)?,
                 b"choices" => r.choices_empty = s.array_is_empty()?,
+                b"prompt_eval_count" => r.ollama.prompt = s.u64_or_other()?.filter(sane),
+                b"eval_count" => r.ollama.completion = s.u64_or_other()?.filter(sane),
                 // Anthropic's `message_start` carries them in `message`, OpenAI's Responses API
                 // events (`response.completed`, …) in `response`.
                 b"message" | b"response" if s.peek_value()? == b'{' => s.object(|s, key, escaped| match key {
@@ -482,7 +514,6 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
         }
         Some(())
     })?;
-    let sane = |n: &u64| *n <= MAX_TOKENS;
     // Only in Anthropic's layout are the cache counts apart from the input count (gateways that
     // report `prompt_tokens` with them include them already).
     let cached = if anthropic { cached.min(MAX_TOKENS) } else { 0 };
@@ -494,6 +525,10 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
 /// More tokens than any request has: a count beyond this is a broken upstream, not usage (and
 /// would make the counter jump, or wrap).
 const MAX_TOKENS: u64 = 1 << 40;
+
+fn sane(n: &u64) -> bool {
+    *n <= MAX_TOKENS
+}
 
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
 /// behalf — an OpenAI-style streaming chat or text completion that does not ask for it — or
@@ -802,6 +837,39 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         let json = r#"{"id":"m","type":"message","model":"claude-x","usage":{"input_tokens":9,"output_tokens":3}}"#;
         let (u, _, _) = scan_in_pieces("application/json", json, 5, false);
         assert_eq!(u, Usage { prompt: Some(9), completion: Some(3) });
+    }
+
+    #[test]
+    fn ollama_native_answers_and_ndjson_streams() {
+        let stream = concat!(
+            r#"{"model":"llama3.2","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"Hi eval_count"},"done":false}"#,
+            "\n",
+            r#"{"model":"llama3.2","created_at":"2026-01-01T00:00:01Z","message":{"role":"assistant","content":"!"},"done":false}"#,
+            "\n",
+            r#"{"model":"llama3.2","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,"total_duration":5589157167,"load_duration":3013701500,"prompt_eval_count":26,"prompt_eval_duration":130079000,"eval_count":298,"eval_duration":2431537000}"#,
+            "\n"
+        );
+        for piece in [1, 5, 64, 10_000] {
+            for strip in [false, true] {
+                let (u, m, out) = scan_in_pieces("application/x-ndjson", stream, piece, strip);
+                assert_eq!(u, Usage { prompt: Some(26), completion: Some(298) }, "piece {piece}");
+                assert_eq!(m.as_deref(), Some("llama3.2"));
+                assert_eq!(out, stream, "never rewritten");
+            }
+        }
+        let answer = r#"{"model":"llama3.2","response":"Hi","done":true,"context":[1,2,3],"prompt_eval_count":26,"eval_count":3}"#;
+        let (u, m, _) = scan_in_pieces("application/json; charset=utf-8", answer, 7, false);
+        assert_eq!((u, m.as_deref()), (Usage { prompt: Some(26), completion: Some(3) }, Some("llama3.2")));
+        // A prompt Ollama had cached has no `prompt_eval_count`.
+        let (u, _, _) = scan_in_pieces("application/json", r#"{"model":"m","done":true,"eval_count":4}"#, 64, false);
+        assert_eq!(u, Usage { prompt: None, completion: Some(4) });
+        // An `/api/embed` of many inputs, too large to keep whole: its count closes it.
+        let vector = format!("[{}0.5]", "0.25,".repeat(500_000));
+        let embed =
+            format!(r#"{{"model":"all-minilm","embeddings":[{vector}],"total_duration":1,"prompt_eval_count":8}}"#);
+        assert!(embed.len() > MAX_JSON);
+        let (u, m, _) = scan_in_pieces("application/json", &embed, 16 * 1024, false);
+        assert_eq!((u, m.as_deref()), (Usage { prompt: Some(8), completion: None }, Some("all-minilm")));
     }
 
     #[test]

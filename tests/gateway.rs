@@ -276,7 +276,7 @@ async fn tokens(server: &llmproxy::server::Server) -> String {
 }
 
 #[tokio::test]
-async fn tokens_are_counted_for_openai_and_anthropic_json_and_sse() {
+async fn tokens_are_counted_for_openai_anthropic_and_ollama_answers_and_streams() {
     let server =
         start(&single_upstream_config("mock://", "    mock: {ttft_ms: 0, token_delay_ms: 0, tokens: 7}", "")).await;
     let addr = server.forward_addr("main").unwrap();
@@ -287,12 +287,15 @@ async fn tokens_are_counted_for_openai_and_anthropic_json_and_sse() {
         ("/v1/messages", "m-anthropic-json", false),
         ("/v1/chat/completions", "m-openai-sse", true),
         ("/v1/messages", "m-anthropic-sse", true),
+        ("/api/chat", "m-ollama-json", false),
+        ("/api/generate", "m-ollama-ndjson", true),
     ] {
         let body = format!("{{\"model\":\"{model}\",\"stream\":{stream}}}");
         expected.push((model, body.len() / 4));
         let (status, headers, _) = post(addr, path, body).await;
         assert_eq!(status, 200);
-        assert_eq!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"), stream);
+        let streamed = ["text/event-stream", "application/x-ndjson"].map(|t| headers["content-type"] == t);
+        assert_eq!(streamed.contains(&true), stream, "{path}");
     }
     let t = tokens(&server).await;
     for (model, prompt) in expected {
