@@ -26,6 +26,10 @@ pub struct HeadFacts {
     pub content_length: Option<u64>,
 }
 
+/// At most this many header names that a `Connection` field lists are honoured (stripped as
+/// hop-by-hop); real peers list one or two, and a list of thousands must cost no more.
+pub const MAX_LISTED: usize = 16;
+
 impl HeadFacts {
     /// Notes the field `name: value` if framing or the connection depends on it (the names are
     /// told apart by length first: most fields cost one comparison). A malformed or conflicting
@@ -46,6 +50,8 @@ impl HeadFacts {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if self.listed.len() >= MAX_LISTED {
+                // A list no real peer sends: the rest of its names are not looked at.
             } else if let Ok(name) = HeaderName::from_bytes(token) {
                 self.listed.push(name);
             }

@@ -6,6 +6,7 @@
 //! client's, so pass-through setups keep working.
 
 use crate::fields::{name_is, Fields};
+use crate::http1::MAX_LISTED;
 use crate::upstream::header_plan::Outcome;
 use crate::upstream::Upstream;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -74,6 +75,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 ///   identity` (the proxy reads token usage from answers, which it cannot in compressed ones;
 ///   LLM answers are small), and — when the upstream has `auth` — `Authorization`, replacing
 ///   every value the client sent;
+/// - when the proxy supplies the upstream's credentials, none of the client's (`Authorization`,
+///   `x-api-key`, `api-key`, `x-goog-api-key`) is forwarded;
 /// - then the upstream's header operations apply, as planned at load time.
 pub fn for_each_upstream_header(
     client: &Fields,
@@ -94,16 +97,24 @@ pub fn for_each_upstream_header(
             Outcome::Set(_) | Outcome::Drop => {}
         }
     };
-    let replaces_authorization = upstream.authorization.is_some();
-    // Whether `Connection` names any header beyond the hop-by-hop ones (rare: clients send
-    // `keep-alive` or `close`); only then is each field looked for among its tokens.
-    let connection_lists = connection_tokens(client).any(|t| !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t));
+    // The headers `Connection` names beyond the hop-by-hop ones (rare: clients send
+    // `keep-alive` or `close`), gathered once so that a long list costs one pass, not one per
+    // field; names beyond the first `MAX_LISTED` are forwarded.
+    let mut listed: [&[u8]; MAX_LISTED] = [&[]; MAX_LISTED];
+    let mut count = 0;
+    let names =
+        connection_tokens(client).filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t));
+    for (slot, name) in listed.iter_mut().zip(names) {
+        *slot = name;
+        count += 1;
+    }
+    let listed = &listed[..count];
     let mut prior_forwarded_for = false;
     for (name, value) in client.iter() {
         if is_hop_by_hop(name)
             || set_by_proxy(name)
-            || (replaces_authorization && name_is(name, &header::AUTHORIZATION))
-            || (connection_lists && connection_tokens(client).any(|t| t.eq_ignore_ascii_case(name)))
+            || (upstream.supplies_credentials && crate::upstream::is_credential(name))
+            || listed.iter().any(|t| t.eq_ignore_ascii_case(name))
         {
             continue;
         }
@@ -297,6 +308,60 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer passthrough"));
         rewrite(&mut h, &upstream(Auth::None, vec![]));
         assert_eq!(h[header::AUTHORIZATION], "Bearer passthrough");
+    }
+
+    #[test]
+    fn no_client_credential_reaches_an_upstream_whose_credentials_the_proxy_sets() {
+        let client = || {
+            let mut h = HeaderMap::new();
+            for (name, value) in [
+                ("authorization", "Bearer sk-client"),
+                ("x-api-key", "sk-ant-client"),
+                ("api-key", "azure-client"),
+                ("x-goog-api-key", "g"),
+            ] {
+                h.insert(name, HeaderValue::from_static(value));
+            }
+            h
+        };
+        let sent = |u: &Upstream| {
+            let mut h = client();
+            rewrite(&mut h, u);
+            ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+                .map(|n| h.get(n).map(|v| v.to_str().unwrap().to_string()))
+        };
+        let replace =
+            |key: &str, value: &str| HeaderOp { op: HeaderOpKind::Replace, key: key.into(), value: Some(value.into()) };
+        let insert =
+            |key: &str, value: &str| HeaderOp { op: HeaderOpKind::Insert, key: key.into(), value: Some(value.into()) };
+        let own = |v: &str| Some(v.to_string());
+        assert_eq!(
+            sent(&upstream(Auth::Bearer { token: "sk-up".into() }, vec![])),
+            [own("Bearer sk-up"), None, None, None]
+        );
+        // Anthropic, as the README sets it up: the proxy's key in x-api-key, nothing of the client's.
+        assert_eq!(
+            sent(&upstream(Auth::None, vec![replace("x-api-key", "sk-ant-up")])),
+            [None, own("sk-ant-up"), None, None]
+        );
+        // The client's credentials pass only where the proxy sets none, or lets the client's win.
+        let passthrough = [own("Bearer sk-client"), own("sk-ant-client"), own("azure-client"), own("g")];
+        assert_eq!(sent(&upstream(Auth::None, vec![])), passthrough);
+        assert_eq!(sent(&upstream(Auth::None, vec![insert("api-key", "azure-up")])), passthrough);
+    }
+
+    #[test]
+    fn a_long_connection_list_is_honoured_up_to_its_limit() {
+        let names: Vec<String> = (0..=MAX_LISTED).map(|i| format!("x-hop-{i}")).collect();
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_str(&format!("close, {}", names.join(", "))).unwrap());
+        for name in &names {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("1"));
+        }
+        rewrite(&mut h, &upstream(Auth::None, vec![]));
+        let (honoured, beyond) = names.split_at(MAX_LISTED);
+        assert!(honoured.iter().all(|n| !h.contains_key(n.as_str())), "listed: hop-by-hop");
+        assert!(h.contains_key(beyond[0].as_str()), "beyond the limit: forwarded");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::metrics::families::MemberMetrics;
 use crate::metrics::Counter;
 use crate::ratelimit::Gcra;
 use breaker::Breaker;
-use header_plan::{HeaderOp, PlannedHeader};
+use header_plan::{HeaderOp, Outcome, PlannedHeader};
 use hyper::header::{HeaderName, HeaderValue};
 use load::Load;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +33,10 @@ pub struct Upstream {
     pub authorization: Option<HeaderValue>,
     /// The `headers` operations, reduced to their net effect per header name.
     pub header_plan: Vec<PlannedHeader>,
+    /// The proxy sets this upstream's credentials (`auth`, URL credentials, or an operation
+    /// that replaces a credential header), so no credential the client sent is forwarded: a
+    /// client's key for one provider must never reach another.
+    pub supplies_credentials: bool,
     /// Shared with the upstream this one replaces on a reload when the breaker settings and the
     /// target are the same (an open breaker stays open).
     pub breaker: Option<Arc<Breaker>>,
@@ -50,6 +54,14 @@ pub struct Upstream {
     /// The configuration this was compiled from: a runtime swap keeps this upstream (and its
     /// breaker, load statistics and health state) when the new configuration is identical.
     pub config: config::Upstream,
+}
+
+/// Request headers that carry an API credential: OpenAI's and most providers' `Authorization`,
+/// Anthropic's `x-api-key`, Azure OpenAI's `api-key`, Google's `x-goog-api-key`.
+pub fn is_credential(name: &[u8]) -> bool {
+    [&b"authorization"[..], b"x-api-key", b"api-key", b"x-goog-api-key"]
+        .iter()
+        .any(|c| c.len() == name.len() && c.eq_ignore_ascii_case(name))
 }
 
 impl Upstream {
@@ -113,11 +125,17 @@ impl Upstream {
             c.add(previous.map_or(0, |p| counter(p).get()));
             c
         };
+        let header_plan = header_plan::plan(&header_ops);
+        let supplies_credentials = authorization.is_some()
+            || header_plan
+                .iter()
+                .any(|p| is_credential(p.name.as_str().as_bytes()) && matches!(p.if_present, Outcome::Set(_)));
         Ok(Upstream {
             name: cfg.name.clone(),
             target,
             authorization,
-            header_plan: header_plan::plan(&header_ops),
+            header_plan,
+            supplies_credentials,
             breaker,
             load: same.map_or_else(|| Arc::new(Load::default()), |p| p.load.clone()),
             rate,
