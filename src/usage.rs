@@ -19,7 +19,6 @@
 
 use crate::json_scan::Scanner;
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -533,19 +532,16 @@ fn sane(n: &u64) -> bool {
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
 /// behalf — an OpenAI-style streaming chat or text completion that does not ask for it — or
 /// `None`.
-/// Without a `stream_options` key the field is inserted textually, so every other byte of the
-/// request stays as the client wrote it.
+/// The field is inserted (or edited) textually, so every other byte of the request stays as
+/// the client wrote it. The body is read with the scanner, never built into a tree: a prompt of
+/// megabytes — or a body crafted as millions of tiny values — costs one pass and no memory.
 pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
-    if !path.trim_end_matches('/').ends_with("/completions") {
+    use crate::json_scan::member;
+    if !path.trim_end_matches('/').ends_with("/completions") || member(body, b"stream")? != b"true" {
         return None;
     }
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object()?;
-    if obj.get("stream").and_then(Value::as_bool) != Some(true) {
-        return None;
-    }
-    match obj.get("stream_options") {
-        Some(o) if o.get("include_usage").and_then(Value::as_bool) == Some(true) => None,
+    match member(body, b"stream_options") {
+        Some(options) if member(options, b"include_usage") == Some(b"true") => None,
         None => {
             let open = body.iter().position(|&b| b == b'{')?;
             let mut out = Vec::with_capacity(body.len() + 40);
@@ -554,17 +550,16 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
             out.extend_from_slice(&body[open + 1..]);
             Some(out.into())
         }
-        Some(_) => {
-            // Edited in place too: an `include_usage` present gets `true`, else the option is
-            // added at the end of the object; a value that is not an object is replaced.
-            let value = crate::json_scan::member(body, b"stream_options")?;
+        Some(value) => {
+            // An `include_usage` present gets `true`, else the option is added at the end of
+            // the object; a value that is not an object is replaced.
             let start = crate::http1::offset_in(body, value) as usize;
             let end = start + value.len();
             // The span of `body` to replace, and what with.
             let (cut, with): (std::ops::Range<usize>, &[u8]) = match value {
                 // An `include_usage` that is not `true` gets `true` (a duplicate key would be
                 // refused by strict decoders).
-                _ if let Some(v) = crate::json_scan::member(value, b"include_usage") => {
+                _ if let Some(v) = member(value, b"include_usage") => {
                     let at = crate::http1::offset_in(body, v) as usize;
                     (at..at + v.len(), b"true")
                 }
@@ -877,7 +872,7 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         let p = "/v1/chat/completions";
         let added = ask_for_usage(p, br#"{"model":"m","stream":true,"messages":[]}"#).unwrap();
         assert_eq!(&added[..], br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#);
-        let v: Value = serde_json::from_slice(
+        let v: serde_json::Value = serde_json::from_slice(
             &ask_for_usage(p, br#"{"stream":true,"stream_options":{"include_usage":false}}"#).unwrap(),
         )
         .unwrap();

@@ -152,3 +152,14 @@ fn metric_recording_allocates_nothing() {
 fn the_counter_does_count() {
     assert_eq!(allocations(|| drop(std::hint::black_box(vec![1u8; 16]))), 1000);
 }
+
+#[test]
+fn asking_for_usage_reads_the_body_without_building_it() {
+    // A body crafted as thousands of tiny strings: parsed into a tree, every one would be an
+    // allocation (and the memory many times the body's size).
+    let body = format!(r#"{{"stream":true,"messages":[{}"a"]}}"#, r#""a","#.repeat(2_000));
+    let mut asked = None;
+    let made = allocations(|| asked = llmproxy::usage::ask_for_usage("/v1/chat/completions", body.as_bytes()));
+    assert!(asked.is_some_and(|b| b.starts_with(br#"{"stream_options":{"include_usage":true},"stream""#)));
+    assert!(made <= 2 * 1000, "{made} allocations for 1000 requests: the edited body, not a tree");
+}
