@@ -42,6 +42,43 @@ pub fn write(level: Level, args: Arguments) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// A value from a client or an upstream in a `key=value` log line. Printed as it is when it is
+/// plain (printable ASCII without spaces, quotes or `=`, the usual model name or path), else
+/// quoted with escapes, so that no value can end the line, forge a field or send terminal
+/// escapes; either way cut to `MAX_FIELD` bytes.
+pub struct Field<'a>(pub &'a str);
+
+/// A model name is at most a few dozen bytes; a longer value is a client's, not a model's.
+const MAX_FIELD: usize = 256;
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut end = self.0.len().min(MAX_FIELD);
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (shown, cut) = (&self.0[..end], end < self.0.len());
+        let plain =
+            !shown.is_empty() && shown.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='));
+        match (plain, cut) {
+            (true, false) => f.write_str(shown),
+            (true, true) => write!(f, "{shown}…"),
+            (false, _) => {
+                f.write_str("\"")?;
+                for c in shown.chars() {
+                    match c {
+                        '"' => f.write_str("\\\"")?,
+                        '\\' => f.write_str("\\\\")?,
+                        c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                        c => write!(f, "{c}")?,
+                    }
+                }
+                f.write_str(if cut { "…\"" } else { "\"" })
+            }
+        }
+    }
+}
+
 /// RFC 3339 UTC with milliseconds, computed without a date crate (days → civil date).
 pub fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -89,5 +126,19 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_308_147_123);
         assert_eq!(timestamp(t), "2026-11-22T00:42:27.123Z");
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn fields_can_neither_end_the_line_nor_forge_a_field() {
+        let shown = |v: &str| Field(v).to_string();
+        assert_eq!(shown("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(shown("/v1/chat/completions?x=1"), "\"/v1/chat/completions?x=1\"");
+        assert_eq!(shown("m\nINFO access status=200"), "\"m\\u{a}INFO access status=200\"");
+        assert_eq!(shown("a \"b\" \\ \u{1b}[31m"), "\"a \\\"b\\\" \\\\ \\u{1b}[31m\"");
+        assert_eq!(shown(""), "\"\"");
+        let long = "é".repeat(200);
+        let cut = shown(&long);
+        assert!(cut.starts_with('"') && cut.ends_with("…\"") && cut.len() < 270, "{cut}");
+        assert_eq!(shown(&"m".repeat(300)), format!("{}…", "m".repeat(256)));
     }
 }

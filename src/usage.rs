@@ -878,6 +878,15 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         .unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert!(ask_for_usage(p, br#"{"stream":true,"stream_options":{"include_usage":true}}"#).is_none());
+        for not_a_streaming_object in
+            [&br#"{"stream":true,"messages":["#[..], b"[true]", br#"{"stream":"true"}"#, b"{}"]
+        {
+            assert!(
+                ask_for_usage(p, not_a_streaming_object).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(not_a_streaming_object)
+            );
+        }
         // Every other byte stays as the client wrote it (key order, numbers beyond u64).
         let edited = |body: &str| String::from_utf8(ask_for_usage(p, body.as_bytes()).unwrap().to_vec()).unwrap();
         assert_eq!(

@@ -377,7 +377,8 @@ upstream_groups:
     assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
     // A client key on a forward with an access log.
     let mut s = TcpStream::connect(keyed.unwrap()).unwrap();
-    let body = r#"{"model":"gpt-logged","stream":true}"#;
+    // A model name with a line break (the mock echoes it back) must not start a line of its own.
+    let body = r#"{"model":"gpt-logged\nX","stream":true}"#;
     write!(s, "POST /v1/chat/completions?secret=query-secret HTTP/1.1\r\nHost: x\r\nx-api-key: sk-client-key-value\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
@@ -402,7 +403,7 @@ upstream_groups:
         "key=team-log",
         "method=POST",
         "path=/v1/chat/completions ",
-        "model=gpt-logged",
+        "model=\"gpt-logged\\u{a}X\" ",
         "group=m",
         "upstream=mocked",
         "status=200",
@@ -411,6 +412,7 @@ upstream_groups:
     ] {
         assert!(access.contains(field), "{field} missing from {access}");
     }
+    assert!(!log.lines().any(|l| l.starts_with('X')), "a forged line:\n{log}");
     let ttft: u64 = access.split("ttft_ms=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     let duration: u64 = access.split("duration_ms=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(ttft >= 30 && duration >= ttft, "{access}");
