@@ -178,9 +178,32 @@ impl<K: Hash> KeyedLimiter<K> {
     }
 }
 
+/// The key a client address is limited by: an IPv4 address itself, an IPv6 address by its /64.
+/// One IPv6 host usually holds a whole /64 (2^64 addresses, each a fresh bucket if keyed alone),
+/// so by address its limit would be no limit; a /64 is what one IPv4 address is, one site.
+pub fn client_network(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)).into()
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(client_network(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_network(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), ip("2001:db8:1:2::"));
+        assert_ne!(client_network(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        for own in ["10.1.2.3", "::ffff:10.1.2.3"] {
+            assert_eq!(client_network(ip(own)), ip(own), "IPv4 (mapped or not): the address itself");
+        }
+    }
 
     #[test]
     fn a_changed_limit_carries_the_debt_at_its_own_rate_and_at_most_a_burst() {

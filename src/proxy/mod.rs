@@ -194,9 +194,11 @@ where
     // The address first: a client that sprays missing or wrong keys is limited like any other,
     // and a request the address limit refuses spends none of its key's rate.
     if let Some(limiter) = &fwd.client_limiter {
-        if let Err(wait) = limiter.check(&client_ip, now) {
+        let network = crate::ratelimit::client_network(client_ip);
+        if let Err(wait) = limiter.check(&network, now) {
             fwd.metrics.ratelimited.inc();
-            return Err(rate_limited(&client_ip.to_string(), wait));
+            let who = if network == client_ip { client_ip.to_string() } else { format!("{network}/64") };
+            return Err(rate_limited(&who, wait));
         }
     }
     let key = match &fwd.keys {
