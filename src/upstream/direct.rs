@@ -134,11 +134,20 @@ impl DirectPool {
         None
     }
 
+    /// Returns a connection idle since `since` to the top of the stack. Those at the bottom that
+    /// have been idle for `idle_timeout` by then are closed: a steady trickle of requests, always
+    /// served from the top, would never reach them, and each holds a descriptor (in CLOSE_WAIT
+    /// once the upstream gives up on it).
     fn put(&self, conn: Box<Conn>, since: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let expired = idle.iter().take_while(|c| since.saturating_duration_since(c.since) >= self.idle_timeout).count();
+        // Empty (no allocation) unless some expired; closed after the lock is released.
+        let stale: Vec<Idle> = idle.drain(..expired).collect();
         if idle.len() < MAX_IDLE {
             idle.push(Idle { conn, since });
         }
+        drop(idle);
+        drop(stale);
     }
 
     async fn dial(&self) -> Result<Box<Conn>, SendError> {
@@ -500,5 +509,32 @@ impl Body for DirectBody {
             Delimiter::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed_even_below_the_top() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let timeout = Duration::from_secs(30);
+        let pool = DirectPool::new(address, Duration::from_secs(1), None, timeout);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            let conn = pool.dial().await.unwrap();
+            pool.put(conn, t0 + Duration::from_secs(i));
+        }
+        let idle_count = || pool.idle.lock().unwrap().len();
+        // A later request, served from the top and put back: by then the bottom one is past the
+        // limit, though no request would ever reach it.
+        let later = t0 + Duration::from_millis(30_500);
+        let (top, _) = pool.take(later).unwrap();
+        pool.put(top, later);
+        assert_eq!(idle_count(), 2, "of those idle since 0, 1 and 2 s, the first is closed");
+        assert_eq!(pool.take(later).unwrap().1, Duration::ZERO);
+        assert_eq!(pool.take(later).unwrap().1, Duration::from_millis(29_500), "idle since 1 s: kept");
     }
 }
