@@ -344,6 +344,27 @@ async fn track_usage_adds_and_strips_exactly_one_chunk() {
 }
 
 #[tokio::test]
+async fn track_usage_steps_aside_for_an_upstream_that_refuses_the_option() {
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(&up.url("/strict/v1"), "", "      track_usage: true")).await;
+    let addr = server.forward_addr("main").unwrap();
+    let request = r#"{"model":"gpt-test","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let without_usage: Vec<u8> = openai_stream_frames(false).iter().flat_map(|b| b.to_vec()).collect();
+    for (n, upstream_requests) in [(1, 2), (2, 3)] {
+        let (status, _, body) = post(addr, "/v1/chat/completions?gap_ms=1", request).await;
+        assert_eq!(status, 200, "request {n}: the option refused, the request as the client wrote it");
+        assert_eq!(body.to_vec(), without_usage, "request {n}");
+        assert_eq!(&up.log.last_body.lock().unwrap()[..], request.as_bytes());
+        assert_eq!(up.log.requests(), upstream_requests, "request {n}: the refusal is remembered");
+    }
+    // A 400 for anything else is the client's answer, as it is.
+    let (status, _, body) = post(addr, "/v1/chat/completions", r#"{"stream":true,"stream_options":{"x":1}}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(&body)["error"]["message"], "Unrecognized request argument supplied: stream_options");
+    assert_eq!(up.log.requests(), 4);
+}
+
+#[tokio::test]
 async fn sse_keepalive_comments_only_in_silence_between_events() {
     let up = TestUpstream::start().await;
     let server = start(&single_upstream_config(&up.url("/v1"), "", "      sse_keepalive: 1")).await;

@@ -27,6 +27,7 @@ use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, Ups
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -156,10 +157,32 @@ struct Outgoing<'a> {
     head: &'a RequestHead,
     body: Bytes,
     conn: ClientConn,
-    /// The proxy asked for stream usage on the client's behalf: remove that chunk again.
-    strip_usage: bool,
+    /// `track_usage`: the body with `stream_options.include_usage` added, for upstreams that
+    /// accept the option (the usage chunk it brings is removed from the client's stream again).
+    with_usage: Option<Bytes>,
     /// When the request arrived, if nothing has waited since.
     ready_at: Option<Instant>,
+}
+
+impl Outgoing<'_> {
+    /// What an attempt on `upstream` sends: the body with the usage option, unless that upstream
+    /// refused it before.
+    fn body_for(&self, upstream: &Upstream) -> AttemptBody<'_> {
+        match &self.with_usage {
+            Some(edited) if !upstream.refuses_usage_option.load(Ordering::Relaxed) => {
+                AttemptBody { bytes: edited, asks_usage: true }
+            }
+            _ => AttemptBody { bytes: &self.body, asks_usage: false },
+        }
+    }
+}
+
+/// The body one attempt sends.
+#[derive(Clone, Copy)]
+struct AttemptBody<'a> {
+    bytes: &'a Bytes,
+    /// It carries the usage option the proxy added (see `Outgoing::with_usage`).
+    asks_usage: bool,
 }
 
 /// Where a request went, for its accounting.
@@ -237,13 +260,11 @@ where
         .or_else(|| fwd.router.lookup(path).copied())
         .unwrap_or(fwd.default_group);
     let group = &rt.groups[group_index];
-    let usage_added = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
-    let strip_usage = usage_added.is_some();
-    let body = usage_added.unwrap_or(body);
+    let with_usage = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
     // Nothing waited since the request arrived, and the body was not parsed as a whole for
     // `track_usage` (a large prompt takes a while): that moment also starts the first attempt.
     let ready_at = (!waited && !group.track_usage).then_some(started);
-    let out = Outgoing { head: &head, body, conn, strip_usage, ready_at };
+    let out = Outgoing { head: &head, body, conn, with_usage, ready_at };
     let resp = forward_with_retries(group, &out).await?;
     Ok((resp, Routed { group: group.name.clone(), model, key }))
 }
@@ -346,7 +367,9 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
     // The member whose failure the next attempt retries, and why.
     let mut cause: Option<(usize, Failure)> = None;
     let mut retry_afters = RetryAfters::default();
-    for n in 1..=policy.max_attempts {
+    let mut n = 0;
+    while n < policy.max_attempts {
+        n += 1;
         // One clock read serves the pick and the attempt's latency measurement — none for the
         // first attempt of a request that has not waited since it arrived.
         let mut at = match (n, out.ready_at) {
@@ -380,7 +403,18 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
             group.members[i].metrics.retries[kind as usize].inc();
         }
         tried |= 1 << picked.index;
-        match attempt(group, &group.members[picked.index], out, at, picked.admission, picked.guard).await {
+        let member = &group.members[picked.index];
+        let body = out.body_for(&member.upstream);
+        match attempt(group, member, out, body, at, picked.admission, picked.guard).await {
+            Outcome::Final(mut resp) if body.asks_usage && resp.status == StatusCode::BAD_REQUEST => {
+                if !Box::pin(refuses_usage_option(&member.upstream, &mut resp, group.connect_timeout)).await {
+                    return Ok(resp);
+                }
+                // Sent again as the client wrote it, and not counted as an attempt: the proxy's
+                // own addition failed, not the request (and no upstream refuses twice).
+                tried &= !(1 << picked.index);
+                n -= 1;
+            }
             Outcome::Final(resp) => return Ok(resp),
             Outcome::Invalid(e) => return Err(e),
             Outcome::Retryable { failed, kind, retry_after } => {
@@ -403,6 +437,24 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
         }
     }
     finish(last, group, Unavailable::Down)
+}
+
+/// Whether a 400 answer to a body with the usage option refuses that option — as Azure OpenAI
+/// does before API version 2024-09-01 (`Unrecognized request argument supplied:
+/// stream_options`). If so, the upstream is marked: from now on it gets the client's body as it
+/// is (and its streams go uncounted, which the warning says once).
+async fn refuses_usage_option(upstream: &Upstream, resp: &mut Answer<RelayBody>, limit: Duration) -> bool {
+    let Ok(Ok(Some(body))) = tokio::time::timeout(limit, resp.body.set_aside()).await else { return false };
+    if !body.windows(14).any(|w| w == b"stream_options") {
+        return false;
+    }
+    if !upstream.refuses_usage_option.swap(true, Ordering::Relaxed) {
+        crate::warn!(
+            "upstream {} refuses stream_options (track_usage): its streams go on without it, and their tokens are not counted",
+            upstream.name
+        );
+    }
+    true
 }
 
 /// After a backoff: an upstream the request already tried, except those still inside the
@@ -463,7 +515,7 @@ impl Failed {
         let Failed::Response(mut resp) = self else { return self };
         let status = resp.status.as_u16();
         let why = match tokio::time::timeout(limit, resp.body.set_aside()).await {
-            Ok(Ok(())) => return Failed::Response(resp),
+            Ok(Ok(_)) => return Failed::Response(resp),
             Ok(Err(e)) => format!("broke off its {status} answer: {e}"),
             Err(_) => format!("did not finish its {status} answer within {}s", limit.as_secs()),
         };
@@ -544,6 +596,7 @@ async fn attempt(
     group: &Group,
     member: &Member,
     out: &Outgoing<'_>,
+    body: AttemptBody<'_>,
     sent_at: Instant,
     admission: Admission,
     guard: InflightGuard,
@@ -561,7 +614,7 @@ async fn attempt(
     let head = match &upstream.target {
         Target::Mock(mock) => {
             let head = out.head;
-            match within(&mut sleep, Box::pin(crate::mock::respond(mock, &head.method, head.uri.path(), &out.body)))
+            match within(&mut sleep, Box::pin(crate::mock::respond(mock, &head.method, head.uri.path(), body.bytes)))
                 .await
             {
                 Some(resp) => Ok(Answer::from(resp).map(UpstreamBody::Mock)),
@@ -587,7 +640,7 @@ async fn attempt(
                     method: &out.head.method,
                     path: &path,
                     headers: &headers,
-                    body: &out.body,
+                    body: body.bytes,
                     now: sent_at.into_std(),
                 };
                 match within(&mut sleep, pool.send(request)).await {
@@ -598,7 +651,7 @@ async fn attempt(
                 }
             } else {
                 let headers = headers::upstream_headers(&out.head.fields, upstream, &fwd);
-                let req = match client_request(target, out, path, headers) {
+                let req = match client_request(target, out, body.bytes, path, headers) {
                     Ok(r) => r,
                     Err(e) => return Outcome::Invalid(e),
                 };
@@ -652,7 +705,7 @@ async fn attempt(
         head_at,
         // Usage is read from successful answers only; error bodies carry none.
         scanner: if failure.is_none() && status < 300 && plain {
-            UsageScanner::for_content_type(content_type, out.strip_usage)
+            UsageScanner::for_content_type(content_type, body.asks_usage)
         } else {
             None
         },
@@ -712,6 +765,7 @@ fn upstream_path(target: &crate::upstream::HttpTarget, uri: &Uri) -> Result<Path
 fn client_request(
     target: &crate::upstream::HttpTarget,
     out: &Outgoing<'_>,
+    body: &Bytes,
     path: PathAndQuery,
     headers: HeaderMap,
 ) -> Result<Request<Full<Bytes>>, ApiError> {
@@ -721,7 +775,7 @@ fn client_request(
         .path_and_query(path)
         .build()
         .map_err(|e| ApiError::bad_request(format!("cannot build the upstream URL: {e}")))?;
-    let mut req = Request::new(Full::new(out.body.clone()));
+    let mut req = Request::new(Full::new(body.clone()));
     *req.method_mut() = out.head.method.clone();
     *req.uri_mut() = uri;
     // The pool speaks HTTP/2 to upstreams that negotiate it by ALPN, whatever the client spoke.

@@ -246,11 +246,12 @@ impl RelayBody {
     /// in-flight slot is released, and a body of known length up to `SET_ASIDE_MAX` — error
     /// bodies are small — is read now, so the upstream connection is free again too. A longer or
     /// unsized body stays attached and is relayed as it is if this answer ends up the client's.
-    pub async fn set_aside(&mut self) -> Result<(), BoxError> {
+    /// Returns the body when it was read.
+    pub async fn set_aside(&mut self) -> Result<Option<Bytes>, BoxError> {
         let relay = &mut *self.0;
         relay.inflight = None;
         if relay.inner.size_hint().exact().is_none_or(|n| n > SET_ASIDE_MAX) {
-            return Ok(());
+            return Ok(None);
         }
         let mut body = BytesMut::new();
         while let Some(frame) = std::future::poll_fn(|cx| relay.poll_frame(cx)).await {
@@ -258,9 +259,10 @@ impl RelayBody {
                 body.extend_from_slice(&data);
             }
         }
-        relay.inner = UpstreamBody::Mock(crate::body::full(body.freeze()));
+        let body = body.freeze();
+        relay.inner = UpstreamBody::Mock(crate::body::full(body.clone()));
         relay.inner_ended = false;
-        Ok(())
+        Ok(Some(body))
     }
 
     /// Marks this as the response the client gets.

@@ -46,6 +46,9 @@ pub struct Upstream {
     pub max_concurrency: Option<u32>,
     /// Cleared by a failing active health check, set again by a passing one.
     pub healthy: AtomicBool,
+    /// Answered a body with `stream_options` (added for `track_usage`) with a 400 naming it:
+    /// it gets the client's bodies as they are.
+    pub refuses_usage_option: AtomicBool,
     pub health_check: Option<config::HealthCheck>,
     pub health_passes: Counter,
     pub health_failures: Counter,
@@ -144,6 +147,7 @@ impl Upstream {
             healthy: AtomicBool::new(
                 cfg.health_check.is_none() || same.is_none_or(|p| p.healthy.load(Ordering::Acquire)),
             ),
+            refuses_usage_option: AtomicBool::new(same.is_some_and(|p| p.refuses_usage_option.load(Ordering::Relaxed))),
             health_check: cfg.health_check.clone(),
             health_passes: carried(|u| &u.health_passes),
             health_failures: carried(|u| &u.health_failures),

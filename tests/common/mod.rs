@@ -162,8 +162,13 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
     let q = query(&req);
     let num = |k: &str, d: u64| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
     let last = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
-    // Under /openai-stream/ every path (…/chat/completions included) is the OpenAI stream script.
-    let last = if req.uri().path().starts_with("/openai-stream/") { "openai-stream".to_string() } else { last };
+    // Under /openai-stream/ every path (…/chat/completions included) is the OpenAI stream script,
+    // under /strict/ too, but one that refuses `stream_options` as older Azure API versions do.
+    let last = match req.uri().path() {
+        p if p.starts_with("/openai-stream/") => "openai-stream".to_string(),
+        p if p.starts_with("/strict/") => "strict".to_string(),
+        _ => last,
+    };
     match last.as_str() {
         "echo" => {
             let mut headers: HashMap<String, Vec<String>> = HashMap::new();
@@ -190,10 +195,17 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
         "stream" => sse(Script::numbered(num("n", 5), num("gap_ms", 50), End::Clean), log),
         "stall" => sse(Script::numbered(num("after", 2), 10, End::Stall), log),
         "reset" => sse(Script::numbered(num("after", 2), 10, End::Reset), log),
-        "openai-stream" => {
+        "openai-stream" | "strict" => {
             let gap = num("gap_ms", 10);
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             *log.last_body.lock().unwrap() = body.clone();
+            if last == "strict" && body.windows(14).any(|w| w == b"stream_options") {
+                let message = "Unrecognized request argument supplied: stream_options";
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}}),
+                );
+            }
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let usage = v.pointer("/stream_options/include_usage").and_then(|u| u.as_bool()) == Some(true);
             sse(
