@@ -182,24 +182,53 @@ impl UsageScanner {
             let Mode::Sse { partial, overlong, .. } = &mut self.mode else { return };
             if partial.is_empty() && !*overlong {
                 self.line(line);
-            } else {
-                let complete = !*overlong;
-                if complete {
-                    partial.extend_from_slice(line);
-                }
-                let joined = std::mem::take(partial);
-                *overlong = false;
-                if complete {
-                    self.line(&joined);
-                }
+                continue;
+            }
+            partial.extend_from_slice(line);
+            let joined = std::mem::take(partial);
+            if !std::mem::take(overlong) {
+                self.line(&joined);
+            } else if joined.len() > line.len() {
+                // The end of a `data:` line too long to keep whole.
+                self.usage_near_end(&joined);
             }
         }
-        if let Mode::Sse { partial, overlong, .. } = &mut self.mode {
-            if !*overlong && partial.len() + rest.len() <= MAX_LINE {
-                partial.extend_from_slice(rest);
-            } else if !rest.is_empty() {
+        let Mode::Sse { partial, overlong, .. } = &mut self.mode else { return };
+        if !*overlong && partial.len() + rest.len() <= MAX_LINE {
+            partial.extend_from_slice(rest);
+            return;
+        }
+        if !*overlong {
+            *overlong = true;
+            // Of a line too long to keep, a `data:` line keeps its last bytes, where a usage
+            // object still counts: OpenAI's `response.completed` repeats the whole response,
+            // generated images and all. Other lines are dropped as they pass.
+            if !partial.iter().chain(rest).take(5).eq(b"data:") {
                 partial.clear();
-                *overlong = true;
+                return;
+            }
+        } else if partial.is_empty() {
+            return;
+        }
+        partial.extend_from_slice(rest);
+        if partial.len() > 2 * JSON_TAIL {
+            partial.drain(..partial.len() - JSON_TAIL);
+            partial.shrink_to(2 * JSON_TAIL);
+        }
+    }
+
+    /// Reads the last complete usage object in `tail` (the last bytes of a `data:` line too long
+    /// to keep): found by its key's text with an unescaped opening quote, which in JSON only a
+    /// key has.
+    fn usage_near_end(&mut self, tail: &[u8]) {
+        let mut end = tail.len();
+        while let Some(at) = tail[..end].windows(7).rposition(|w| w == b"\"usage\"") {
+            end = at;
+            let backslashes = tail[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+            let after = tail[at + 7..].trim_ascii_start();
+            let (Some(b':'), 0) = (after.first(), backslashes % 2) else { continue };
+            if let Some(Some(u)) = counts(&mut Scanner::new(&after[1..])) {
+                return self.note(u);
             }
         }
     }
@@ -865,6 +894,31 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         assert!(embed.len() > MAX_JSON);
         let (u, m, _) = scan_in_pieces("application/json", &embed, 16 * 1024, false);
         assert_eq!((u, m.as_deref()), (Usage { prompt: Some(8), completion: None }, Some("all-minilm")));
+    }
+
+    #[test]
+    fn usage_at_the_end_of_an_overlong_data_line_counts() {
+        // A Responses API stream whose `response.completed` repeats a generated image.
+        let image = "A".repeat(3 * MAX_LINE / 2);
+        let completed = format!(
+            r#"{{"type":"response.completed","response":{{"model":"gpt-4.1","output":[{{"type":"image_generation_call","result":"{image}"}}],"usage":{{"input_tokens":10,"output_tokens":20,"output_tokens_details":{{"reasoning_tokens":0}}}},"user":null,"metadata":{{}}}}}}"#
+        );
+        let stream = format!(
+            "event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{{\"model\":\"gpt-4.1\",\"usage\":null}}}}\n\n\
+             event: response.completed\ndata: {completed}\n\n"
+        );
+        for piece in [4096, 100_000, MAX_LINE + 1, stream.len()] {
+            let (u, m, out) = scan_in_pieces("text/event-stream", &stream, piece, false);
+            assert_eq!(u, Usage { prompt: Some(10), completion: Some(20) }, "piece {piece}");
+            assert_eq!(m.as_deref(), Some("gpt-4.1"));
+            assert_eq!(out.len(), stream.len());
+        }
+        // Only a data line's end is read: a long comment, or a usage key inside a string, is not usage.
+        let comment = format!(": {image} \"usage\":{{\"prompt_tokens\":1}}\n\n");
+        let quoted = format!("data: {{\"text\":\"{image} \\\"usage\\\":{{\\\"prompt_tokens\\\":1}}\"}}\n\n");
+        for body in [comment, quoted] {
+            assert!(scan_in_pieces("text/event-stream", &body, 65_536, false).0.is_empty());
+        }
     }
 
     #[test]
