@@ -9,6 +9,7 @@ use crate::balance::Balancer;
 use crate::client_keys::ClientKeys;
 use crate::config::{self, Config, Strategy};
 use crate::metrics::families::{ForwardMetrics, MemberMetrics};
+use crate::proxy::body_budget::BodyBudget;
 use crate::ratelimit::{Gcra, KeyedLimiter};
 use crate::router::rules::ConditionalRule;
 use crate::router::Router;
@@ -41,6 +42,9 @@ pub struct Forward {
     pub rules: Vec<ConditionalRule>,
     pub default_group: usize,
     pub max_body_size: u64,
+    pub max_buffered_bodies: u64,
+    /// The request-body bytes held now (shared with the previous runtime's forward of this name).
+    pub bodies: Arc<BodyBudget>,
     /// Per-client-IP limiter, when the forward's `ratelimit` is enabled (shared with the
     /// previous runtime while the limits are unchanged, so a reload forgives no client).
     pub client_limiter: Option<Arc<KeyedLimiter<IpAddr>>>,
@@ -163,6 +167,8 @@ impl Runtime {
                 rules,
                 default_group: group_index(&f.default_group)?,
                 max_body_size: f.max_body_size,
+                max_buffered_bodies: f.max_buffered_bodies,
+                bodies: old.map(|o| o.bodies.clone()).unwrap_or_default(),
                 client_limiter,
                 access: f.access.as_ref().map(AccessList::compile).transpose()?,
                 keys: f.auth.as_ref().map(|a| ClientKeys::compile(a, old.and_then(|o| o.keys.as_ref()))),

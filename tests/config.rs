@@ -82,6 +82,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(f.address.to_string(), "0.0.0.0");
     assert_eq!(f.timeout.connect, 10);
     assert_eq!(f.max_body_size, 32 * 1024 * 1024);
+    assert_eq!(f.max_buffered_bodies, 16 * 32 * 1024 * 1024);
     assert!(f.ratelimit.is_none() && f.routing.is_empty() && f.tls.is_none());
     let admin = &c.http_server.admin;
     assert_eq!((admin.port, admin.address.to_string(), admin.timeout.connect), (9000, "0.0.0.0".into(), 10));
@@ -173,6 +174,10 @@ fn numbers_may_come_from_strings_and_sizes_have_units() {
     assert_eq!(c.http_server.forwards[0].port, 3100);
     let c = with("http_server.forwards.0.max_body_size", Value::from("1MiB")).unwrap();
     assert_eq!(c.http_server.forwards[0].max_body_size, 1 << 20);
+    let c = with("http_server.forwards.0.max_buffered_bodies", Value::from("2GiB")).unwrap();
+    assert_eq!(c.http_server.forwards[0].max_buffered_bodies, 2 << 30);
+    let err = with("http_server.forwards.0.max_buffered_bodies", Value::from("1MiB")).unwrap_err();
+    assert!(err.contains("http_server.forwards[0].max_buffered_bodies: must hold at least one body"), "{err}");
     let err = with("http_server.forwards.0.max_body_size", Value::from("lots")).unwrap_err();
     assert!(err.contains("max_body_size") && err.contains("not a size"), "{err}");
     let err = with("http_server.forwards.0.port", Value::from("http")).unwrap_err();

@@ -164,6 +164,26 @@ async fn three_mib_body_arrives_byte_exact() {
 }
 
 #[tokio::test]
+async fn bodies_held_at_once_stay_within_the_forward_budget() {
+    let up = TestUpstream::start().await;
+    let yaml = single_upstream_config(&up.url("/v1"), "", "")
+        .replace("max_body_size: 1MiB", "max_body_size: 1MiB\n      max_buffered_bodies: 1MiB");
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    // The first request holds 700 KiB while its upstream takes a second to answer.
+    let first = tokio::spawn(post(addr, "/v1/slow-head?ms=1000", vec![b'a'; 700 * 1024]));
+    assert!(eventually(Duration::from_secs(5), || up.log.requests() == 1).await);
+    let (status, headers, body) = post(addr, "/v1/echo", vec![b'b'; 700 * 1024]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(error_message(&body).contains("max_buffered_bodies"), "{}", error_message(&body));
+    assert_eq!(up.log.requests(), 1, "the refused request reached no upstream");
+    assert_eq!(first.await.unwrap().0, 200);
+    // Its body given back, the budget holds the next one.
+    assert_eq!(post(addr, "/v1/echo", vec![b'c'; 700 * 1024]).await.0, 200);
+}
+
+#[tokio::test]
 async fn oversized_body_gets_413_without_touching_the_upstream() {
     let up = TestUpstream::start().await;
     let server = proxy_for(&up, "/v1", "", "").await;

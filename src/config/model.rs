@@ -33,6 +33,8 @@ pub struct Forward {
     pub ratelimit: Option<RateLimit>,
     pub timeout: ForwardTimeout,
     pub max_body_size: u64,
+    /// Request bodies held in memory at once (they are buffered to be retried).
+    pub max_buffered_bodies: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -73,6 +73,7 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
         "ratelimit",
         "timeout",
         "max_body_size",
+        "max_buffered_bodies",
         "tls",
         "auth",
         "access",
@@ -110,6 +111,17 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
         None => DEFAULT_MAX_BODY,
         Some(n) => byte_size(&n, 1024..=1024 * 1024 * 1024)?,
     };
+    // [ours] Sixteen bodies of the largest size by default (512 MiB with the default size).
+    let max_buffered_bodies = match f.get("max_buffered_bodies") {
+        None => max_body_size.saturating_mul(16),
+        Some(n) => {
+            let total = byte_size(&n, 1024..=1024 * 1024 * 1024 * 1024)?;
+            if total < max_body_size {
+                return Err(n.error(format!("must hold at least one body of max_body_size ({max_body_size} bytes)")));
+            }
+            total
+        }
+    };
     Ok(Forward {
         name,
         port,
@@ -119,6 +131,7 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
         ratelimit,
         timeout,
         max_body_size,
+        max_buffered_bodies,
         tls: tls(&f)?,
         auth: f.get("auth").map(|n| forward_auth(&n)).transpose()?,
         access: f.get("access").map(|n| access(&n)).transpose()?,

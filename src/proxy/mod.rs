@@ -1,5 +1,6 @@
 //! The request pipeline: limit → route → buffer body → pick → send (retry) → relay.
 
+pub mod body_budget;
 pub mod headers;
 pub mod relay;
 pub mod retry;
@@ -18,6 +19,7 @@ use crate::upstream::breaker::Admission;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
+use body_budget::{BodyBudget, Reservation};
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH};
@@ -244,8 +246,11 @@ where
     if body.size_hint().exact().is_some_and(|n| n > limit) {
         return Err(ApiError::body_too_large(limit));
     }
-    // Buffered because a retry must be able to send it again (and model rules read it).
-    let (body, waited) = read_body(body, limit).await?;
+    // Buffered because a retry must be able to send it again (and model rules read it), within
+    // the forward's budget for all bodies; the reservation lasts as long as the request.
+    let mut reservation = Reservation::default();
+    let budget = (&*fwd.bodies, fwd.max_buffered_bodies);
+    let (body, waited) = read_body(body, limit, budget, &mut reservation).await?;
     let model = if fwd.needs_model || fwd.access_log {
         crate::router::model::extract(&body).map(Cow::into_owned)
     } else {
@@ -272,7 +277,12 @@ where
 /// Reads a request body of at most `limit` bytes, and says whether that had to wait for the
 /// client. A body that arrives in one frame — the usual case — is kept as it is: no copy, no
 /// allocation.
-async fn read_body<B>(body: B, limit: u64) -> Result<(Bytes, bool), ApiError>
+async fn read_body<'a, B>(
+    body: B,
+    limit: u64,
+    (budget, buffered_limit): (&'a BodyBudget, u64),
+    reservation: &mut Reservation<'a>,
+) -> Result<(Bytes, bool), ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -303,6 +313,15 @@ where
         size += data.len() as u64;
         if size > limit {
             return Err(ApiError::body_too_large(limit));
+        }
+        if !budget.reserve(reservation, data.len() as u64, buffered_limit) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                "server_busy",
+                format!("request bodies held by the gateway would exceed {buffered_limit} bytes (max_buffered_bodies)"),
+            )
+            .with_retry_after(1));
         }
         match (&first, &mut joined) {
             (None, _) => first = Some(data),
