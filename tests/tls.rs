@@ -148,6 +148,25 @@ async fn over_tls_a_body_that_stops_arriving_gets_408() {
 }
 
 #[tokio::test]
+async fn over_tls_request_heads_have_the_same_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start().await;
+    let server = start(&tls_config(&up)).await;
+    let port = server.forward_addr("main").unwrap().port();
+    let many_fields: String = (0..120).map(|i| format!("x-field-{i}: 1\r\n")).collect();
+    let long_field = format!("x-long: {}\r\n", "a".repeat(70 * 1024));
+    for extra in [many_fields, long_field] {
+        let mut c = tls_stream(port).await;
+        c.write_all(format!("GET /v1/echo HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    }
+    assert_eq!(up.log.requests(), 0);
+}
+
+#[tokio::test]
 async fn over_tls_a_client_that_reads_nothing_is_cut() {
     use tokio::io::AsyncWriteExt;
     let up = TestUpstream::start().await;

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 /// A request head larger than this is refused with 431 (hyper's default limit is similar).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Request headers beyond this count are refused with 431 (hyper's limit too).
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 
 /// Where the request body ends (RFC 9112 §6.3: a request without `Content-Length` or
 /// `Transfer-Encoding` has none).
