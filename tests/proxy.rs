@@ -512,6 +512,30 @@ async fn http2_prior_knowledge_is_served() {
 }
 
 #[tokio::test]
+async fn http2_a_stream_nobody_reads_lets_go_of_its_upstream_while_its_siblings_go_on() {
+    let up = TestUpstream::start().await;
+    let server = proxy_for(&up, "/v1", "", "").await; // timeout.connect: 1 s
+    let addr = server.forward_addr("main").unwrap();
+    // One HTTP/2 connection carries both streams.
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let get = |path: &str| Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap();
+    let unread = h2.request(get("/v1/big?mb=32")).await.unwrap();
+    let live = h2.request(get("/v1/stream?n=40&gap_ms=100")).await.unwrap();
+    let reader = tokio::spawn(async move { live.into_body().collect().await.map(|b| b.to_bytes()) });
+    let load = server.shared.runtime().groups[0].members[0].upstream.load.clone();
+    assert_eq!(load.inflight(), 2);
+    assert!(
+        eventually(Duration::from_secs(3), || load.inflight() == 1).await,
+        "the stream nobody reads still holds its upstream"
+    );
+    assert!(!reader.is_finished(), "while its sibling streams on");
+    let body = reader.await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&body).matches("data: ").count(), 40, "the sibling is whole");
+    drop(unread);
+}
+
+#[tokio::test]
 async fn garbage_gets_400_and_does_not_disturb_others() {
     let up = TestUpstream::start().await;
     let server = proxy_for(&up, "/v1", "", "").await;

@@ -16,6 +16,9 @@
 //! requests in flight all wait for the client to take their answers — hyper asks an answer
 //! for its next piece only once the client has made room — is closed when none has moved for
 //! the limit ([`Tracked`]): a client that stops reading must not hold its upstream requests.
+//! On HTTP/2 a client may stop reading one stream and go on with others, which keep the
+//! connection moving: an answer whose piece has waited for the limit lets go of its source (the
+//! upstream request) by itself, and its stream is reset once the client reads again.
 
 use crate::clock;
 use bytes::Bytes;
@@ -23,7 +26,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +45,8 @@ pub struct Activity {
     /// A request has begun on this connection, and who waits for that (a drain).
     began_any: AtomicBool,
     first_began: tokio::sync::Notify,
+    /// The answers hyper serves on this connection (dropped ones are pruned as it goes).
+    answers: Mutex<Vec<Weak<dyn Waiting>>>,
 }
 
 impl Activity {
@@ -54,6 +59,7 @@ impl Activity {
             moved_at: AtomicU64::new(now),
             began_any: AtomicBool::new(false),
             first_began: tokio::sync::Notify::new(),
+            answers: Mutex::new(Vec::new()),
         })
     }
 
@@ -95,10 +101,81 @@ impl Activity {
         (deadline > now).then(|| Duration::from_nanos(deadline - now))
     }
 
-    fn moved(&self) {
-        self.moved_at.store(clock::now(), Ordering::Relaxed);
+    fn moved(&self) -> u64 {
+        let now = clock::now();
+        self.moved_at.store(now, Ordering::Relaxed);
+        now
+    }
+
+    fn register(&self, answer: Weak<dyn Waiting>) {
+        let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        // Pruned when full, before it would grow: amortised constant time per answer.
+        if answers.len() == answers.capacity() {
+            answers.retain(|a| a.strong_count() > 0);
+        }
+        answers.push(answer);
+    }
+
+    /// Lets go of the source of every answer whose piece has waited for its client since before
+    /// `limit` ago (at `now`), while other answers on the connection move.
+    fn abandon_stalled(&self, limit: Duration, now: u64) {
+        if self.waiting_for_client.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let before = now.saturating_sub(limit.as_nanos() as u64);
+        let stalled: Vec<Arc<dyn Waiting>> = {
+            let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+            answers
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|a| a.waiting_since().is_some_and(|t| t <= before))
+                .collect()
+        };
+        for answer in stalled {
+            answer.abandon();
+        }
     }
 }
+
+/// An answer as the connection's guard sees it.
+trait Waiting: Send + Sync {
+    /// Since when its last piece has waited for the client, if it does.
+    fn waiting_since(&self) -> Option<u64>;
+    /// Drops its source: the client stopped taking it.
+    fn abandon(&self);
+}
+
+/// A [`Tracked`] answer's body, shared with the connection's guard.
+struct Shared<B> {
+    /// `None` once abandoned.
+    body: Mutex<Option<B>>,
+    /// When its last piece was handed to hyper and not yet taken (0: none waits).
+    handed_at: AtomicU64,
+}
+
+impl<B: Send> Waiting for Shared<B> {
+    fn waiting_since(&self) -> Option<u64> {
+        Some(self.handed_at.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
+    fn abandon(&self) {
+        self.handed_at.store(0, Ordering::Relaxed);
+        let body = self.body.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(body);
+    }
+}
+
+/// The error of an answer whose client stopped reading it.
+#[derive(Debug)]
+pub struct ClientStalled;
+
+impl std::fmt::Display for ClientStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client took none of this answer for timeout.connect: abandoned")
+    }
+}
+
+impl std::error::Error for ClientStalled {}
 
 /// Marks a request in flight; dropped with the response body (sent, or abandoned).
 pub struct Busy(Arc<Activity>);
@@ -115,22 +192,29 @@ impl Drop for Busy {
 pub async fn expired(activity: Arc<Activity>, limit: Duration) {
     while let Some(wait) = activity.remaining(limit, clock::now()) {
         tokio::time::sleep(wait).await;
+        activity.abandon_stalled(limit, clock::now());
     }
 }
 
 /// A response body that keeps its request counted as in flight until it is dropped, and notes
-/// whether its last piece is still waiting for the client.
+/// whether its last piece is still waiting for the client. One whose piece waits for the limit
+/// is abandoned by the connection's guard, and ends with [`ClientStalled`] (a stream reset).
 pub struct Tracked<B> {
-    body: B,
+    shared: Arc<Shared<B>>,
     busy: Busy,
     handed: bool,
 }
 
-impl<B> Tracked<B> {
+impl<B: Send + 'static> Tracked<B> {
     pub fn new(body: B, busy: Busy) -> Self {
-        Tracked { body, busy, handed: false }
+        let shared = Arc::new(Shared { body: Mutex::new(Some(body)), handed_at: AtomicU64::new(0) });
+        let weak: Weak<dyn Waiting> = Arc::downgrade(&shared) as Weak<Shared<B>>;
+        busy.0.register(weak);
+        Tracked { shared, busy, handed: false }
     }
+}
 
+impl<B> Tracked<B> {
     fn set_handed(&mut self, handed: bool) {
         if self.handed != handed {
             self.handed = handed;
@@ -140,7 +224,8 @@ impl<B> Tracked<B> {
             } else {
                 waiting.fetch_sub(1, Ordering::Relaxed);
             }
-            self.busy.0.moved();
+            let now = self.busy.0.moved();
+            self.shared.handed_at.store(if handed { now } else { 0 }, Ordering::Relaxed);
         }
     }
 }
@@ -151,27 +236,34 @@ impl<B> Drop for Tracked<B> {
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::body::BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = crate::body::BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         // Asked for more: the client took what it was given.
         this.set_handed(false);
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let mut body = this.shared.body.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(inner) = body.as_mut() else { return Poll::Ready(Some(Err(Box::new(ClientStalled)))) };
+        let polled = Pin::new(inner).poll_frame(cx);
+        drop(body);
         if matches!(polled, Poll::Ready(Some(Ok(_)))) {
             this.set_handed(true);
         }
-        polled
+        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.shared.body.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(B::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.shared.body.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(B::size_hint).unwrap_or_default()
     }
 }
 
@@ -280,5 +372,27 @@ mod tests {
         assert_eq!(a.remaining(limit, at(10)), None);
         assert!(answer.frame().await.is_none(), "asked for more: the client took it");
         assert_eq!(a.waiting_for_client.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_left_waiting_is_abandoned_while_its_siblings_move() {
+        use http_body_util::BodyExt;
+        let limit = Duration::from_secs(10);
+        let a = Activity::new();
+        let full = |text: &'static str| http_body_util::Full::new(Bytes::from_static(text.as_bytes()));
+        let mut stalled = Tracked::new(full("x"), a.begin());
+        let moving = Tracked::new(full("y"), a.begin());
+        assert!(stalled.frame().await.is_some(), "a piece handed over, never taken");
+        let handed = stalled.shared.handed_at.load(Ordering::Relaxed);
+        let at = |secs: u64| handed + secs * clock::NANOS_PER_SEC;
+        a.abandon_stalled(limit, at(9));
+        assert!(stalled.shared.body.lock().unwrap().is_some(), "within the limit: kept");
+        a.abandon_stalled(limit, at(10));
+        assert!(stalled.shared.body.lock().unwrap().is_none(), "its source let go");
+        assert!(moving.shared.body.lock().unwrap().is_some(), "the other answer waits for no client");
+        let ended = stalled.frame().await.unwrap().unwrap_err();
+        assert!(ended.is::<ClientStalled>(), "{ended}");
+        drop((stalled, moving));
+        assert_eq!(a.answers.lock().unwrap().iter().filter(|w| w.strong_count() > 0).count(), 0);
     }
 }
