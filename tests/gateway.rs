@@ -357,11 +357,21 @@ async fn track_usage_steps_aside_for_an_upstream_that_refuses_the_option() {
         assert_eq!(&up.log.last_body.lock().unwrap()[..], request.as_bytes());
         assert_eq!(up.log.requests(), upstream_requests, "request {n}: the refusal is remembered");
     }
-    // A 400 for anything else is the client's answer, as it is.
+
+    // A client's own `stream_options` refused is the client's answer; and a refusal that is
+    // about something else (the resent body is refused too) marks nothing.
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(&up.url("/strict/v1"), "", "      track_usage: true")).await;
+    let addr = server.forward_addr("main").unwrap();
     let (status, _, body) = post(addr, "/v1/chat/completions", r#"{"stream":true,"stream_options":{"x":1}}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(json_of(&body)["error"]["message"], "Unrecognized request argument supplied: stream_options");
-    assert_eq!(up.log.requests(), 4);
+    assert_eq!(up.log.requests(), 1, "not resent");
+    let (status, _, _) = post(addr, "/v1/chat/completions", r#"{"stream":true,"bad":1}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(up.log.requests(), 3, "resent once as written, and refused again");
+    assert_eq!(post(addr, "/v1/chat/completions?gap_ms=1", request).await.0, 200);
+    assert_eq!(up.log.requests(), 5, "the upstream was not left marked: the option was tried again");
 }
 
 #[tokio::test]

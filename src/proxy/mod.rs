@@ -386,6 +386,8 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
     // The member whose failure the next attempt retries, and why.
     let mut cause: Option<(usize, Failure)> = None;
     let mut retry_afters = RetryAfters::default();
+    // The member this request found refusing the usage option, while the client's body is resent.
+    let mut refused_option: Option<usize> = None;
     let mut n = 0;
     while n < policy.max_attempts {
         n += 1;
@@ -426,15 +428,24 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
         let body = out.body_for(&member.upstream);
         match attempt(group, member, out, body, at, picked.admission, picked.guard).await {
             Outcome::Final(mut resp) if body.asks_usage && resp.status == StatusCode::BAD_REQUEST => {
-                if !Box::pin(refuses_usage_option(&member.upstream, &mut resp, group.connect_timeout)).await {
+                let upstream = &member.upstream;
+                if !Box::pin(refuses_usage_option(out, upstream, &mut resp, group.connect_timeout)).await? {
                     return Ok(resp);
                 }
-                // Sent again as the client wrote it, and not counted as an attempt: the proxy's
-                // own addition failed, not the request (and no upstream refuses twice).
+                // Sent again as the client wrote it, neither as an attempt nor as a retry: the
+                // proxy's own addition failed, not the request (and no upstream refuses twice).
+                refused_option = Some(picked.index);
                 tried &= !(1 << picked.index);
+                cause = None;
                 n -= 1;
             }
-            Outcome::Final(resp) => return Ok(resp),
+            Outcome::Final(resp) => {
+                if refused_option == Some(picked.index) && resp.status == StatusCode::BAD_REQUEST {
+                    // The client's own body is refused too: that 400 was about something else.
+                    member.upstream.refuses_usage_option.store(false, Ordering::Relaxed);
+                }
+                return Ok(resp);
+            }
             Outcome::Invalid(e) => return Err(e),
             Outcome::Retryable { failed, kind, retry_after } => {
                 if let Some(after) = retry_after {
@@ -460,12 +471,21 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
 
 /// Whether a 400 answer to a body with the usage option refuses that option — as Azure OpenAI
 /// does before API version 2024-09-01 (`Unrecognized request argument supplied:
-/// stream_options`). If so, the upstream is marked: from now on it gets the client's body as it
-/// is (and its streams go uncounted, which the warning says once).
-async fn refuses_usage_option(upstream: &Upstream, resp: &mut Answer<RelayBody>, limit: Duration) -> bool {
-    let Ok(Ok(Some(body))) = tokio::time::timeout(limit, resp.body.set_aside()).await else { return false };
+/// stream_options`). Only an option the proxy added whole counts: a client's own
+/// `stream_options` refused is the client's answer. If so, the upstream is marked: from now on it
+/// gets the client's body as it is (and its streams go uncounted, which the warning says).
+async fn refuses_usage_option(
+    out: &Outgoing<'_>,
+    upstream: &Upstream,
+    resp: &mut Answer<RelayBody>,
+    limit: Duration,
+) -> Result<bool, ApiError> {
+    if crate::json_scan::member(&out.body, b"stream_options").is_some() {
+        return Ok(false);
+    }
+    let Some(body) = read_aside(resp, upstream, limit).await? else { return Ok(false) };
     if !body.windows(14).any(|w| w == b"stream_options") {
-        return false;
+        return Ok(false);
     }
     if !upstream.refuses_usage_option.swap(true, Ordering::Relaxed) {
         crate::warn!(
@@ -473,7 +493,7 @@ async fn refuses_usage_option(upstream: &Upstream, resp: &mut Answer<RelayBody>,
             upstream.name
         );
     }
-    true
+    Ok(true)
 }
 
 /// After a backoff: an upstream the request already tried, except those still inside the
@@ -532,14 +552,27 @@ impl Failed {
     /// failed upstream — and one that breaks off or is late becomes the gateway error it is.
     async fn set_aside(self, upstream: &Upstream, limit: Duration) -> Failed {
         let Failed::Response(mut resp) = self else { return self };
-        let status = resp.status.as_u16();
-        let why = match tokio::time::timeout(limit, resp.body.set_aside()).await {
-            Ok(Ok(_)) => return Failed::Response(resp),
-            Ok(Err(e)) => format!("broke off its {status} answer: {e}"),
-            Err(_) => format!("did not finish its {status} answer within {}s", limit.as_secs()),
-        };
-        Failed::Error(ApiError::bad_gateway(format!("upstream {} {why}", upstream.name)))
+        match read_aside(&mut resp, upstream, limit).await {
+            Ok(_) => Failed::Response(resp),
+            Err(e) => Failed::Error(e),
+        }
     }
+}
+
+/// Sets an answer aside ([`RelayBody::set_aside`]), with `limit` for its body to arrive: the body
+/// when it was read, or the gateway error an answer that breaks off or is late becomes.
+async fn read_aside(
+    resp: &mut Answer<RelayBody>,
+    upstream: &Upstream,
+    limit: Duration,
+) -> Result<Option<Bytes>, ApiError> {
+    let status = resp.status.as_u16();
+    let why = match tokio::time::timeout(limit, resp.body.set_aside()).await {
+        Ok(Ok(body)) => return Ok(body),
+        Ok(Err(e)) => format!("broke off its {status} answer: {e}"),
+        Err(_) => format!("did not finish its {status} answer within {}s", limit.as_secs()),
+    };
+    Err(ApiError::bad_gateway(format!("upstream {} {why}", upstream.name)))
 }
 
 fn finish(last: Option<Failed>, group: &Group, why: Unavailable) -> Result<Answer<RelayBody>, ApiError> {

@@ -199,6 +199,11 @@ async fn scripted(req: Request<Incoming>, log: Arc<UpstreamLog>) -> Response<Pro
             let gap = num("gap_ms", 10);
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             *log.last_body.lock().unwrap() = body.clone();
+            if last == "strict" && body.windows(5).any(|w| w == b"\"bad\"") {
+                // A validator that quotes what it was sent.
+                let message = format!("invalid request: {}", String::from_utf8_lossy(&body));
+                return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": {"message": message}}));
+            }
             if last == "strict" && body.windows(14).any(|w| w == b"stream_options") {
                 let message = "Unrecognized request argument supplied: stream_options";
                 return json(
