@@ -132,7 +132,7 @@ impl Activity {
                 .collect()
         };
         for answer in stalled {
-            answer.abandon();
+            answer.abandon_if_waiting_since(before);
         }
     }
 }
@@ -141,8 +141,9 @@ impl Activity {
 trait Waiting: Send + Sync {
     /// Since when its last piece has waited for the client, if it does.
     fn waiting_since(&self) -> Option<u64>;
-    /// Drops its source: the client stopped taking it.
-    fn abandon(&self);
+    /// Drops its source if its piece still waits since `before` or earlier: the client stopped
+    /// taking it (and did not take it since it was found waiting).
+    fn abandon_if_waiting_since(&self, before: u64);
 }
 
 /// A [`Tracked`] answer's body, shared with the connection's guard.
@@ -158,9 +159,16 @@ impl<B: Send> Waiting for Shared<B> {
         Some(self.handed_at.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
-    fn abandon(&self) {
-        self.handed_at.store(0, Ordering::Relaxed);
-        let body = self.body.lock().unwrap_or_else(PoisonError::into_inner).take();
+    fn abandon_if_waiting_since(&self, before: u64) {
+        let body = {
+            // Under the lock a poll of the body cannot run: the answer is either still waiting,
+            // or was taken since (and is checked here with its new time, or 0).
+            let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
+            match self.waiting_since() {
+                Some(since) if since <= before => body.take(),
+                _ => None,
+            }
+        };
         drop(body);
     }
 }
@@ -191,7 +199,10 @@ impl Drop for Busy {
 /// moment that could happen, and re-arms itself when activity moved that moment.
 pub async fn expired(activity: Arc<Activity>, limit: Duration) {
     while let Some(wait) = activity.remaining(limit, clock::now()) {
-        tokio::time::sleep(wait).await;
+        // While requests are in flight, looked at every second whatever the connection's own
+        // deadline: an answer left waiting on HTTP/2 is let go of within a second of its limit.
+        let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+        tokio::time::sleep(if busy { wait.min(BUSY_RECHECK) } else { wait }).await;
         activity.abandon_stalled(limit, clock::now());
     }
 }

@@ -305,8 +305,8 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Receiver
     // The head must arrive within `timeout.connect` (slowloris guard, see `idle`); the body and
     // the wait for the model are not bounded by it.
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
-    // The head limits of the proxy's own HTTP/1.1 server hold on hyper's connections too.
-    builder.http2().max_header_list_size(http1::request::MAX_HEAD as u32);
+    // The head limits of the proxy's own HTTP/1.1 server hold on hyper's HTTP/1.1 connections too
+    // (HTTP/2 keeps hyper's tighter 16 KiB header list: a connection can carry 200 streams).
     builder.http1().max_buf_size(http1::request::MAX_HEAD).max_headers(http1::request::MAX_HEADERS);
     let builder = Arc::new(builder);
     let grace = loop {
