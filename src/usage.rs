@@ -189,7 +189,7 @@ impl UsageScanner {
             if !std::mem::take(overlong) {
                 self.line(&joined);
             } else if joined.len() > line.len() {
-                // The end of a `data:` line too long to keep whole.
+                // The end of a `data:` (or NDJSON) line too long to keep whole.
                 self.usage_near_end(&joined);
             }
         }
@@ -202,8 +202,9 @@ impl UsageScanner {
             *overlong = true;
             // Of a line too long to keep, a `data:` line keeps its last bytes, where a usage
             // object still counts: OpenAI's `response.completed` repeats the whole response,
-            // generated images and all. Other lines are dropped as they pass.
-            if !partial.iter().chain(rest).take(5).eq(b"data:") {
+            // generated images and all; so does an NDJSON line (Ollama's last one carries the
+            // whole `context` before its counts). Other lines are dropped as they pass.
+            if !self.ndjson && !partial.iter().chain(rest).take(5).eq(b"data:") {
                 partial.clear();
                 return;
             }
@@ -217,12 +218,24 @@ impl UsageScanner {
         }
     }
 
-    /// Reads the last complete usage object in `tail` (the last bytes of a `data:` line too long
-    /// to keep): found by its key's text with an unescaped opening quote, which in JSON only a
-    /// key has.
+    /// Reads the last complete usage object in `tail` (the last bytes of a line too long to
+    /// keep): found by its key's text with an unescaped opening quote, which in JSON only a key
+    /// has; a few candidates at most, each a walk over what follows it. On an NDJSON line,
+    /// Ollama's counts close the object.
     fn usage_near_end(&mut self, tail: &[u8]) {
+        if self.ndjson {
+            let count = |key: &[u8]| {
+                let tail = tail.trim_ascii_end();
+                crate::json_scan::read_last_member(tail, key, 6, Scanner::u64_or_other).flatten().filter(sane)
+            };
+            let ollama = Usage { prompt: count(b"prompt_eval_count"), completion: count(b"eval_count") };
+            if let Some(u) = ollama.counted() {
+                return self.note(u);
+            }
+        }
         let mut end = tail.len();
-        while let Some(at) = tail[..end].windows(7).rposition(|w| w == b"\"usage\"") {
+        for _ in 0..8 {
+            let Some(at) = tail[..end].windows(7).rposition(|w| w == b"\"usage\"") else { return };
             end = at;
             let backslashes = tail[..at].iter().rev().take_while(|&&b| b == b'\\').count();
             let after = tail[at + 7..].trim_ascii_start();
@@ -887,6 +900,15 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         // A prompt Ollama had cached has no `prompt_eval_count`.
         let (u, _, _) = scan_in_pieces("application/json", r#"{"model":"m","done":true,"eval_count":4}"#, 64, false);
         assert_eq!(u, Usage { prompt: None, completion: Some(4) });
+        // A last line too long to keep (a long `context`): its counts close it.
+        let context = "1234,".repeat(MAX_LINE / 4);
+        let long_last = format!(
+            "{{\"model\":\"llama3.2\",\"response\":\"Hi\",\"done\":false}}\n{{\"model\":\"llama3.2\",\"done\":true,\"context\":[{context}1],\"prompt_eval_count\":70000,\"eval_count\":9}}\n"
+        );
+        for piece in [8192, MAX_LINE + 1] {
+            let (u, _, _) = scan_in_pieces("application/x-ndjson", &long_last, piece, false);
+            assert_eq!(u, Usage { prompt: Some(70000), completion: Some(9) }, "piece {piece}");
+        }
         // An `/api/embed` of many inputs, too large to keep whole: its count closes it.
         let vector = format!("[{}0.5]", "0.25,".repeat(500_000));
         let embed =

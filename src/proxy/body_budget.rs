@@ -16,10 +16,11 @@ pub struct BodyBudget {
 
 impl BodyBudget {
     /// Reserves `bytes` more for `reservation` if the total stays within `limit`.
+    /// Compared and set, so that a reservation refused never counts, even for a moment, against
+    /// others being made.
     pub fn reserve<'a>(&'a self, reservation: &mut Reservation<'a>, bytes: u64, limit: u64) -> bool {
-        let before = self.held.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > limit {
-            self.held.fetch_sub(bytes, Ordering::Relaxed);
+        let fits = |held: u64| held.checked_add(bytes).filter(|&total| total <= limit);
+        if self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, fits).is_err() {
             return false;
         }
         reservation.budget = Some(self);
