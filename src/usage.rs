@@ -223,15 +223,8 @@ impl UsageScanner {
     /// has; a few candidates at most, each a walk over what follows it. On an NDJSON line,
     /// Ollama's counts close the object.
     fn usage_near_end(&mut self, tail: &[u8]) {
-        if self.ndjson {
-            let count = |key: &[u8]| {
-                let tail = tail.trim_ascii_end();
-                crate::json_scan::read_last_member(tail, key, 6, Scanner::u64_or_other).flatten().filter(sane)
-            };
-            let ollama = Usage { prompt: count(b"prompt_eval_count"), completion: count(b"eval_count") };
-            if let Some(u) = ollama.counted() {
-                return self.note(u);
-            }
+        if let Some(u) = self.ndjson.then(|| ollama_counts_at_end(tail)).flatten() {
+            return self.note(u);
         }
         let mut end = tail.len();
         for _ in 0..8 {
@@ -458,15 +451,9 @@ impl UsageScanner {
     fn report_ends(&mut self, head: &[u8], tail: &[u8]) {
         if let Some(Some(u)) = crate::json_scan::read_last_member(tail, b"usage", 4, counts) {
             self.note(u);
-        } else {
-            // Ollama's counts close its answers (an `/api/embed` of many inputs grows large).
-            let count = |key: &[u8]| {
-                crate::json_scan::read_last_member(tail, key, 6, Scanner::u64_or_other).flatten().filter(sane)
-            };
-            let ollama = Usage { prompt: count(b"prompt_eval_count"), completion: count(b"eval_count") };
-            if let Some(u) = ollama.counted() {
-                self.note(u);
-            }
+        } else if let Some(u) = ollama_counts_at_end(tail) {
+            // An `/api/embed` of many inputs grows large.
+            self.note(u);
         }
         if self.model.is_none() {
             // Near the end in some answers (OpenAI embeddings put it after `data`), else first.
@@ -569,6 +556,14 @@ const MAX_TOKENS: u64 = 1 << 40;
 
 fn sane(n: &u64) -> bool {
     *n <= MAX_TOKENS
+}
+
+/// Ollama's counts, which close its answers (and the last line of its streams), read from the
+/// last bytes of one.
+fn ollama_counts_at_end(tail: &[u8]) -> Option<Usage> {
+    let count =
+        |key: &[u8]| crate::json_scan::read_last_member(tail, key, 6, Scanner::u64_or_other).flatten().filter(sane);
+    Usage { prompt: count(b"prompt_eval_count"), completion: count(b"eval_count") }.counted()
 }
 
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
