@@ -192,6 +192,7 @@ async fn every_family_is_exposed_and_counters_follow_traffic() {
         ("llmproxy_http_requests_total", "counter"),
         ("llmproxy_http_request_duration_seconds", "histogram"),
         ("llmproxy_http_request_errors_total", "counter"),
+        ("llmproxy_buffered_body_bytes", "gauge"),
         ("llmproxy_ratelimit_total", "counter"),
         ("llmproxy_upstream_requests_total", "counter"),
         ("llmproxy_upstream_duration_seconds", "histogram"),

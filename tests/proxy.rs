@@ -178,6 +178,13 @@ async fn bodies_held_at_once_stay_within_the_forward_budget() {
     assert_eq!(headers["retry-after"], "1");
     assert!(error_message(&body).contains("max_buffered_bodies"), "{}", error_message(&body));
     assert_eq!(up.log.requests(), 1, "the refused request reached no upstream");
+    let metrics = String::from_utf8(get(server.admin_addr(), "/metrics").await.2.to_vec()).unwrap();
+    for line in [
+        "llmproxy_buffered_body_bytes{forward=\"main\"} 716800",
+        "llmproxy_http_request_errors_total{forward=\"main\",error=\"server_busy\",status=\"503\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing:\n{metrics}");
+    }
     assert_eq!(first.await.unwrap().0, 200);
     // Its body given back, the budget holds the next one.
     assert_eq!(post(addr, "/v1/echo", vec![b'c'; 700 * 1024]).await.0, 200);

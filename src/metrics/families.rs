@@ -29,7 +29,7 @@ pub fn method_index(m: &Method) -> usize {
 }
 
 /// Errors the proxy itself answers with: `(error label, status)`, matching [`crate::error`] codes.
-pub const PROXY_ERRORS: [(&str, u16); 14] = [
+pub const PROXY_ERRORS: [(&str, u16); 15] = [
     ("bad_request", 400),
     ("unauthorized", 401),
     ("forbidden", 403),
@@ -42,6 +42,7 @@ pub const PROXY_ERRORS: [(&str, u16); 14] = [
     ("upstream_unreachable", 502),
     ("no_upstream_available", 503),
     ("upstream_at_capacity", 503),
+    ("server_busy", 503),
     ("upstream_timeout", 504),
     ("client_closed_request", 499),
 ];
@@ -301,6 +302,14 @@ fn forwards(e: &mut Encoder, rt: &Runtime) {
                 );
             }
         }
+    }
+    e.family(
+        "llmproxy_buffered_body_bytes",
+        "gauge",
+        "Request-body bytes the forward holds in memory now (bounded by max_buffered_bodies).",
+    );
+    for f in &rt.forwards {
+        e.int("llmproxy_buffered_body_bytes", &[("forward", &f.name)], f.bodies.held());
     }
     e.family("llmproxy_ratelimit_total", "counter", "Requests refused by the forward's per-client rate limit.");
     for f in &rt.forwards {
