@@ -174,6 +174,11 @@ fn numbers_may_come_from_strings_and_sizes_have_units() {
     assert_eq!(c.http_server.forwards[0].port, 3100);
     let c = with("http_server.forwards.0.max_body_size", Value::from("1MiB")).unwrap();
     assert_eq!(c.http_server.forwards[0].max_body_size, 1 << 20);
+    // A rate block is on unless it says `enabled: false`, on upstreams as on forwards.
+    let c = with("upstreams.0.ratelimit.enabled", Value::from(false)).unwrap();
+    assert!(c.upstreams[0].ratelimit.is_none());
+    let c = with("upstreams.0.ratelimit.per_second", Value::from(5)).unwrap();
+    assert_eq!(c.upstreams[0].ratelimit.as_ref().map(|r| r.per_second), Some(5));
     let c = with("http_server.forwards.0.max_buffered_bodies", Value::from("2GiB")).unwrap();
     assert_eq!(c.http_server.forwards[0].max_buffered_bodies, 2 << 30);
     let err = with("http_server.forwards.0.max_buffered_bodies", Value::from("1MiB")).unwrap_err();

@@ -163,13 +163,15 @@ pub(super) fn route(node: &Node) -> Result<Route, ConfigError> {
     Ok(Route { path, model, headers, target_group: f.required_string("target_group")? })
 }
 
-/// A `{per_second, burst}` request rate (upstreams and client keys).
-fn rate(node: &Node) -> Result<UpstreamRateLimit, ConfigError> {
-    let r = node.fields(&["per_second", "burst"])?;
-    Ok(UpstreamRateLimit {
+/// A `{per_second, burst}` request rate (upstreams and client keys); `None` when the block says
+/// `enabled: false` (on otherwise, as a forward's `ratelimit` is).
+fn rate(node: &Node) -> Result<Option<UpstreamRateLimit>, ConfigError> {
+    let r = node.fields(&["enabled", "per_second", "burst"])?;
+    let limit = UpstreamRateLimit {
         per_second: r.u64_or("per_second", 100, 1..=10_000)? as u32,
         burst: r.u64_or("burst", 200, 1..=20_000)? as u32,
-    })
+    };
+    Ok(r.bool_or("enabled", true)?.then_some(limit))
 }
 
 fn forward_auth(node: &Node) -> Result<ForwardAuth, ConfigError> {
@@ -192,7 +194,7 @@ fn forward_auth(node: &Node) -> Result<ForwardAuth, ConfigError> {
                 ),
             ));
         }
-        let ratelimit = kf.get("ratelimit").map(|n| rate(&n)).transpose()?;
+        let ratelimit = kf.get("ratelimit").map(|n| rate(&n)).transpose()?.flatten();
         keys.push(ClientKey { name, key, ratelimit });
     }
     if keys.is_empty() {
@@ -307,7 +309,7 @@ fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
             })
         }
     };
-    let ratelimit = f.get("ratelimit").map(|n| rate(&n)).transpose()?;
+    let ratelimit = f.get("ratelimit").map(|n| rate(&n)).transpose()?.flatten();
     let mock = match (f.get("mock"), is_mock) {
         (Some(n), false) => return Err(n.error(format!("a mock block needs url: \"{MOCK_SCHEME}\""))),
         (Some(n), true) => Some(mock(&n)?),

@@ -146,7 +146,7 @@ fn record_unserved(
             fwd.name,
             a.client,
             a.method,
-            a.path,
+            crate::log::Field(&a.path),
             started.elapsed().as_millis()
         );
     }
