@@ -59,13 +59,13 @@ pub async fn respond(cfg: &Mock, method: &Method, path: &str, body: &[u8]) -> Re
         tokio::time::sleep(Duration::from_millis(cfg.ttft_ms)).await;
         return injected_error(cfg.error_status);
     }
-    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let request = read_request(body);
     let endpoint = path.trim_end_matches('/');
     let route = |suffix: &str| endpoint.ends_with(suffix);
     match (method, ()) {
         (&Method::POST, _) if route("/chat/completions") => chat(cfg, &request, body.len()).await,
         (&Method::POST, _) if route("/messages") => messages(cfg, &request, body.len()).await,
-        (&Method::POST, _) if route("/embeddings") => embeddings(cfg, &request),
+        (&Method::POST, _) if route("/embeddings") => embeddings(cfg, &request, body.len()),
         (&Method::POST, _) if route("/api/chat") => ollama(cfg, &request, body.len(), Ollama::Chat).await,
         (&Method::POST, _) if route("/api/generate") => ollama(cfg, &request, body.len(), Ollama::Generate).await,
         (&Method::GET, _) if route("/models") => models(cfg),
@@ -75,6 +75,21 @@ pub async fn respond(cfg: &Mock, method: &Method, path: &str, body: &[u8]) -> Re
         ),
     }
 }
+
+/// The members the mock reads, taken from the body with the scanner: the body is never built
+/// into a tree whole (a prompt of megabytes, or one crafted as millions of tiny values, costs one
+/// pass). A body that is not a JSON object has none of them.
+fn read_request(body: &[u8]) -> Value {
+    let picked = ["model", "stream", "stream_options", "input"].into_iter().filter_map(|key| {
+        let raw = crate::json_scan::member(body, key.as_bytes())?;
+        Some((key.to_string(), serde_json::from_slice(raw).ok()?))
+    });
+    Value::Object(picked.collect())
+}
+
+/// Embeddings requests larger than this are refused: each input becomes a vector, so the answer
+/// would be many times the request.
+const MAX_EMBEDDINGS_REQUEST: usize = 2 * 1024 * 1024;
 
 fn injected_error(status: u16) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -261,7 +276,13 @@ async fn ollama(cfg: &Mock, request: &Value, body_len: usize, kind: Ollama) -> R
     resp
 }
 
-fn embeddings(cfg: &Mock, request: &Value) -> Response<ProxyBody> {
+fn embeddings(cfg: &Mock, request: &Value, body_len: usize) -> Response<ProxyBody> {
+    if body_len > MAX_EMBEDDINGS_REQUEST {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": format!("the mock embeds at most {MAX_EMBEDDINGS_REQUEST} bytes of input per request"), "type": "invalid_request_error", "code": "input_too_large"}}),
+        );
+    }
     let inputs: Vec<String> = match request.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => {
@@ -438,6 +459,18 @@ mod tests {
         assert_eq!(e["data"][1]["embedding"].as_array().unwrap().len(), EMBEDDING_DIMS);
         let nf = respond(&quick(), &Method::GET, "/v1/nothing", b"").await;
         assert_eq!(nf.status(), 404);
+        let huge = format!(r#"{{"input":[{}"a"]}}"#, r#""a","#.repeat(MAX_EMBEDDINGS_REQUEST / 4));
+        let refused = respond(&quick(), &Method::POST, "/v1/embeddings", huge.as_bytes()).await;
+        assert_eq!(refused.status(), 400, "an answer of many vectors per input byte is not built");
+    }
+
+    #[test]
+    fn only_the_members_the_mock_reads_are_parsed() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false}}"#;
+        let v = read_request(body);
+        assert_eq!(v, serde_json::json!({"model": "m", "stream": true, "stream_options": {"include_usage": false}}));
+        assert_eq!(read_request(b"[1,2]"), serde_json::json!({}));
+        assert_eq!(read_request(b"not json"), serde_json::json!({}));
     }
 
     #[tokio::test]
