@@ -344,6 +344,24 @@ async fn track_usage_adds_and_strips_exactly_one_chunk() {
 }
 
 #[tokio::test]
+async fn track_usage_copies_a_body_only_within_the_budget() {
+    let up = TestUpstream::start().await;
+    let yaml = single_upstream_config(&up.url("/openai-stream/v1"), "", "      track_usage: true")
+        .replace("max_body_size: 1MiB", "max_body_size: 1MiB\n      max_buffered_bodies: 1MiB");
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    let prompt = "x".repeat(600 * 1024);
+    let request =
+        format!(r#"{{"model":"gpt-test","stream":true,"messages":[{{"role":"user","content":"{prompt}"}}]}}"#);
+    let (status, _, _) = post(addr, "/v1/chat/completions?gap_ms=1", request.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(&up.log.last_body.lock().unwrap()[..], request.as_bytes(), "no room for a copy: sent as written");
+    let small = r#"{"model":"gpt-test","stream":true,"messages":[]}"#;
+    assert_eq!(post(addr, "/v1/chat/completions?gap_ms=1", small).await.0, 200);
+    assert!(up.log.last_body.lock().unwrap().starts_with(br#"{"stream_options""#), "room for it: usage asked");
+}
+
+#[tokio::test]
 async fn track_usage_steps_aside_for_an_upstream_that_refuses_the_option() {
     let up = TestUpstream::start().await;
     let server = start(&single_upstream_config(&up.url("/strict/v1"), "", "      track_usage: true")).await;

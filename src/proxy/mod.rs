@@ -266,6 +266,9 @@ where
         .unwrap_or(fwd.default_group);
     let group = &rt.groups[group_index];
     let with_usage = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
+    // The edited copy is held as well: within the budget, or not made (the body goes as written).
+    let with_usage =
+        with_usage.filter(|copy| fwd.bodies.reserve(&mut reservation, copy.len() as u64, fwd.max_buffered_bodies));
     // Nothing waited since the request arrived, and the body was not parsed as a whole for
     // `track_usage` (a large prompt takes a while): that moment also starts the first attempt.
     let ready_at = (!waited && !group.track_usage).then_some(started);
@@ -288,6 +291,9 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
+    // A declared length is the buffer's exact size: a body of many frames then costs no more
+    // memory than the budget counts (grown by doubling, it could hold twice that).
+    let declared = body.size_hint().exact().and_then(|n| usize::try_from(n).ok());
     let (mut first, mut joined): (Option<Bytes>, Option<BytesMut>) = (None, None);
     let (mut size, mut waited) = (0u64, false);
     loop {
@@ -326,7 +332,7 @@ where
         match (&first, &mut joined) {
             (None, _) => first = Some(data),
             (Some(head), None) => {
-                let mut all = BytesMut::with_capacity(head.len() + data.len() * 2);
+                let mut all = BytesMut::with_capacity(declared.unwrap_or(head.len() + data.len() * 2));
                 all.extend_from_slice(head);
                 all.extend_from_slice(&data);
                 joined = Some(all);
@@ -386,8 +392,9 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
     // The member whose failure the next attempt retries, and why.
     let mut cause: Option<(usize, Failure)> = None;
     let mut retry_afters = RetryAfters::default();
-    // The member this request found refusing the usage option, while the client's body is resent.
-    let mut refused_option: Option<usize> = None;
+    // Members found refusing the usage option, for which the client's body is resent (once
+    // each), and those of them this request marked.
+    let (mut refused_option, mut marked_here) = (0u64, 0u64);
     let mut n = 0;
     while n < policy.max_attempts {
         n += 1;
@@ -427,21 +434,29 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
         let member = &group.members[picked.index];
         let body = out.body_for(&member.upstream);
         match attempt(group, member, out, body, at, picked.admission, picked.guard).await {
-            Outcome::Final(mut resp) if body.asks_usage && resp.status == StatusCode::BAD_REQUEST => {
+            Outcome::Final(mut resp)
+                if body.asks_usage
+                    && resp.status == StatusCode::BAD_REQUEST
+                    && refused_option & (1 << picked.index) == 0 =>
+            {
                 let upstream = &member.upstream;
-                if !Box::pin(refuses_usage_option(out, upstream, &mut resp, group.connect_timeout)).await? {
+                let Some(marked) =
+                    Box::pin(refuses_usage_option(out, upstream, &mut resp, group.connect_timeout)).await?
+                else {
                     return Ok(resp);
-                }
+                };
                 // Sent again as the client wrote it, neither as an attempt nor as a retry: the
-                // proxy's own addition failed, not the request (and no upstream refuses twice).
-                refused_option = Some(picked.index);
+                // proxy's own addition failed, not the request.
+                refused_option |= 1 << picked.index;
+                marked_here |= u64::from(marked) << picked.index;
                 tried &= !(1 << picked.index);
                 cause = None;
                 n -= 1;
             }
             Outcome::Final(resp) => {
-                if refused_option == Some(picked.index) && resp.status == StatusCode::BAD_REQUEST {
-                    // The client's own body is refused too: that 400 was about something else.
+                if marked_here & (1 << picked.index) != 0 && resp.status == StatusCode::BAD_REQUEST {
+                    // The client's own body is refused too: the 400 that marked the upstream was
+                    // about something else.
                     member.upstream.refuses_usage_option.store(false, Ordering::Relaxed);
                 }
                 return Ok(resp);
@@ -474,26 +489,30 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
 /// stream_options`). Only an option the proxy added whole counts: a client's own
 /// `stream_options` refused is the client's answer. If so, the upstream is marked: from now on it
 /// gets the client's body as it is (and its streams go uncounted, which the warning says).
+/// `Some(true)` when this call marked it, `Some(false)` when another request had.
 async fn refuses_usage_option(
     out: &Outgoing<'_>,
     upstream: &Upstream,
     resp: &mut Answer<RelayBody>,
     limit: Duration,
-) -> Result<bool, ApiError> {
-    if crate::json_scan::member(&out.body, b"stream_options").is_some() {
-        return Ok(false);
+) -> Result<Option<bool>, ApiError> {
+    // A refusal is short and of known length; any other answer is relayed as it is.
+    let short = hyper::body::Body::size_hint(&resp.body).exact().is_some_and(|n| n <= relay::SET_ASIDE_MAX);
+    if !short || crate::json_scan::member(&out.body, b"stream_options").is_some() {
+        return Ok(None);
     }
-    let Some(body) = read_aside(resp, upstream, limit).await? else { return Ok(false) };
+    let Some(body) = read_aside(resp, upstream, limit).await? else { return Ok(None) };
     if !body.windows(14).any(|w| w == b"stream_options") {
-        return Ok(false);
+        return Ok(None);
     }
-    if !upstream.refuses_usage_option.swap(true, Ordering::Relaxed) {
+    let marked = !upstream.refuses_usage_option.swap(true, Ordering::Relaxed);
+    if marked {
         crate::warn!(
             "upstream {} refuses stream_options (track_usage): its streams go on without it, and their tokens are not counted",
             upstream.name
         );
     }
-    Ok(true)
+    Ok(Some(marked))
 }
 
 /// After a backoff: an upstream the request already tried, except those still inside the

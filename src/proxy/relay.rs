@@ -132,7 +132,7 @@ struct KeepAlive {
 const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 /// The largest failed answer body read into memory when the answer is set aside.
-const SET_ASIDE_MAX: u64 = 64 * 1024;
+pub const SET_ASIDE_MAX: u64 = 64 * 1024;
 
 impl KeepAlive {
     /// An event ends with an empty line: the last line ending (CRLF, LF or a lone CR) comes

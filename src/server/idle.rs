@@ -17,8 +17,10 @@
 //! for its next piece only once the client has made room — is closed when none has moved for
 //! the limit ([`Tracked`]): a client that stops reading must not hold its upstream requests.
 //! On HTTP/2 a client may stop reading one stream and go on with others, which keep the
-//! connection moving: an answer whose piece has waited for the limit lets go of its source (the
-//! upstream request) by itself, and its stream is reset once the client reads again.
+//! connection moving: an answer whose piece has waited for `STREAM_STALL_FACTOR` times the limit
+//! lets go of its source (the upstream request) by itself, and its stream is reset once the
+//! client reads again. The longer limit spares a client that reads many streams over a slow
+//! link, where each waits its turn for the connection's capacity.
 
 use crate::clock;
 use bytes::Bytes;
@@ -32,6 +34,9 @@ use std::time::Duration;
 
 /// How often the guard of a connection with requests in flight looks at it again.
 const BUSY_RECHECK: Duration = Duration::from_secs(1);
+/// An HTTP/2 answer is abandoned when one of its pieces has waited this many times the limit
+/// (30 s with the default `timeout.connect`): a piece of a few KiB that long is under 1 KiB/s.
+const STREAM_STALL_FACTOR: u32 = 3;
 
 pub struct Activity {
     in_flight: AtomicU32,
@@ -118,7 +123,7 @@ impl Activity {
 
     /// Lets go of the source of every answer whose piece has waited for its client since before
     /// `limit` ago (at `now`), while other answers on the connection move.
-    fn abandon_stalled(&self, limit: Duration, now: u64) {
+    fn abandon_waiting_for(&self, limit: Duration, now: u64) {
         if self.waiting_for_client.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -203,7 +208,7 @@ pub async fn expired(activity: Arc<Activity>, limit: Duration) {
         // deadline: an answer left waiting on HTTP/2 is let go of within a second of its limit.
         let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
         tokio::time::sleep(if busy { wait.min(BUSY_RECHECK) } else { wait }).await;
-        activity.abandon_stalled(limit, clock::now());
+        activity.abandon_waiting_for(limit * STREAM_STALL_FACTOR, clock::now());
     }
 }
 
@@ -396,9 +401,9 @@ mod tests {
         assert!(stalled.frame().await.is_some(), "a piece handed over, never taken");
         let handed = stalled.shared.handed_at.load(Ordering::Relaxed);
         let at = |secs: u64| handed + secs * clock::NANOS_PER_SEC;
-        a.abandon_stalled(limit, at(9));
+        a.abandon_waiting_for(limit, at(9));
         assert!(stalled.shared.body.lock().unwrap().is_some(), "within the limit: kept");
-        a.abandon_stalled(limit, at(10));
+        a.abandon_waiting_for(limit, at(10));
         assert!(stalled.shared.body.lock().unwrap().is_none(), "its source let go");
         assert!(moving.shared.body.lock().unwrap().is_some(), "the other answer waits for no client");
         let ended = stalled.frame().await.unwrap().unwrap_err();
