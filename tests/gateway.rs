@@ -316,15 +316,25 @@ async fn tokens_are_counted_for_openai_anthropic_and_ollama_answers_and_streams(
     assert_eq!(tokens(&server).await, "");
 }
 
+/// A proxy in front of `up` at `path`, asking for stream usage on its clients' behalf.
+fn track_usage_config(up: &TestUpstream, path: &str) -> String {
+    single_upstream_config(&up.url(path), "", "      track_usage: true")
+}
+
+/// The bytes of the OpenAI stream the test upstream sends, with or without its usage chunk.
+fn openai_stream(with_usage: bool) -> Vec<u8> {
+    openai_stream_frames(with_usage).iter().flat_map(|b| b.to_vec()).collect()
+}
+
 #[tokio::test]
 async fn track_usage_adds_and_strips_exactly_one_chunk() {
     let up = TestUpstream::start().await;
-    let server = start(&single_upstream_config(&up.url("/openai-stream/v1"), "", "      track_usage: true")).await;
+    let server = start(&track_usage_config(&up, "/openai-stream/v1")).await;
     let addr = server.forward_addr("main").unwrap();
     let request = r#"{"model":"gpt-test","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let (status, _, body) = post(addr, "/v1/chat/completions?gap_ms=5", request).await;
     assert_eq!(status, 200);
-    let without_usage: Vec<u8> = openai_stream_frames(false).iter().flat_map(|b| b.to_vec()).collect();
+    let without_usage = openai_stream(false);
     assert_eq!(
         String::from_utf8_lossy(&body),
         String::from_utf8_lossy(&without_usage),
@@ -338,7 +348,7 @@ async fn track_usage_adds_and_strips_exactly_one_chunk() {
     // A client that asks for usage itself gets the chunk untouched.
     let asking = r#"{"model":"gpt-test","stream":true,"stream_options":{"include_usage":true}}"#;
     let (_, _, body) = post(addr, "/v1/chat/completions?gap_ms=5", asking).await;
-    let with_usage: Vec<u8> = openai_stream_frames(true).iter().flat_map(|b| b.to_vec()).collect();
+    let with_usage = openai_stream(true);
     assert_eq!(body.to_vec(), with_usage);
     assert_eq!(&up.log.last_body.lock().unwrap()[..], asking.as_bytes(), "its request is forwarded byte for byte");
 }
@@ -346,7 +356,7 @@ async fn track_usage_adds_and_strips_exactly_one_chunk() {
 #[tokio::test]
 async fn track_usage_copies_a_body_only_within_the_budget() {
     let up = TestUpstream::start().await;
-    let yaml = single_upstream_config(&up.url("/openai-stream/v1"), "", "      track_usage: true")
+    let yaml = track_usage_config(&up, "/openai-stream/v1")
         .replace("max_body_size: 1MiB", "max_body_size: 1MiB\n      max_buffered_bodies: 1MiB");
     let server = start(&yaml).await;
     let addr = server.forward_addr("main").unwrap();
@@ -364,10 +374,10 @@ async fn track_usage_copies_a_body_only_within_the_budget() {
 #[tokio::test]
 async fn track_usage_steps_aside_for_an_upstream_that_refuses_the_option() {
     let up = TestUpstream::start().await;
-    let server = start(&single_upstream_config(&up.url("/strict/v1"), "", "      track_usage: true")).await;
+    let server = start(&track_usage_config(&up, "/strict/v1")).await;
     let addr = server.forward_addr("main").unwrap();
     let request = r#"{"model":"gpt-test","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let without_usage: Vec<u8> = openai_stream_frames(false).iter().flat_map(|b| b.to_vec()).collect();
+    let without_usage = openai_stream(false);
     for (n, upstream_requests) in [(1, 2), (2, 3)] {
         let (status, _, body) = post(addr, "/v1/chat/completions?gap_ms=1", request).await;
         assert_eq!(status, 200, "request {n}: the option refused, the request as the client wrote it");
@@ -379,7 +389,7 @@ async fn track_usage_steps_aside_for_an_upstream_that_refuses_the_option() {
     // A client's own `stream_options` refused is the client's answer; and a refusal that is
     // about something else (the resent body is refused too) marks nothing.
     let up = TestUpstream::start().await;
-    let server = start(&single_upstream_config(&up.url("/strict/v1"), "", "      track_usage: true")).await;
+    let server = start(&track_usage_config(&up, "/strict/v1")).await;
     let addr = server.forward_addr("main").unwrap();
     let (status, _, body) = post(addr, "/v1/chat/completions", r#"{"stream":true,"stream_options":{"x":1}}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -303,11 +303,9 @@ async fn a_client_that_leaves_before_its_answer_is_counted_as_499() {
     let server = proxy(&up).await;
     let mut c = TcpStream::connect(server.forward_addr("main").unwrap()).await.unwrap();
     c.write_all(b"GET /v1/slow-head?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while up.log.requests() == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(eventually(Duration::from_secs(5), || up.log.requests() == 1).await);
     drop(c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let counted =
         "llmproxy_http_request_errors_total{forward=\"main\",error=\"client_closed_request\",status=\"499\"} 1";
     let mut text = String::new();
