@@ -9,7 +9,7 @@ use crate::balance::Balancer;
 use crate::client_keys::ClientKeys;
 use crate::config::{self, Config, Strategy};
 use crate::metrics::families::{ForwardMetrics, MemberMetrics};
-use crate::proxy::body_budget::BodyBudget;
+use crate::proxy::body_budget::{BodyBudget, Reservation};
 use crate::ratelimit::{Gcra, KeyedLimiter};
 use crate::router::rules::ConditionalRule;
 use crate::router::Router;
@@ -54,6 +54,13 @@ pub struct Forward {
     /// Whether any rule looks at the body's `model` (only then is the body scanned for it).
     pub needs_model: bool,
     pub metrics: Arc<ForwardMetrics>,
+}
+
+impl Forward {
+    /// Holds `bytes` more of request bodies for `reservation`, if they fit `max_buffered_bodies`.
+    pub fn hold_body<'a>(&'a self, reservation: &mut Reservation<'a>, bytes: usize) -> bool {
+        self.bodies.reserve(reservation, bytes as u64, self.max_buffered_bodies)
+    }
 }
 
 pub struct Group {

@@ -19,7 +19,7 @@ use crate::upstream::breaker::Admission;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::{direct, note_transition, Target, Upstream};
 use crate::usage::UsageScanner;
-use body_budget::{BodyBudget, Reservation};
+use body_budget::Reservation;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH};
@@ -249,8 +249,7 @@ where
     // Buffered because a retry must be able to send it again (and model rules read it), within
     // the forward's budget for all bodies; the reservation lasts as long as the request.
     let mut reservation = Reservation::default();
-    let budget = (&*fwd.bodies, fwd.max_buffered_bodies);
-    let (body, waited) = read_body(body, limit, budget, &mut reservation).await?;
+    let (body, waited) = read_body(body, fwd, &mut reservation).await?;
     let model = if fwd.needs_model || fwd.access_log {
         crate::router::model::extract(&body).map(Cow::into_owned)
     } else {
@@ -267,8 +266,7 @@ where
     let group = &rt.groups[group_index];
     let with_usage = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
     // The edited copy is held as well: within the budget, or not made (the body goes as written).
-    let with_usage =
-        with_usage.filter(|copy| fwd.bodies.reserve(&mut reservation, copy.len() as u64, fwd.max_buffered_bodies));
+    let with_usage = with_usage.filter(|copy| fwd.hold_body(&mut reservation, copy.len()));
     // Nothing waited since the request arrived, and the body was not parsed as a whole for
     // `track_usage` (a large prompt takes a while): that moment also starts the first attempt.
     let ready_at = (!waited && !group.track_usage).then_some(started);
@@ -277,19 +275,19 @@ where
     Ok((resp, Routed { group: group.name.clone(), model, key }))
 }
 
-/// Reads a request body of at most `limit` bytes, and says whether that had to wait for the
-/// client. A body that arrives in one frame — the usual case — is kept as it is: no copy, no
-/// allocation.
+/// Reads a request body of at most the forward's `max_body_size`, held in its budget, and says
+/// whether that had to wait for the client. A body that arrives in one frame — the usual case —
+/// is kept as it is: no copy, no allocation.
 async fn read_body<'a, B>(
     body: B,
-    limit: u64,
-    (budget, buffered_limit): (&'a BodyBudget, u64),
+    fwd: &'a Forward,
     reservation: &mut Reservation<'a>,
 ) -> Result<(Bytes, bool), ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    let limit = fwd.max_body_size;
     let mut body = std::pin::pin!(body);
     // A declared length is the buffer's exact size: a body of many frames then costs no more
     // memory than the budget counts (grown by doubling, it could hold twice that).
@@ -320,12 +318,15 @@ where
         if size > limit {
             return Err(ApiError::body_too_large(limit));
         }
-        if !budget.reserve(reservation, data.len() as u64, buffered_limit) {
+        if !fwd.hold_body(reservation, data.len()) {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "api_error",
                 "server_busy",
-                format!("request bodies held by the gateway would exceed {buffered_limit} bytes (max_buffered_bodies)"),
+                format!(
+                    "request bodies held by the gateway would exceed {} bytes (max_buffered_bodies)",
+                    fwd.max_buffered_bodies
+                ),
             )
             .with_retry_after(1));
         }

@@ -184,7 +184,7 @@ pub struct ClientStalled;
 
 impl std::fmt::Display for ClientStalled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the client took none of this answer for timeout.connect: abandoned")
+        f.write_str("the client took none of this answer for three times timeout.connect: abandoned")
     }
 }
 
@@ -213,8 +213,9 @@ pub async fn expired(activity: Arc<Activity>, limit: Duration) {
 }
 
 /// A response body that keeps its request counted as in flight until it is dropped, and notes
-/// whether its last piece is still waiting for the client. One whose piece waits for the limit
-/// is abandoned by the connection's guard, and ends with [`ClientStalled`] (a stream reset).
+/// whether its last piece is still waiting for the client. One whose piece waits for
+/// `STREAM_STALL_FACTOR` times the limit is abandoned by the connection's guard, and ends with
+/// [`ClientStalled`] (a stream reset).
 pub struct Tracked<B> {
     shared: Arc<Shared<B>>,
     busy: Busy,
