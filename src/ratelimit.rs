@@ -66,6 +66,15 @@ impl Gcra {
         }
     }
 
+    /// Gives back a token [`check`](Self::check) took for a request that was then not sent (the
+    /// upstream's breaker refused it in the same pick): a request never sent must not count
+    /// against the rate. Moving the TAT back one interval undoes exactly one admission; when the
+    /// check had started from a TAT in the past, the result is `now`-ish, which admits the same
+    /// as the stale TAT did.
+    pub fn refund(&self, tat: &AtomicU64) {
+        let _ = tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(self.interval)));
+    }
+
     /// Read-only: would a request at `now` be admitted? (Used to filter candidates without
     /// spending a token on one that is not picked.)
     pub fn ready(&self, tat: &AtomicU64, now: u64) -> Result<(), u64> {
@@ -224,6 +233,18 @@ mod tests {
         let idle = (Gcra::new(1, 5), AtomicU64::new(0));
         let (lower, lower_tat) = Gcra::with_state(1, 1, Some(&idle), t0);
         assert!(lower.check(&lower_tat, t0).is_ok());
+    }
+
+    #[test]
+    fn a_refunded_token_can_be_taken_again() {
+        let (gcra, tat) = (Gcra::new(1, 2), AtomicU64::new(0));
+        let t0 = 1_000 * NANOS_PER_SEC;
+        assert!(gcra.check(&tat, t0).is_ok());
+        assert!(gcra.check(&tat, t0).is_ok());
+        assert!(gcra.check(&tat, t0).is_err(), "the burst of two is spent");
+        gcra.refund(&tat);
+        assert!(gcra.check(&tat, t0).is_ok(), "the refunded one is there again");
+        assert!(gcra.check(&tat, t0).is_err(), "and only that one");
     }
 
     const MS: u64 = 1_000_000;

@@ -137,3 +137,45 @@ fn capped_and_full_upstreams_are_skipped() {
     drop((held_a, held_b));
     assert!(pick(g, 0, Reuse::Never, much_later).is_ok());
 }
+
+/// Requests race for an upstream's single breaker probe: those the breaker refuses in the
+/// pick must not have spent a rate token (the upstream's burst stays whole but for the probe).
+#[test]
+fn a_request_the_breaker_refuses_spends_no_rate_token() {
+    const BURST: usize = 50;
+    const RACERS: usize = 4;
+    let (mut raced, mut rounds) = (0, 0);
+    while rounds < 2_000 && raced < 20 {
+        rounds += 1;
+        let extra = format!(", breaker: {{threshold: 0.5, cooldown: 1}}, ratelimit: {{per_second: 1, burst: {BURST}}}");
+        let rt = runtime("roundrobin", &[("a", 1)], &extra);
+        let g = &rt.groups[0];
+        let upstream = &g.members[0].upstream;
+        let breaker = upstream.breaker.as_ref().unwrap();
+        for _ in 0..5 {
+            let (a, _) = breaker.admit(1);
+            breaker.record(a, false, 1);
+        }
+        let after_cooldown = 10_000_000_000;
+        let start = std::sync::Barrier::new(RACERS);
+        let outcomes: Vec<_> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..RACERS)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        pick(g, 0, Reuse::Never, after_cooldown).map(|p| p.admission).err()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|o| o.is_none()).count(), 1, "exactly one probe: {outcomes:?}");
+        let (gcra, tat) = upstream.rate.as_ref().unwrap();
+        let left = (0..BURST).take_while(|_| gcra.check(tat, after_cooldown).is_ok()).count();
+        assert_eq!(left, BURST - 1, "only the probe took a token (round {rounds})");
+        // Rounds where the loser got past the availability filter to the breaker itself.
+        let rejected = g.members[0].metrics.breaker_calls[llmproxy::metrics::families::CALL_REJECTED].get();
+        raced += usize::from(rejected > 0);
+    }
+    eprintln!("raced in {raced} of {rounds} rounds");
+}

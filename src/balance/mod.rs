@@ -138,6 +138,9 @@ pub fn pick(group: &Group, tried: u64, reuse: Reuse, now: u64) -> Result<Picked,
                 crate::upstream::note_transition(&u.name, metrics, transition);
                 if admission == Admission::Rejected {
                     metrics.breaker_calls[crate::metrics::families::CALL_REJECTED].inc();
+                    if let Some((gcra, tat)) = &u.rate {
+                        gcra.refund(tat);
+                    }
                     continue;
                 }
                 admission
