@@ -274,3 +274,36 @@ async fn an_idempotent_request_whose_kept_connection_closes_is_sent_again() {
     let (status, _, body) = post(addr, "/v1/chat/completions", "{}").await;
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
 }
+
+/// hyper's client (which carries proxied traffic) decodes only chunked: an answer still in
+/// another coding is refused as the direct client refuses it, not passed on undeclared.
+#[tokio::test]
+async fn an_answer_in_a_transfer_coding_other_than_chunked_is_a_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer =
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n";
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    let (proxy_url, log) = connect_proxy().await;
+    let server =
+        start(&single_upstream_config(&format!("http://{up}"), "", &format!("      proxy: {{url: \"{proxy_url}\"}}")))
+            .await;
+    let (status, _, body) = get(server.forward_addr("main").unwrap(), "/v1/models").await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("transfer coding"));
+    assert_eq!(log.tunnels.load(Ordering::SeqCst), 1, "through the proxy, so hyper's client");
+}

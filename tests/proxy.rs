@@ -789,6 +789,8 @@ async fn upstream_framing_errors_fail_the_request_instead_of_guessing() {
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", true),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", true),
         (b"not http at all\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08", true),
     ])
     .await;
     let server = start(&single_upstream_config(&format!("http://{up}"), "", "")).await;
@@ -805,6 +807,10 @@ async fn upstream_framing_errors_fail_the_request_instead_of_guessing() {
         assert!(cut, "{path}: the client sees the failure");
     }
     assert_eq!(get(addr, "/garbage").await.0, StatusCode::BAD_GATEWAY);
+    // Still gzip once de-chunked, or until the close: passed on, it would be undeclared.
+    for path in ["/gzip-chunked", "/gzip-until-close"] {
+        assert_eq!(get(addr, path).await.0, StatusCode::BAD_GATEWAY, "{path}");
+    }
 }
 
 #[tokio::test]

@@ -23,6 +23,10 @@ pub struct HeadFacts {
     pub listed: Vec<HeaderName>,
     /// Whether the final transfer coding is chunked, when there is a `Transfer-Encoding`.
     pub chunked: Option<bool>,
+    /// Whether a transfer coding other than chunked is named (`gzip, chunked`): the body is
+    /// still in that coding once de-chunked, and the proxy, which drops `Transfer-Encoding`,
+    /// would pass it on undeclared.
+    pub other_coding: bool,
     pub content_length: Option<u64>,
 }
 
@@ -61,6 +65,7 @@ impl HeadFacts {
     fn transfer_encoding(&mut self, value: &[u8]) {
         let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
         self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        self.other_coding |= names_other_coding(value);
     }
 
     /// Records a `Content-Length`; differing or malformed values are an error (RFC 9112 §6.3),
@@ -75,6 +80,11 @@ impl HeadFacts {
         }
         Ok(())
     }
+}
+
+/// Whether a `Transfer-Encoding` value names a coding other than chunked.
+pub fn names_other_coding(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Where `part` (a slice of `whole`) starts in `whole`.
@@ -153,6 +163,10 @@ mod tests {
         assert_eq!(f.chunked, Some(true));
         f.transfer_encoding(b"chunked, gzip");
         assert_eq!(f.chunked, Some(false));
+        assert!(f.other_coding);
+        let mut plain = HeadFacts::default();
+        plain.transfer_encoding(b" Chunked ");
+        assert!(!plain.other_coding && !names_other_coding(b"chunked,") && names_other_coding(b"identity"));
     }
 
     #[test]

@@ -730,6 +730,14 @@ async fn attempt(
                 match within(&mut sleep, Box::pin(group.client.send(req))).await {
                     None => Err((Failure::Timeout, timeout_error(upstream, group.request_timeout))),
                     Some(Err(e)) => Err(upstream_error(upstream, &e)),
+                    // The same refusal as the direct client's (hyper decodes only chunked).
+                    Some(Ok(resp)) if other_transfer_coding(resp.headers()) => Err((
+                        Failure::Reset,
+                        ApiError::bad_gateway(format!(
+                            "upstream {} failed before answering: a transfer coding other than chunked",
+                            upstream.name
+                        )),
+                    )),
                     Some(Ok(resp)) => {
                         let (mut head, body) = resp.into_parts();
                         headers::strip_hop_by_hop(&mut head.headers);
@@ -886,6 +894,11 @@ fn direct_error(upstream: &Upstream, e: &crate::upstream::direct::SendError) -> 
             (Failure::Reset, ApiError::bad_gateway(format!("upstream {} failed before answering: {e}", upstream.name)))
         }
     }
+}
+
+/// Whether an answer's `Transfer-Encoding` names a coding other than chunked.
+fn other_transfer_coding(headers: &hyper::HeaderMap) -> bool {
+    headers.get_all(hyper::header::TRANSFER_ENCODING).iter().any(|v| crate::http1::names_other_coding(v.as_bytes()))
 }
 
 fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> (Failure, ApiError) {

@@ -12,7 +12,9 @@
 //!
 //! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; chunked when the
 //! final transfer coding is chunked; else `Content-Length` (conflicting values are an error);
-//! else the body runs to the close. A connection is reused only after a complete, exactly framed
+//! else the body runs to the close. A transfer coding other than chunked (`gzip, chunked`) is an
+//! error: the proxy drops `Transfer-Encoding`, so the client would get the coded bytes
+//! undeclared. A connection is reused only after a complete, exactly framed
 //! response that did not ask to close.
 //!
 //! An idle connection is not read, so a close by the upstream is noticed when it is taken: from
@@ -314,6 +316,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Se
         let mut facts = HeadFacts::default();
         for (name, raw) in spans.fields(buf) {
             facts.note(name, raw).map_err(SendError::Protocol)?;
+        }
+        if facts.other_coding {
+            return Err(SendError::Protocol("a transfer coding other than chunked"));
         }
         let mut fields = WireFields::new(buf.split_to(len).freeze(), spans);
         // Transfer-Encoding frames the body; a length beside it must not reach the client (RFC
