@@ -96,11 +96,27 @@ fn main() -> ExitCode {
             }
         };
         sd_notify::notify("STOPPING=1");
-        info!("{signal}: draining for up to {}s", args.shutdown_timeout.as_secs());
-        if server.shutdown(args.shutdown_timeout).await {
-            info!("drained; bye");
-        } else {
-            warn!("shutdown timeout reached with requests still in flight; exiting");
+        info!("{signal}: draining for up to {}s (stop again to exit at once)", args.shutdown_timeout.as_secs());
+        // A second stop is an operator who will not wait: the process keeps its signal handlers,
+        // so without this only SIGKILL would end the drain.
+        let drain = server.shutdown(args.shutdown_timeout);
+        tokio::pin!(drain);
+        let drained = loop {
+            tokio::select! {
+                drained = &mut drain => break Some(drained),
+                next = signals.next() => match next {
+                    Signal::Stop(again) => {
+                        warn!("{again} while draining: exiting now; requests in flight are cut");
+                        break None;
+                    }
+                    Signal::Reload => info!("SIGHUP while draining: ignored"),
+                },
+            }
+        };
+        match drained {
+            Some(true) => info!("drained; bye"),
+            Some(false) => warn!("shutdown timeout reached with requests still in flight; exiting"),
+            None => {}
         }
         ExitCode::SUCCESS
     })

@@ -457,6 +457,21 @@ fn sigterm_lets_a_stream_finish_then_exits_zero() {
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+#[test]
+fn a_second_sigterm_ends_the_drain_at_once() {
+    let (_dir, path) = temp_config("again.yaml", &mock_config(0, 0, "{ttft_ms: 0, token_delay_ms: 100, tokens: 300}"));
+    let mut proxy = Running::start(&path, &["--shutdown-timeout", "60"]);
+    let addr = proxy.forward_addr();
+    std::thread::spawn(move || http(addr, r#"{"stream":true}"#));
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.signal("-TERM");
+    proxy.wait_for("SIGTERM: draining");
+    // The stream has half a minute to go, and the drain a minute.
+    proxy.signal("-TERM");
+    proxy.wait_for("SIGTERM while draining: exiting now");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
 /// Zero-loss restarts need the kernel to move connections queued on the closing listener to the
 /// one that stays (`net.ipv4.tcp_migrate_req`, Linux 5.14+). Turns it on when we may (the test
 /// runs as root in its own network namespace on CI); reports whether it is on.

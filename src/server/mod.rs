@@ -37,12 +37,12 @@ use tokio_rustls::TlsAcceptor;
 /// How long a connection hyper serves may take to begin its first request once a drain began.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a forward removed by a reload may take to finish its requests and streams.
-const REMOVED_FORWARD_GRACE: Duration = Duration::from_secs(300);
-
-/// How long the admin listener a reload replaced may take to finish its requests (scrapes and
-/// API calls, all short).
-const REPLACED_ADMIN_GRACE: Duration = Duration::from_secs(10);
+/// A listener a reload retired drains without a deadline of its own: its requests and streams
+/// finish as they would have (each bounded by its own timeouts), and the task that waits for
+/// them keeps running until they have — a shutdown meanwhile waits for them under its own
+/// deadline. A deadline here would only stop the tracking: the connections would run on
+/// unseen, and a shutdown would not wait for them.
+const RETIRED_DRAIN: Duration = Duration::MAX;
 
 /// A running gateway: its listeners and the shared runtime.
 pub struct Server {
@@ -248,7 +248,7 @@ impl Server {
         retired.retain(|t| !t.is_finished());
         for old in gone {
             crate::info!("forward {} removed or changed: draining its listener on {}", old.config.name, old.addr);
-            retired.push(old.running.stop(REMOVED_FORWARD_GRACE));
+            retired.push(old.running.stop(RETIRED_DRAIN));
         }
         *forwards = keep;
         for (l, cfg) in fresh {
@@ -258,7 +258,7 @@ impl Server {
             note_admin_exposure(&cfg, &self.shared);
             let old = std::mem::replace(&mut *admin, Bound::start(l, cfg, &self.shared)?);
             crate::info!("http_server.admin changed: draining the admin listener on {}", old.addr);
-            retired.push(old.running.stop(REPLACED_ADMIN_GRACE));
+            retired.push(old.running.stop(RETIRED_DRAIN));
         }
         // Configuration order, so `forward_addrs` lists what the file lists.
         forwards.sort_by_key(|f| new_forwards.iter().position(|n| n.name == f.config.name));
