@@ -66,7 +66,11 @@ impl Forward {
 pub struct Group {
     pub name: Arc<str>,
     pub members: Vec<Member>,
-    pub balancer: Balancer,
+    /// Carried across configuration changes that leave the strategy, members and weights as
+    /// they were: a rotation restarted by every unrelated change (a key added, a route) would
+    /// send the next request to the first member each time, and a weighted one would never
+    /// reach its light members if changes came often enough.
+    pub balancer: Arc<Balancer>,
     pub client: Arc<HttpClient>,
     pub agent: HeaderValue,
     pub stream: bool,
@@ -257,10 +261,19 @@ fn build_group(
         None => Arc::new(HttpClient::new(&g.http_client).map_err(|e| format!("group {}: {e}", g.name))?),
     };
     let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
+    let same_rotation = |og: &&Group| {
+        og.config.balance == g.balance
+            && og.members.len() == members.len()
+            && og.members.iter().zip(&members).all(|(o, m)| o.upstream.name == m.upstream.name && o.weight == m.weight)
+    };
+    let balancer = match old_group.filter(same_rotation) {
+        Some(og) => og.balancer.clone(),
+        None => Arc::new(Balancer::new(g.balance.strategy, &weights)),
+    };
     Ok(Group {
         name: g.name.as_str().into(),
         members,
-        balancer: Balancer::new(g.balance.strategy, &weights),
+        balancer,
         client,
         agent,
         stream: g.http_client.stream,

@@ -179,3 +179,28 @@ fn a_request_the_breaker_refuses_spends_no_rate_token() {
     }
     eprintln!("raced in {raced} of {rounds} rounds");
 }
+
+/// A configuration change that leaves the group's strategy, members and weights alone (here the
+/// group's agent, changed before every request) keeps the rotation where it was.
+#[test]
+fn unrelated_configuration_changes_keep_the_rotation() {
+    for strategy in ["roundrobin", "weighted_roundrobin"] {
+        let yaml = |change: usize| {
+            format!(
+                "http_server:\n  forwards: [{{name: f, port: 0, default_group: g}}]\n  admin: {{port: 0}}\n\
+                 upstreams:\n  - {{name: a, url: \"mock://\"}}\n  - {{name: b, url: \"mock://\"}}\n\
+                 upstream_groups:\n  - {{name: g, upstreams: [{{name: a, weight: 8}}, {{name: b, weight: 2}}], \
+                 balance: {{strategy: {strategy}}}, http_client: {{agent: \"change {change}\"}}}}\n"
+            )
+        };
+        let config = |change| llmproxy::config::from_str(&yaml(change), &HashMap::new()).unwrap();
+        let mut rt = Runtime::build(config(0)).unwrap();
+        let mut names = Vec::new();
+        for change in 1..=10 {
+            names.extend(picks(&rt, 1, 1));
+            rt = Runtime::rebuild(config(change), Some(&rt)).unwrap();
+        }
+        let expected = if strategy == "roundrobin" { [("a", 5), ("b", 5)] } else { [("a", 8), ("b", 2)] };
+        assert_eq!(counts(&names), HashMap::from(expected), "{strategy}: {names:?}");
+    }
+}
