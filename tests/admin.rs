@@ -151,6 +151,47 @@ async fn routes_crud_follows_live_traffic() {
     assert_eq!((status, forwards["data"][0]["name"].as_str()), (StatusCode::OK, Some("main")));
 }
 
+/// A route on a credential header holds most of a credential: its glob is shown masked, kept
+/// out of the route's id, and put back when a GET → PUT round trip sends the mask.
+#[tokio::test]
+async fn a_route_condition_on_a_credential_header_is_never_shown() {
+    let server = start_admin(BASE, None).await;
+    let (admin, addr) = (server.admin_addr(), server.forward_addr("main").unwrap());
+    let served = |headers: &'static [(&'static str, &'static str)]| async move {
+        let mut req = Request::get(format!("http://{addr}/v1/models"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let (_, _, body) = send(addr, req.body(Full::default()).unwrap()).await;
+        json_of(&body)["data"][0]["id"].as_str().unwrap().to_string()
+    };
+    const TEAM_A: &[(&str, &str)] = &[("x-team", "a"), ("authorization", "Bearer sk-team-a1")];
+    const TEAM_B: &[(&str, &str)] = &[("x-team", "a"), ("authorization", "Bearer sk-team-b1")];
+    let rule = json!({"path": "/v1/*", "headers": {"authorization": "Bearer sk-team-a*", "x-team": "a"}, "target_group": "g2"});
+    let (status, added) = api(admin, Method::POST, "/forwards/main/routes", Some(rule)).await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let (_, listed) = api(admin, Method::GET, "/forwards/main/routes", None).await;
+    let id = listed["data"][0]["id"].as_str().unwrap().to_string();
+    let decoded = String::from_utf8(llmproxy::base64::decode_url(&id).unwrap()).unwrap();
+    for shown in [added.to_string(), listed.to_string(), decoded] {
+        assert!(!shown.contains("sk-team"), "{shown}");
+    }
+    assert_eq!(listed["data"][0]["headers"], json!({"authorization": "***", "x-team": "a"}));
+    assert_eq!(served(TEAM_A).await, "model-other");
+    assert_eq!(served(TEAM_B).await, "model-a");
+
+    // What a GET showed, sent back with another target: the glob is the one it was.
+    let mut edited = listed["data"][0].clone();
+    edited["target_group"] = json!("g");
+    let (status, replaced) = api(admin, Method::PUT, &format!("/forwards/main/routes/{id}"), Some(edited)).await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(server.shared.runtime().config.http_server.forwards[0].routing[0].headers[0].1, "Bearer sk-team-a*");
+    assert_eq!(served(TEAM_A).await, "model-a", "now routed to g");
+    // A mask with nothing to stand for is refused, never stored as the glob `***`.
+    let masked = json!({"path": "/v2/*", "headers": {"x-api-key": "***"}, "target_group": "g2"});
+    assert_eq!(api(admin, Method::POST, "/forwards/main/routes", Some(masked)).await.0, StatusCode::BAD_REQUEST);
+}
+
 #[tokio::test]
 async fn errors_have_real_statuses() {
     let server = start_admin(BASE, None).await;

@@ -313,12 +313,15 @@ fn routes_mut<'a>(tree: &'a mut Yaml, forward: &str) -> Result<&'a mut Vec<Yaml>
     routing.as_sequence_mut().ok_or_else(|| ApiError::invalid_config("routing is not a list"))
 }
 
-/// A rule from the request body, and its key (computed as the validated rule's would be).
-fn route_body(body: &[u8]) -> Result<(String, Yaml), ApiError> {
+/// A rule from the request body, with the masked values of `current` (the rule it replaces, if
+/// any) put back, and its key (computed as the validated rule's would be).
+fn route_body(body: &[u8], current: Option<&config::Route>) -> Result<(String, Yaml), ApiError> {
     let mut item = Value::Object(parse_object(body)?);
     if let Some(map) = item.as_object_mut() {
         map.remove("id");
     }
+    let current = current.and_then(|r| serde_json::to_value(r).ok()).unwrap_or(Value::Null);
+    restore(&mut item, &current).map_err(ApiError::invalid_config)?;
     let yaml = to_yaml(&item)?;
     let key = config::route_key_of(&yaml).map_err(|e| ApiError::invalid_config(format!("invalid route: {e}")))?;
     Ok((key, yaml))
@@ -338,7 +341,7 @@ fn added_route(rt: &Runtime, forward_name: &str, key: &str) -> Reply {
 }
 
 fn add_route(shared: &Shared, name: &str, body: &[u8]) -> Reply {
-    let (path, yaml) = route_body(body)?;
+    let (path, yaml) = route_body(body, None)?;
     let rt = change(shared, format!("forward {name}: route {path} added"), |tree| {
         let routes = routes_mut(tree, name)?;
         if position_of_route(routes, &path).is_some() {
@@ -352,7 +355,9 @@ fn add_route(shared: &Shared, name: &str, body: &[u8]) -> Reply {
 
 fn replace_route(shared: &Shared, name: &str, id: &str, body: &[u8]) -> Reply {
     let old = route_key(id)?;
-    let (path, yaml) = route_body(body)?;
+    let rt = shared.runtime();
+    let current = forward(&rt, name)?.routing.iter().find(|r| r.key() == old).ok_or_else(|| no_route(name, &old))?;
+    let (path, yaml) = route_body(body, Some(current))?;
     let rt = change(shared, format!("forward {name}: route {old} replaced by {path}"), |tree| {
         let routes = routes_mut(tree, name)?;
         let i = position_of_route(routes, &old).ok_or_else(|| no_route(name, &old))?;

@@ -7,7 +7,7 @@ pub const MASK: &str = "***";
 
 /// Header and query-parameter names whose values are credentials in practice (`x-api-key`,
 /// `Authorization`, Gemini's `?key=`, Azure's `?sig=`).
-fn is_sensitive_name(name: &str) -> bool {
+pub fn is_sensitive_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     ["auth", "key", "token", "secret", "password", "cookie", "sig"].iter().any(|w| n.contains(w))
 }
@@ -59,9 +59,18 @@ pub fn redact(v: &mut Value) {
                 return;
             }
             for (k, child) in map.iter_mut() {
-                match (k.as_str(), &*child) {
+                match (k.as_str(), &mut *child) {
                     ("token" | "password" | "key", Value::String(_)) => *child = Value::String(MASK.into()),
                     ("url", Value::String(u)) => *child = Value::String(mask_url(u)),
+                    // A route's header conditions, `{name: glob}`: a glob on a credential header
+                    // is most of a credential.
+                    ("headers", Value::Object(conditions)) => {
+                        for (name, glob) in conditions.iter_mut() {
+                            if is_sensitive_name(name) {
+                                *glob = Value::String(MASK.into());
+                            }
+                        }
+                    }
                     _ => redact(child),
                 }
             }

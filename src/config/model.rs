@@ -66,17 +66,36 @@ impl Route {
     }
 
     /// What identifies the rule within its forward: the path of a path rule (as LLMProxy's
-    /// route ids are the path), or all conditions of a conditional rule.
+    /// route ids are the path), or all conditions of a conditional rule. The admin API shows it
+    /// (route ids, messages), so a condition on a credential header (`authorization: "Bearer
+    /// sk-team-*"`) is in it only as a fingerprint of its glob: distinct globs stay distinct
+    /// rules, and the glob itself is never shown.
     pub fn key(&self) -> String {
         match (&self.path, self.is_conditional()) {
             (Some(p), false) => p.clone(),
             _ => {
-                let headers: serde_json::Map<String, serde_json::Value> =
-                    self.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                let headers: serde_json::Map<String, serde_json::Value> = self
+                    .headers
+                    .iter()
+                    .map(|(name, glob)| {
+                        let shown = if crate::admin::redact::is_sensitive_name(name) {
+                            format!("{}{:016x}", crate::admin::redact::MASK, fingerprint(glob))
+                        } else {
+                            glob.clone()
+                        };
+                        (name.clone(), serde_json::Value::String(shown))
+                    })
+                    .collect();
                 serde_json::json!({"path": self.path, "model": self.model, "headers": headers}).to_string()
             }
         }
     }
+}
+
+/// FNV-1a, 64 bits: stable across builds and releases (route ids made from it stay valid), which
+/// the standard library's hashers do not promise.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn pairs_as_map<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
