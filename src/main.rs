@@ -127,9 +127,17 @@ fn main() -> ExitCode {
 fn reload(server: &Server, path: &std::path::Path) {
     info!("SIGHUP: reloading {}", path.display());
     let result = config::load(path, &ProcessEnv).map_err(|e| e.to_string()).and_then(|c| server.reload(c));
+    // `systemctl reload` returns before the outcome is known: `systemctl status` shows it. The
+    // reason stays in the journal, which only administrators read; the status is for anyone.
     match result {
-        Ok(()) => info!("reload: configuration applied"),
-        Err(e) => error!("reload rejected, the running configuration stays: {e}"),
+        Ok(()) => {
+            info!("reload: configuration applied");
+            sd_notify::notify("STATUS=serving; the last reload was applied");
+        }
+        Err(e) => {
+            error!("reload rejected, the running configuration stays: {e}");
+            sd_notify::notify("STATUS=serving; the last reload was rejected (the reason is in the journal)");
+        }
     }
 }
 

@@ -295,7 +295,7 @@ fn a_sighup_while_starting_does_not_stop_the_proxy() {
 }
 
 #[test]
-fn systemd_hears_ready_once_the_listeners_are_bound_and_stopping_at_sigterm() {
+fn systemd_hears_ready_once_bound_each_reload_outcome_and_stopping_at_sigterm() {
     let (_dir, path) = temp_config("notify.yaml", &two_forwards_config("m", false));
     let socket = std::env::temp_dir().join(format!("llmproxy-cli-notify-{}", std::process::id()));
     let _ = std::fs::remove_file(&socket);
@@ -306,6 +306,14 @@ fn systemd_hears_ready_once_the_listeners_are_bound_and_stopping_at_sigterm() {
     let n = systemd.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
     assert!(http_get(proxy.forward_addr(), "/v1/models").unwrap().starts_with("HTTP/1.1 200"), "serving when ready");
+    // `systemctl status` tells how the last reload went.
+    for (config, status) in [("not: [valid", "rejected"), (two_forwards_config("m2", false).as_str(), "applied")] {
+        std::fs::write(&path, config).unwrap();
+        proxy.signal("-HUP");
+        let n = systemd.recv(&mut buf).unwrap();
+        let said = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(said.starts_with("STATUS=serving; the last reload was") && said.contains(status), "{said}");
+    }
     proxy.signal("-TERM");
     let n = systemd.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
