@@ -124,6 +124,8 @@ async fn malformed_heads_get_a_json_error_and_a_close() {
     };
     assert!(text.contains(&format!("{} 4", errors("bad_request", 400))), "{text}");
     assert!(text.contains(&format!("{} 1", errors("request_head_too_large", 431))), "{text}");
+    // Each refused head is a request too (its method unread), so errors never outnumber requests.
+    assert!(text.contains("llmproxy_http_requests_total{forward=\"main\",method=\"OTHER\"} 5"), "{text}");
 }
 
 #[tokio::test]

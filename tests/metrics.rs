@@ -258,6 +258,11 @@ async fn every_family_is_exposed_and_counters_follow_traffic() {
             >= 1.0
     );
     assert!(value(&samples, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    // Every bucket bound LLMProxy's histograms have, for queries on them.
+    for le in ["0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "20", "30", "60", "+Inf"] {
+        let bucket = [fwd[0], ("method", "GET"), ("le", le)];
+        assert!(value(&samples, "llmproxy_http_request_duration_seconds_bucket", &bucket).is_some(), "le={le}");
+    }
     assert!(!text.contains(&up.addr.to_string()), "upstream URLs never appear in metrics");
 }
 
@@ -295,6 +300,10 @@ async fn breaker_transitions_are_counted_and_the_state_gauge_moves() {
         value(&samples, "llmproxy_http_request_errors_total", &[("error", "no_upstream_available"), ("status", "503")]),
         Some(1.0)
     );
+    // LLMProxy's per-state counters, for the dashboards built on them.
+    assert_eq!(value(&samples, "llmproxy_circuitbreaker_opened_total", &l), Some(1.0));
+    assert_eq!(value(&samples, "llmproxy_circuitbreaker_half_opened_total", &l), Some(0.0));
+    assert_eq!(value(&samples, "llmproxy_circuitbreaker_closed_total", &l), Some(0.0));
 }
 
 #[tokio::test]

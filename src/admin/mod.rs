@@ -24,7 +24,7 @@ where
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(shared),
-        (&Method::GET, "/metrics") => metrics(shared),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(shared),
         (&Method::GET, "/api/v1/openapi.json") => json(StatusCode::OK, OPENAPI),
         _ if path == "/api/v1" || path.starts_with("/api/v1/") => {
             if shared.admin_token.is_none() && !is_loopback(peer) {
@@ -128,6 +128,9 @@ mod tests {
         assert_eq!(handle(&open, get("/api/v1/upstreams", None), remote).await.status(), StatusCode::FORBIDDEN);
         for path in ["/health", "/metrics"] {
             assert_eq!(handle(&open, get(path, None), remote).await.status(), StatusCode::OK, "{path}");
+            // Probes that ask with HEAD (LLMProxy answered them).
+            let head = Request::head(path).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+            assert_eq!(handle(&open, head, remote).await.status(), StatusCode::OK, "HEAD {path}");
         }
         // With a token, the token decides, wherever the client is.
         let guarded = Shared::new(crate::runtime::Runtime::build(config()).unwrap(), Some("s3cret".into()));

@@ -81,6 +81,14 @@ impl ForwardMetrics {
         }
     }
 
+    /// Counts a request whose head was refused before it could be handled (malformed, too
+    /// large): a request under `method="OTHER"`, and its error, so errors never outnumber the
+    /// requests counted.
+    pub fn refused_head(&self, code: &str) {
+        self.requests[METHODS.len() - 1].inc();
+        self.proxy_error(code);
+    }
+
     /// Counts an upstream answer relayed with an error status.
     pub fn upstream_status(&self, status: u16) {
         if let Some(c) = status.checked_sub(STATUS_BASE).and_then(|i| self.upstream_statuses.get(i as usize)) {
@@ -397,6 +405,20 @@ fn members(e: &mut Encoder, rt: &Runtime) {
             }
         }
     });
+    // LLMProxy's per-state counters (some of its releases), read from the transitions above.
+    for (family, state, help) in [
+        ("llmproxy_circuitbreaker_opened_total", State::Open, "Times a circuit breaker opened."),
+        ("llmproxy_circuitbreaker_closed_total", State::Closed, "Times a circuit breaker closed."),
+        ("llmproxy_circuitbreaker_half_opened_total", State::HalfOpen, "Times a circuit breaker let a probe through."),
+    ] {
+        e.family(family, "counter", help);
+        each_member(rt, e, |e, l, m| {
+            if m.upstream.breaker.is_some() {
+                let into = TRANSITIONS.iter().zip(&m.metrics.breaker_changes).filter(|((_, to), _)| *to == state);
+                e.int(family, l, into.map(|(_, c)| c.get()).sum());
+            }
+        });
+    }
     e.family("llmproxy_circuitbreaker_calls_total", "counter", "Calls through a circuit breaker, by result.");
     each_member(rt, e, |e, l, m| {
         if m.upstream.breaker.is_some() {

@@ -30,9 +30,10 @@ impl Counter {
 }
 
 /// Upper bounds (seconds) fitted to LLM latencies: milliseconds for a cached embedding, minutes
-/// for a long reasoning stream.
-pub const BUCKETS: [f64; 16] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+/// for a long reasoning stream. Every bound LLMProxy's histograms have is here too, so a
+/// dashboard's `le="20"` still finds its bucket.
+pub const BUCKETS: [f64; 17] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
 /// A histogram of seconds: one atomic count per bucket (not cumulative; summed when scraping),
 /// the count, and the sum as f64 bits updated by compare-exchange.

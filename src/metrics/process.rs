@@ -42,7 +42,7 @@ pub fn rss_kib() -> Option<u64> {
 fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, i.e. 11 and 12 after ")".
     let utime: f64 = fields.get(11)?.parse().ok()?;

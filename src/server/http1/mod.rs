@@ -75,7 +75,7 @@ pub async fn serve(mut stream: TcpStream, c: Connection) {
             Err(refusal) => {
                 crate::debug!("refused a request head from {}: {}", c.conn.peer, refusal.message);
                 if let Some(fwd) = c.shared.runtime().forward(&c.forward) {
-                    fwd.metrics.proxy_error(refusal.code);
+                    fwd.metrics.refused_head(refusal.code);
                 }
                 let to = AnswerTo { head_request: false, http_1_1: true, keep_alive: false };
                 if writer.answer(&client, refusal.into_response().into(), to).await.is_ok() {
