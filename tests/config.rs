@@ -403,7 +403,7 @@ fn environment_expansion_and_overrides() {
     assert_eq!(c.http_server.forwards[0].port, 3999);
     assert!(!c.upstream_groups[0].http_client.stream);
     // Override values are literal: no second expansion, and no error that could print them.
-    for token in ["pa$$w", "x${y", "${KEY}"] {
+    for token in ["pa$$w", "x${y", "${KEY}", "$${KEY}", "$"] {
         let c = config::from_str(&text, &env(&[("KEY", "k"), ("LLMPROXY_UPSTREAMS__0__AUTH__TOKEN", token)])).unwrap();
         assert_eq!(c.upstreams[0].auth, Auth::Bearer { token: token.into() });
     }

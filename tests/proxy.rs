@@ -124,7 +124,7 @@ async fn header_rules_and_bearer_injection() {
         assert!(header(&v, gone).is_empty(), "{gone} reached the upstream");
     }
     assert_eq!(header(&v, "x-insert"), vec!["proxy"]);
-    assert_eq!(header(&v, "x-present"), vec!["client"], "insert never overwrites");
+    assert_eq!(header(&v, "x-present"), vec!["proxy"], "insert overwrites, as LLMProxy's did");
     assert_eq!(header(&v, "x-replace"), vec!["proxy"]);
     assert_eq!(header(&v, "x-custom"), vec!["kept"]);
 }

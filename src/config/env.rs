@@ -17,7 +17,7 @@ pub trait Env {
 }
 
 /// No environment: values are taken literally. Changes made through the admin API use this —
-/// the running configuration already holds expanded values (a token containing `$$` must not be
+/// the running configuration already holds expanded values (a token containing `${` must not be
 /// expanded a second time), and API clients send values, not references.
 pub struct Literal;
 
@@ -64,9 +64,11 @@ pub struct Expanded {
     pub vars: Vec<String>,
 }
 
-/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. An unset `${VAR}` without a
-/// default expands to the empty string (callers that need a value say which variable was empty).
-/// An unterminated `${` is an error rather than a silent literal, because it is always a typo.
+/// Expands `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`, and every other `$` is itself
+/// — so a password like `pa$$w0rd`, which LLMProxy took literally, means what it always meant.
+/// An unset `${VAR}` without a default expands to the empty string (callers that need a value
+/// say which variable was empty). An unterminated `${` is an error rather than a silent literal:
+/// it is almost always a typo, and the error says how to write it literally.
 pub fn expand(input: &str, env: &dyn Env) -> Result<Expanded, String> {
     if !input.contains('$') || !env.expands() {
         return Ok(Expanded { value: input.to_string(), vars: Vec::new() });
@@ -76,12 +78,12 @@ pub fn expand(input: &str, env: &dyn Env) -> Result<Expanded, String> {
     while let Some(pos) = rest.find('$') {
         out.value.push_str(&rest[..pos]);
         let after = &rest[pos + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.value.push('$');
+        if let Some(stripped) = after.strip_prefix("${") {
+            out.value.push_str("${");
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
             // The input is never quoted in errors: it may hold a secret.
-            let end = body.find('}').ok_or("unterminated \"${\"")?;
+            let end = body.find('}').ok_or("unterminated \"${\" (a literal one is written \"$${\")")?;
             let spec = &body[..end];
             let (name, default) = match spec.find(":-") {
                 Some(i) => (&spec[..i], Some(&spec[i + 2..])),
@@ -112,7 +114,7 @@ const OVERRIDE_PREFIX: &str = "LLMPROXY_";
 /// validation, creating mappings as needed. Variables without `__` (such as
 /// `LLMPROXY_ADMIN_AUTH_TOKEN`) are settings of their own, not overrides. Values are set as
 /// strings; the typed reader parses numbers and booleans from strings, so `…__PORT=8080` works.
-/// A value is taken literally: its `$` are escaped, so a token like `pa$$w` is not expanded.
+/// A value is taken literally: its `${` are escaped, so a token like `x${y` is not expanded.
 /// Returns the overrides applied (name only, never the value, which may be a secret).
 pub fn apply_overrides(root: &mut Value, env: &dyn Env) -> Result<Vec<String>, String> {
     let mut vars: Vec<(String, String)> =
@@ -125,7 +127,7 @@ pub fn apply_overrides(root: &mut Value, env: &dyn Env) -> Result<Vec<String>, S
         if path.iter().any(|s| s.is_empty()) {
             return Err(format!("environment override {name}: empty path segment"));
         }
-        set_path(root, &path, Value::String(value.replace('$', "$$")))
+        set_path(root, &path, Value::String(value.replace("${", "$${")))
             .map_err(|e| format!("environment override {name}: {e}"))?;
         applied.push(name);
     }
@@ -179,7 +181,8 @@ mod tests {
         assert_eq!(expand("${B:-dflt}", &e).unwrap().value, "dflt");
         assert_eq!(expand("${EMPTY:-dflt}", &e).unwrap().value, "dflt");
         assert_eq!(expand("${A:-dflt}", &e).unwrap().value, "1");
-        assert_eq!(expand("$$A $x", &e).unwrap().value, "$A $x");
+        assert_eq!(expand("$${A} $x pa$$w $", &e).unwrap().value, "${A} $x pa$$w $", "only `${{` is special");
+        assert_eq!(expand("$$${A}", &e).unwrap().value, "$${A}");
         assert_eq!(expand("${A}${B}", &e).unwrap().vars, vec!["A", "B"]);
         assert!(expand("${A", &e).is_err());
         assert!(expand("${}", &e).is_err());

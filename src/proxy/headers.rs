@@ -294,7 +294,7 @@ mod tests {
         assert_eq!(auths, vec!["Bearer sk-up"]);
         assert!(auths[0].is_sensitive(), "credentials stay out of HTTP/2 header compression");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7", "without a prior value: the client address alone");
-        assert_eq!(h["x-present"], "client");
+        assert_eq!(h["x-present"], "proxy", "insert overwrites, as LLMProxy's did");
         assert_eq!(h["x-absent"], "proxy");
         assert_eq!(h["x-new"], "set");
         assert!(!h.contains_key("x-drop"));
@@ -344,10 +344,14 @@ mod tests {
             sent(&upstream(Auth::None, vec![replace("x-api-key", "sk-ant-up")])),
             [None, own("sk-ant-up"), None, None]
         );
-        // The client's credentials pass only where the proxy sets none, or lets the client's win.
+        // LLMProxy's own Anthropic example writes `insert`: the same, whatever key the client sent.
+        assert_eq!(
+            sent(&upstream(Auth::None, vec![insert("api-key", "azure-up")])),
+            [None, None, own("azure-up"), None]
+        );
+        // The client's credentials pass only where the proxy sets none.
         let passthrough = [own("Bearer sk-client"), own("sk-ant-client"), own("azure-client"), own("g")];
         assert_eq!(sent(&upstream(Auth::None, vec![])), passthrough);
-        assert_eq!(sent(&upstream(Auth::None, vec![insert("api-key", "azure-up")])), passthrough);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! An upstream's header operations (`insert` / `replace` / `remove`), reduced at load time to
 //! their net effect on each header name.
 //!
+//! `insert` sets the value whether or not the client sent the header, exactly as `replace`
+//! does: LLMProxy documented it as "only when absent" but always overwrote, and the configs
+//! that run on it rely on that — `insert x-api-key` in front of a client that sends a dummy key
+//! must send the proxy's key, not the dummy.
+//!
 //! The operations run in order on one name at a time, so what a name ends as depends only on
 //! whether it was there before them: kept as it was, dropped, or set to a configured value.
 //! Computing that once lets a request apply all of them while its headers stream out, in one
@@ -48,8 +53,7 @@ pub fn plan(ops: &[HeaderOp]) -> Vec<PlannedHeader> {
                 let mut state = if present { Outcome::Keep } else { Outcome::Drop };
                 for op in ops.iter().filter(|op| op.name == name) {
                     state = match (op.kind, &op.value) {
-                        (HeaderOpKind::Insert, Some(v)) if state == Outcome::Drop => Outcome::Set(v.clone()),
-                        (HeaderOpKind::Replace, Some(v)) => Outcome::Set(v.clone()),
+                        (HeaderOpKind::Insert | HeaderOpKind::Replace, Some(v)) => Outcome::Set(v.clone()),
                         (HeaderOpKind::Remove, _) => Outcome::Drop,
                         _ => state,
                     };
@@ -93,7 +97,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("x-a", &Outcome::Keep, &set("1")),
+                ("x-a", &set("1"), &set("1")),
                 ("x-b", &set("2"), &set("2")),
                 ("x-c", &Outcome::Drop, &Outcome::Drop),
                 ("x-d", &set("4"), &set("4")),
