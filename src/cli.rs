@@ -45,7 +45,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         debug: false,
         shutdown_timeout: Duration::from_secs(30),
     };
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().flat_map(split_short);
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -75,6 +75,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     Ok(Command::Run(out))
 }
 
+/// Short options written together, as LLMProxy's argument parser (clap) took them: `-dt` is `-d
+/// -t`, and `-cFILE` or `-c=FILE` is `-c FILE`. Everything else passes as it is.
+fn split_short(arg: String) -> Vec<String> {
+    let Some(rest) = arg.strip_prefix('-').filter(|r| r.len() > 1 && !r.starts_with('-')) else { return vec![arg] };
+    if let Some(value) = rest.strip_prefix('c') {
+        return vec!["-c".into(), value.strip_prefix('=').unwrap_or(value).into()];
+    }
+    if rest.chars().all(|c| "tdhV".contains(c)) {
+        return rest.chars().map(|c| format!("-{c}")).collect();
+    }
+    vec![arg]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,11 +107,17 @@ mod tests {
         assert_eq!(d.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(p(&["-V"]).unwrap(), Command::Version);
         assert_eq!(p(&["--help"]).unwrap(), Command::Help);
+        // Short options together, as clap takes them.
+        for args in [&["-dt", "-cx.yaml"][..], &["-td", "-c=x.yaml"], &["--config=x.yaml", "-t", "-d"]] {
+            let Command::Run(a) = p(args).unwrap() else { panic!() };
+            assert_eq!((a.config, a.test_only, a.debug), (PathBuf::from("x.yaml"), true, true), "{args:?}");
+        }
     }
 
     #[test]
     fn rejects_bad_flags() {
         assert!(p(&["--nope"]).is_err());
+        assert!(p(&["-tx"]).unwrap_err().contains("\"-tx\""), "an unknown letter names the whole argument");
         assert!(p(&["-c"]).is_err());
         assert!(p(&["--shutdown-timeout", "0"]).unwrap_err().contains("range"));
         assert!(p(&["--shutdown-timeout", "121"]).is_err());

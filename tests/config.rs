@@ -448,7 +448,35 @@ upstream_groups:
     assert_eq!(g.balance.strategy, Strategy::ResponseAware);
     assert!(g.http_client.retry.is_none() && g.http_client.proxy.is_none());
     let err = parse(&text.replace("stream_mode: true", "stream_mode: true\n      stream: false")).unwrap_err();
-    assert!(err.contains("set only one of stream / stream_mode"), "{err}");
+    assert!(err.contains("set only one of stream / stream_mode, or both alike"), "{err}");
+    assert!(parse(&text.replace("stream_mode: true", "stream_mode: true\n      stream: true")).is_ok());
+}
+
+/// What LLMProxy accepted because it never looked: an upstream's internal `id`, the ranges of
+/// blocks that are off, and IPv6 listen addresses written as for a socket address.
+#[test]
+fn what_llmproxy_did_not_check_loads_too() {
+    let text = r#"
+http_server:
+  forwards:
+    - {name: f, address: "[::]", upstream_group: g, ratelimit: {enabled: false, per_second: 0, burst: 0}}
+  admin: {address: "[::1]"}
+upstreams:
+  - {name: a, url: "https://api.openai.com/v1", id: 6f1c2d3e-0000-4000-8000-000000000000, ratelimit: {enabled: false, per_second: 0}}
+upstream_groups:
+  - name: g
+    upstreams: [{name: a}]
+    http_client: {retry: {enabled: false, attempts: 0, initial: 0}}
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.http_server.forwards[0].address, "::".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(c.http_server.admin.address, "::1".parse::<std::net::IpAddr>().unwrap());
+    assert!(!c.http_server.forwards[0].ratelimit.as_ref().unwrap().enabled);
+    assert!(c.upstreams[0].ratelimit.is_none() && c.upstream_groups[0].http_client.retry.is_none());
+    // Blocks that are on are checked as ever.
+    let err = parse(&text.replace("enabled: false, attempts: 0", "enabled: true, attempts: 0")).unwrap_err();
+    assert!(err.contains("upstream_groups[0].http_client.retry.attempts"), "{err}");
+    assert!(parse(&text.replace("\"[::]\"", "\"[::\"")).is_err());
 }
 
 const EVERY_KEY: &str = r#"

@@ -49,9 +49,11 @@ fn address(f: &Fields) -> Result<IpAddr, ConfigError> {
         None => Ok(IpAddr::from([0, 0, 0, 0])),
         Some(n) => {
             let s = n.string()?;
-            s.trim()
-                .parse()
-                .map_err(|_| n.error(format!("{s:?} is not an IP address (use e.g. 0.0.0.0, 127.0.0.1 or ::1)")))
+            // LLMProxy parsed `address:port` as a socket address, where IPv6 takes brackets.
+            let bare = s.trim();
+            let bare = bare.strip_prefix('[').and_then(|b| b.strip_suffix(']')).unwrap_or(bare);
+            bare.parse()
+                .map_err(|_| n.error(format!("{s:?} is not an IP address (use e.g. 0.0.0.0, 127.0.0.1, :: or [::])")))
         }
     }
 }
@@ -94,12 +96,13 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
         None => None,
         Some(n) => {
             let r = n.fields(&["enabled", "per_second", "burst"])?;
+            // A ratelimit block means "limit" unless it says otherwise (LLMProxy defaulted to
+            // off, so a block without `enabled` silently did nothing).
+            let enabled = r.bool_or("enabled", true)?;
             Some(RateLimit {
-                // A ratelimit block means "limit" unless it says otherwise (LLMProxy defaulted to
-                // off, so a block without `enabled` silently did nothing).
-                enabled: r.bool_or("enabled", true)?,
-                per_second: r.u64_or("per_second", 100, 1..=10_000)? as u32,
-                burst: r.u64_or("burst", 200, 1..=20_000)? as u32,
+                enabled,
+                per_second: r.u64_or_if_on(enabled, "per_second", 100, 1..=10_000)? as u32,
+                burst: r.u64_or_if_on(enabled, "burst", 200, 1..=20_000)? as u32,
             })
         }
     };
@@ -167,11 +170,12 @@ pub(super) fn route(node: &Node) -> Result<Route, ConfigError> {
 /// `enabled: false` (on otherwise, as a forward's `ratelimit` is).
 fn rate(node: &Node) -> Result<Option<UpstreamRateLimit>, ConfigError> {
     let r = node.fields(&["enabled", "per_second", "burst"])?;
+    let enabled = r.bool_or("enabled", true)?;
     let limit = UpstreamRateLimit {
-        per_second: r.u64_or("per_second", 100, 1..=10_000)? as u32,
-        burst: r.u64_or("burst", 200, 1..=20_000)? as u32,
+        per_second: r.u64_or_if_on(enabled, "per_second", 100, 1..=10_000)? as u32,
+        burst: r.u64_or_if_on(enabled, "burst", 200, 1..=20_000)? as u32,
     };
-    Ok(r.bool_or("enabled", true)?.then_some(limit))
+    Ok(enabled.then_some(limit))
 }
 
 fn forward_auth(node: &Node) -> Result<ForwardAuth, ConfigError> {
@@ -283,6 +287,8 @@ fn upstream(node: &Node) -> Result<Upstream, ConfigError> {
         "max_concurrency",
         "health_check",
         "mock",
+        // LLMProxy declares an `id` on upstreams (internal; a file may carry one): ignored.
+        "id",
     ])?;
     let name = f.required_string("name")?;
     let url_node = f.require("url")?;
@@ -516,9 +522,10 @@ fn http_client(node: &Node) -> Result<HttpClient, ConfigError> {
         None => None,
         Some(n) => {
             let r = n.fields(&["enabled", "attempts", "initial"])?;
-            let attempts = r.u64_or("attempts", 3, 1..=100)? as u32;
-            let initial = r.u64_or("initial", 500, 100..=10_000)?;
-            r.bool_or("enabled", true)?.then_some(Retry { attempts, initial })
+            let enabled = r.bool_or("enabled", true)?;
+            let attempts = r.u64_or_if_on(enabled, "attempts", 3, 1..=100)? as u32;
+            let initial = r.u64_or_if_on(enabled, "initial", 500, 100..=10_000)?;
+            enabled.then_some(Retry { attempts, initial })
         }
     };
     let proxy = match f.get("proxy") {

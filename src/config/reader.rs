@@ -185,19 +185,38 @@ impl<'a> Fields<'a> {
         self.get(key).ok_or_else(|| ConfigError::at(&self.node.child(key), "is required"))
     }
 
-    /// The first present key of several aliases (e.g. `stream` / `stream_mode`); two at once is
-    /// an error, since which one wins would be a guess.
+    /// The first present key of several aliases (e.g. `stream` / `stream_mode`). Each LLMProxy
+    /// release read one of them and ignored the other, so files that work across releases set
+    /// both alike; set to different values, which one wins would be a guess, and it is an error.
     pub fn get_alias(&self, keys: &[&str]) -> Result<Option<Node<'a>>, ConfigError> {
-        let present: Vec<Node<'a>> = keys.iter().filter_map(|k| self.get(k)).collect();
-        match present.len() {
-            0 => Ok(None),
-            1 => Ok(present.into_iter().next()),
-            _ => Err(self.error(format!("set only one of {}", keys.join(" / ")))),
+        let mut present = keys.iter().filter_map(|k| self.get(k));
+        let first = present.next();
+        if let Some(f) = &first {
+            if present.any(|other| other.value != f.value) {
+                return Err(self.error(format!("set only one of {}, or both alike", keys.join(" / "))));
+            }
         }
+        Ok(first)
     }
 
     pub fn u64_or(&self, key: &str, default: u64, range: RangeInclusive<u64>) -> Result<u64, ConfigError> {
         self.get(key).map_or(Ok(default), |n| n.u64_in(range))
+    }
+
+    /// A number of a block that `enabled` may turn off. LLMProxy checked a block's values only
+    /// when it was on, so in a block that is off a value out of range (`retry: {enabled: false,
+    /// attempts: 0}`) reads as the default instead of failing the load.
+    pub fn u64_or_if_on(
+        &self,
+        on: bool,
+        key: &str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        match self.u64_or(key, default, range) {
+            Err(_) if !on => Ok(default),
+            read => read,
+        }
     }
 
     pub fn f64_or(&self, key: &str, default: f64, range: RangeInclusive<f64>) -> Result<f64, ConfigError> {
