@@ -36,6 +36,7 @@ Environment:
   ${VAR} and ${VAR:-default} are expanded in every configuration value.
   LLMPROXY_A__B__0__C=value overrides the key a.b[0].c before validation.
   LLMPROXY_ADMIN_AUTH_TOKEN protects the admin API with a bearer token.
+  SSL_CERT_FILE names a PEM bundle trusted for https upstreams besides the public roots.
 ";
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {

@@ -48,6 +48,15 @@ fn main() -> ExitCode {
         let _in_runtime = runtime.enter();
         Signals::new()
     };
+    // Before any upstream client is built (and in `-t`, which builds them all).
+    match llmproxy::upstream::trust::trust_bundle_from_environment() {
+        Ok(0) => {}
+        Ok(n) => info!("trusting {n} certificate(s) from SSL_CERT_FILE besides the public roots"),
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let config = match config::load(&args.config, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {

@@ -75,6 +75,18 @@ fn test_flag_reads_the_tls_files() {
 }
 
 #[test]
+fn ssl_cert_file_is_read_at_start_and_a_bad_one_stops_it() {
+    let default_config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.default.yaml");
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ca.pem");
+    let out = bin().env("SSL_CERT_FILE", ca).args(["-t", "-c", default_config]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trusting 1 certificate(s) from SSL_CERT_FILE"));
+    let out = bin().env("SSL_CERT_FILE", "/nonexistent/ca.pem").args(["-t", "-c", default_config]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SSL_CERT_FILE /nonexistent/ca.pem: "));
+}
+
+#[test]
 fn missing_config_names_the_path() {
     let out = bin().args(["-t", "-c", "/nonexistent/dir/cfg.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -199,3 +199,31 @@ async fn over_tls_a_request_sent_just_after_the_drain_began_is_answered() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(drained.await.unwrap());
 }
+
+/// An `https://` upstream whose certificate a private CA signed: refused while only the public
+/// roots are trusted, served once the CA is trusted too (what `SSL_CERT_FILE` does at start).
+/// The upstream is a second proxy terminating TLS, in front of the test upstream; it offers
+/// HTTP/2 and HTTP/1.1, and the upstream client asks for HTTP/1.1 only.
+#[tokio::test]
+async fn an_upstream_signed_by_a_private_ca_is_served_once_its_ca_is_trusted() {
+    let up = TestUpstream::start().await;
+    let tls_front = single_upstream_config(&up.url("/v1"), "", "").replace(
+        "timeout: {connect: 1}",
+        &format!("timeout: {{connect: 5}}\n      tls: {{cert: {FIXTURES}/cert.pem, key: {FIXTURES}/key.pem}}"),
+    );
+    let front = start(&tls_front).await;
+    let https = format!("https://localhost:{}/v1", front.forward_addr("main").unwrap().port());
+    let untrusting = start(&single_upstream_config(&https, "", "")).await;
+    let (status, _, body) = get(untrusting.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, 502, "a certificate no public CA signed: {}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("certificate"), "{}", String::from_utf8_lossy(&body));
+
+    let bundle = llmproxy::upstream::trust::read_bundle(std::path::Path::new(&format!("{FIXTURES}/ca.pem"))).unwrap();
+    llmproxy::upstream::trust::trust_also(bundle);
+    let trusting = start(&single_upstream_config(&https, "", "")).await;
+    let (status, _, body) = get(trusting.forward_addr("main").unwrap(), "/v1/echo").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echoed = json_of(&body);
+    assert_eq!(echoed["path"], "/v1/echo");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"][0], "https", "it went through the TLS front");
+}

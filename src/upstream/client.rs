@@ -1,6 +1,7 @@
-//! The pooled HTTP client of an upstream group: HTTP/1.1, TLS with the webpki roots compiled in (a static binary on a bare host trusts public CAs), connect timeout
-//! (over the whole connect: TCP, the proxy's handshake and TLS), TCP keepalive, pool idle
-//! timeout, and an optional outbound proxy (HTTP CONNECT or SOCKS5).
+//! The pooled HTTP client of an upstream group: HTTP/1.1, TLS with the webpki roots compiled in
+//! (a static binary on a bare host trusts public CAs) and those `SSL_CERT_FILE` adds, connect
+//! timeout (over the whole connect: TCP, the proxy's handshake and TLS), TCP keepalive, pool
+//! idle timeout, and an optional outbound proxy (HTTP CONNECT or SOCKS5).
 //! Plain `http://` upstreams reached without a proxy use [`super::direct`] instead, which is
 //! cheaper per request; everything else goes through this client.
 
@@ -201,9 +202,10 @@ where
     }
 }
 
-/// Client TLS with the `ring` provider (builds for musl without cmake) and the webpki roots.
+/// Client TLS with the `ring` provider (builds for musl without cmake), trusting the webpki
+/// roots and any of `SSL_CERT_FILE` ([`super::trust`]).
 fn tls_config() -> Result<rustls::ClientConfig, String> {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let roots = super::trust::roots();
     // ALPN (h2, http/1.1) is set by hyper-rustls from enable_http1/enable_http2.
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()

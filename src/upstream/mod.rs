@@ -7,6 +7,7 @@ pub mod header_plan;
 pub mod health_check;
 pub mod load;
 pub mod target;
+pub mod trust;
 
 use crate::config::{self, Auth};
 use crate::metrics::families::MemberMetrics;
