@@ -51,8 +51,8 @@ pub struct Upstream {
     /// it gets the client's bodies as they are.
     pub refuses_usage_option: AtomicBool,
     pub health_check: Option<config::HealthCheck>,
-    pub health_passes: Counter,
-    pub health_failures: Counter,
+    pub health_passes: Arc<Counter>,
+    pub health_failures: Arc<Counter>,
     /// Which health-check loop is the current one (see `health_check::spawn`).
     pub health_loop: AtomicU64,
     /// The configuration this was compiled from: a runtime swap keeps this upstream (and its
@@ -124,11 +124,10 @@ impl Upstream {
             .ratelimit
             .as_ref()
             .map(|r| Gcra::with_state(r.per_second, r.burst, same.and_then(|p| p.rate.as_ref()), crate::clock::now()));
-        let carried = |counter: fn(&Upstream) -> &Counter| {
-            let c = Counter::default();
-            c.add(previous.map_or(0, |p| counter(p).get()));
-            c
-        };
+        // Shared with the upstream this one replaces, not copied: a check finishing on the old
+        // one after the copy would be lost, and the counter would seem to go back.
+        let carried =
+            |counter: fn(&Upstream) -> &Arc<Counter>| previous.map_or_else(Arc::default, |p| counter(p).clone());
         let header_plan = header_plan::plan(&header_ops);
         let supplies_credentials = authorization.is_some()
             || header_plan
