@@ -46,15 +46,34 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         debug: false,
         shutdown_timeout: Duration::from_secs(30),
     };
-    let mut it = args.into_iter().flat_map(split_short);
-    while let Some(arg) = it.next() {
+    let mut raw = args.into_iter();
+    // The rest of a group of short options written together (`-dt`), still to be taken.
+    let mut grouped: std::collections::VecDeque<String> = Default::default();
+    loop {
+        let arg = match grouped.pop_front() {
+            Some(arg) => arg,
+            None => match raw.next() {
+                Some(arg) => {
+                    let mut parts = split_short(arg).into_iter();
+                    let first = parts.next().unwrap_or_default();
+                    grouped.extend(parts);
+                    first
+                }
+                None => break,
+            },
+        };
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
+        // A value is taken as written: `-c -dt.yaml` names the file `-dt.yaml`.
         let mut value = |name: &str| -> Result<String, String> {
-            inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{name} needs a value"))
+            inline
+                .clone()
+                .or_else(|| grouped.pop_front())
+                .or_else(|| raw.next())
+                .ok_or_else(|| format!("{name} needs a value"))
         };
         match flag.as_str() {
             "-c" | "--config" => out.config = PathBuf::from(value("--config")?),
@@ -77,16 +96,26 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
 }
 
 /// Short options written together, as LLMProxy's argument parser (clap) took them: `-dt` is `-d
-/// -t`, and `-cFILE` or `-c=FILE` is `-c FILE`. Everything else passes as it is.
+/// -t`, and `-cFILE`, `-c=FILE` or `-tcFILE` end with `-c FILE`. Anything else (a long option,
+/// a lone short one, an unknown letter) passes as it is, to be read or refused whole.
 fn split_short(arg: String) -> Vec<String> {
     let Some(rest) = arg.strip_prefix('-').filter(|r| r.len() > 1 && !r.starts_with('-')) else { return vec![arg] };
-    if let Some(value) = rest.strip_prefix('c') {
-        return vec!["-c".into(), value.strip_prefix('=').unwrap_or(value).into()];
+    let mut parts = Vec::new();
+    for (i, letter) in rest.char_indices() {
+        match letter {
+            'c' => {
+                parts.push("-c".to_string());
+                let value = &rest[i + 1..];
+                if !value.is_empty() {
+                    parts.push(value.strip_prefix('=').unwrap_or(value).to_string());
+                }
+                return parts;
+            }
+            't' | 'd' | 'h' | 'V' => parts.push(format!("-{letter}")),
+            _ => return vec![arg],
+        }
     }
-    if rest.chars().all(|c| "tdhV".contains(c)) {
-        return rest.chars().map(|c| format!("-{c}")).collect();
-    }
-    vec![arg]
+    parts
 }
 
 #[cfg(test)]
@@ -109,7 +138,13 @@ mod tests {
         assert_eq!(p(&["-V"]).unwrap(), Command::Version);
         assert_eq!(p(&["--help"]).unwrap(), Command::Help);
         // Short options together, as clap takes them.
-        for args in [&["-dt", "-cx.yaml"][..], &["-td", "-c=x.yaml"], &["--config=x.yaml", "-t", "-d"]] {
+        for args in [
+            &["-dt", "-cx.yaml"][..],
+            &["-td", "-c=x.yaml"],
+            &["--config=x.yaml", "-t", "-d"],
+            &["-dtc", "x.yaml"],
+            &["-d", "-tcx.yaml"],
+        ] {
             let Command::Run(a) = p(args).unwrap() else { panic!() };
             assert_eq!((a.config, a.test_only, a.debug), (PathBuf::from("x.yaml"), true, true), "{args:?}");
         }
@@ -119,6 +154,9 @@ mod tests {
     fn rejects_bad_flags() {
         assert!(p(&["--nope"]).is_err());
         assert!(p(&["-tx"]).unwrap_err().contains("\"-tx\""), "an unknown letter names the whole argument");
+        // A value is never taken apart: a file may be named like options.
+        let Command::Run(a) = p(&["--config", "-dt.yaml"]).unwrap() else { panic!() };
+        assert_eq!((a.config, a.debug), (PathBuf::from("-dt.yaml"), false));
         assert!(p(&["-c"]).is_err());
         assert!(p(&["--shutdown-timeout", "0"]).unwrap_err().contains("range"));
         assert!(p(&["--shutdown-timeout", "121"]).is_err());

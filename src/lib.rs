@@ -29,6 +29,7 @@ pub mod rand;
 pub mod ratelimit;
 pub mod router;
 pub mod runtime;
+pub mod sensitive;
 pub mod server;
 pub mod upstream;
 pub mod usage;

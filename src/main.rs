@@ -50,8 +50,12 @@ fn main() -> ExitCode {
     };
     // Before any upstream client is built (and in `-t`, which builds them all).
     match llmproxy::upstream::trust::trust_bundle_from_environment() {
-        Ok(0) => {}
-        Ok(n) => info!("trusting {n} certificate(s) from SSL_CERT_FILE besides the public roots"),
+        Ok(None) => {}
+        Ok(Some((added, 0))) => info!("trusting {added} certificate(s) from SSL_CERT_FILE besides the public roots"),
+        Ok(Some((added, skipped))) => warn!(
+            "trusting {added} certificate(s) from SSL_CERT_FILE besides the public roots; \
+             {skipped} could not serve as roots and were left out"
+        ),
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
@@ -104,16 +108,20 @@ fn main() -> ExitCode {
                 Signal::Stop(name) => break name,
             }
         };
-        sd_notify::notify("STOPPING=1");
+        sd_notify::notify("STOPPING=1\nSTATUS=draining: finishing the requests and streams in flight");
         info!("{signal}: draining for up to {}s (stop again to exit at once)", args.shutdown_timeout.as_secs());
         // A second stop is an operator who will not wait: the process keeps its signal handlers,
-        // so without this only SIGKILL would end the drain.
+        // so without this only SIGKILL would end the drain. One within a second of the first is
+        // the same stop delivered twice (Ctrl-C reaches a wrapper's whole process group, which
+        // may pass it on), not a second request.
+        let stopped_at = std::time::Instant::now();
         let drain = server.shutdown(args.shutdown_timeout);
         tokio::pin!(drain);
         let drained = loop {
             tokio::select! {
                 drained = &mut drain => break Some(drained),
                 next = signals.next() => match next {
+                    Signal::Stop(_) if stopped_at.elapsed() < REPEATED_STOP => {}
                     Signal::Stop(again) => {
                         warn!("{again} while draining: exiting now; requests in flight are cut");
                         break None;
@@ -149,6 +157,9 @@ fn reload(server: &Server, path: &std::path::Path) {
         }
     }
 }
+
+/// A stop signal this soon after the first is taken as the same one, delivered twice.
+const REPEATED_STOP: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum Signal {
     Reload,

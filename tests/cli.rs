@@ -328,7 +328,7 @@ fn systemd_hears_ready_once_bound_each_reload_outcome_and_stopping_at_sigterm() 
     }
     proxy.signal("-TERM");
     let n = systemd.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=draining: finishing the requests and streams in flight");
     let _ = std::fs::remove_file(&socket);
 }
 
@@ -486,6 +486,10 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     proxy.signal("-TERM");
     proxy.wait_for("SIGTERM: draining");
+    // The same stop delivered twice at once (a wrapper passing on Ctrl-C) is one stop.
+    proxy.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still draining");
     // The stream has half a minute to go, and the drain a minute.
     proxy.signal("-TERM");
     proxy.wait_for("SIGTERM while draining: exiting now");

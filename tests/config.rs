@@ -449,7 +449,7 @@ upstream_groups:
     assert!(g.http_client.retry.is_none() && g.http_client.proxy.is_none());
     let err = parse(&text.replace("stream_mode: true", "stream_mode: true\n      stream: false")).unwrap_err();
     assert!(err.contains("set only one of stream / stream_mode, or both alike"), "{err}");
-    assert!(parse(&text.replace("stream_mode: true", "stream_mode: true\n      stream: true")).is_ok());
+    assert!(parse(&text.replace("stream_mode: true", "stream_mode: true\n      stream: \"true\"")).is_ok());
 }
 
 /// What LLMProxy accepted because it never looked: an upstream's internal `id`, the ranges of

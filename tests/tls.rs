@@ -218,8 +218,8 @@ async fn an_upstream_signed_by_a_private_ca_is_served_once_its_ca_is_trusted() {
     assert_eq!(status, 502, "a certificate no public CA signed: {}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("certificate"), "{}", String::from_utf8_lossy(&body));
 
-    let bundle = llmproxy::upstream::trust::read_bundle(std::path::Path::new(&format!("{FIXTURES}/ca.pem"))).unwrap();
-    llmproxy::upstream::trust::trust_also(bundle);
+    let bundle = llmproxy::upstream::trust::read_bundle(std::path::Path::new(&format!("{FIXTURES}/ca.pem")));
+    llmproxy::upstream::trust::trust_also(bundle.ok().unwrap().roots);
     let trusting = start(&single_upstream_config(&https, "", "")).await;
     let (status, _, body) = get(trusting.forward_addr("main").unwrap(), "/v1/echo").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));

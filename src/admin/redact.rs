@@ -1,16 +1,8 @@
 //! Secrets never leave the process: API responses show them as `"***"`, and a `"***"` sent back
 //! (a GET → edit → PUT round trip) means "keep the current value".
 
+use crate::sensitive::{is_sensitive_name, MASK};
 use serde_json::Value;
-
-pub const MASK: &str = "***";
-
-/// Header and query-parameter names whose values are credentials in practice (`x-api-key`,
-/// `Authorization`, Gemini's `?key=`, Azure's `?sig=`).
-pub fn is_sensitive_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["auth", "key", "token", "secret", "password", "cookie", "sig"].iter().any(|w| n.contains(w))
-}
 
 /// The credentials in a URL masked: the password (`user:***@`), a user name standing alone (a
 /// token used as one: `***@`), and the values of credential-like query parameters (`?key=***`).

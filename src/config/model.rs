@@ -69,7 +69,8 @@ impl Route {
     /// route ids are the path), or all conditions of a conditional rule. The admin API shows it
     /// (route ids, messages), so a condition on a credential header (`authorization: "Bearer
     /// sk-team-*"`) is in it only as a fingerprint of its glob: distinct globs stay distinct
-    /// rules, and the glob itself is never shown.
+    /// rules, and the glob itself is never shown (the ids of such rules change with each start
+    /// of the process, whose random key the fingerprint uses).
     pub fn key(&self) -> String {
         match (&self.path, self.is_conditional()) {
             (Some(p), false) => p.clone(),
@@ -78,8 +79,8 @@ impl Route {
                     .headers
                     .iter()
                     .map(|(name, glob)| {
-                        let shown = if crate::admin::redact::is_sensitive_name(name) {
-                            format!("{}{:016x}", crate::admin::redact::MASK, fingerprint(glob))
+                        let shown = if crate::sensitive::is_sensitive_name(name) {
+                            format!("{}{:016x}", crate::sensitive::MASK, crate::sensitive::fingerprint(glob))
                         } else {
                             glob.clone()
                         };
@@ -90,12 +91,6 @@ impl Route {
             }
         }
     }
-}
-
-/// FNV-1a, 64 bits: stable across builds and releases (route ids made from it stay valid), which
-/// the standard library's hashers do not promise.
-fn fingerprint(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn pairs_as_map<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {

@@ -95,15 +95,8 @@ fn forward(node: &Node) -> Result<Forward, ConfigError> {
     let ratelimit = match f.get("ratelimit") {
         None => None,
         Some(n) => {
-            let r = n.fields(&["enabled", "per_second", "burst"])?;
-            // A ratelimit block means "limit" unless it says otherwise (LLMProxy defaulted to
-            // off, so a block without `enabled` silently did nothing).
-            let enabled = r.bool_or("enabled", true)?;
-            Some(RateLimit {
-                enabled,
-                per_second: r.u64_or_if_on(enabled, "per_second", 100, 1..=10_000)? as u32,
-                burst: r.u64_or_if_on(enabled, "burst", 200, 1..=20_000)? as u32,
-            })
+            let (enabled, UpstreamRateLimit { per_second, burst }) = rate_block(&n)?;
+            Some(RateLimit { enabled, per_second, burst })
         }
     };
     let timeout = match f.get("timeout") {
@@ -166,15 +159,22 @@ pub(super) fn route(node: &Node) -> Result<Route, ConfigError> {
     Ok(Route { path, model, headers, target_group: f.required_string("target_group")? })
 }
 
-/// A `{per_second, burst}` request rate (upstreams and client keys); `None` when the block says
-/// `enabled: false` (on otherwise, as a forward's `ratelimit` is).
-fn rate(node: &Node) -> Result<Option<UpstreamRateLimit>, ConfigError> {
+/// A `ratelimit` block: whether it is on, and its `{per_second, burst}` rate. A block means
+/// "limit" unless it says `enabled: false` (LLMProxy defaulted to off, so a block without
+/// `enabled` silently did nothing).
+fn rate_block(node: &Node) -> Result<(bool, UpstreamRateLimit), ConfigError> {
     let r = node.fields(&["enabled", "per_second", "burst"])?;
     let enabled = r.bool_or("enabled", true)?;
     let limit = UpstreamRateLimit {
         per_second: r.u64_or_if_on(enabled, "per_second", 100, 1..=10_000)? as u32,
         burst: r.u64_or_if_on(enabled, "burst", 200, 1..=20_000)? as u32,
     };
+    Ok((enabled, limit))
+}
+
+/// The request rate of an upstream or a client key; `None` when its block is off.
+fn rate(node: &Node) -> Result<Option<UpstreamRateLimit>, ConfigError> {
+    let (enabled, limit) = rate_block(node)?;
     Ok(enabled.then_some(limit))
 }
 

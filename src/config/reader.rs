@@ -189,10 +189,12 @@ impl<'a> Fields<'a> {
     /// release read one of them and ignored the other, so files that work across releases set
     /// both alike; set to different values, which one wins would be a guess, and it is an error.
     pub fn get_alias(&self, keys: &[&str]) -> Result<Option<Node<'a>>, ConfigError> {
+        // Compared by what they mean: `stream: true` and `stream_mode: "${STREAM}"` may agree.
+        let meaning = |n: &Node| n.bool().map(|b| b.to_string()).or_else(|_| n.string()).ok();
         let mut present = keys.iter().filter_map(|k| self.get(k));
         let first = present.next();
         if let Some(f) = &first {
-            if present.any(|other| other.value != f.value) {
+            if present.any(|other| meaning(&other) != meaning(f)) {
                 return Err(self.error(format!("set only one of {}, or both alike", keys.join(" / "))));
             }
         }
@@ -204,8 +206,9 @@ impl<'a> Fields<'a> {
     }
 
     /// A number of a block that `enabled` may turn off. LLMProxy checked a block's values only
-    /// when it was on, so in a block that is off a value out of range (`retry: {enabled: false,
-    /// attempts: 0}`) reads as the default instead of failing the load.
+    /// when it was on, so in a block that is off a value that would not load — out of range
+    /// (`retry: {enabled: false, attempts: 0}`), not a number — reads as the default instead of
+    /// failing the load (and the admin API shows that default).
     pub fn u64_or_if_on(
         &self,
         on: bool,

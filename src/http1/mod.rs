@@ -23,9 +23,9 @@ pub struct HeadFacts {
     pub listed: Vec<HeaderName>,
     /// Whether the final transfer coding is chunked, when there is a `Transfer-Encoding`.
     pub chunked: Option<bool>,
-    /// Whether a transfer coding other than chunked is named (`gzip, chunked`): the body is
-    /// still in that coding once de-chunked, and the proxy, which drops `Transfer-Encoding`,
-    /// would pass it on undeclared.
+    /// Whether a transfer coding other than one `chunked` is named (`gzip, chunked`, or
+    /// `chunked` twice): the body is still coded once de-chunked, and the proxy, which drops
+    /// `Transfer-Encoding`, would pass it on undeclared.
     pub other_coding: bool,
     pub content_length: Option<u64>,
 }
@@ -64,8 +64,12 @@ impl HeadFacts {
 
     fn transfer_encoding(&mut self, value: &[u8]) {
         let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+        let codings = value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty());
+        // Chunked once, and only as the last coding of all the fields: anything else leaves
+        // the body coded after de-chunking.
+        let only_chunked = self.chunked.is_none() && codings.count() == 1 && !names_other_coding(value);
+        self.other_coding |= !only_chunked;
         self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-        self.other_coding |= names_other_coding(value);
     }
 
     /// Records a `Content-Length`; differing or malformed values are an error (RFC 9112 §6.3),
@@ -167,6 +171,11 @@ mod tests {
         let mut plain = HeadFacts::default();
         plain.transfer_encoding(b" Chunked ");
         assert!(!plain.other_coding && !names_other_coding(b"chunked,") && names_other_coding(b"identity"));
+        plain.transfer_encoding(b"chunked");
+        assert!(plain.other_coding, "chunked twice, in two fields");
+        let mut twice = HeadFacts::default();
+        twice.transfer_encoding(b"chunked, chunked");
+        assert!(twice.other_coding);
     }
 
     #[test]

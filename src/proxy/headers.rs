@@ -7,7 +7,6 @@
 
 use crate::fields::{name_is, Fields};
 use crate::http1::MAX_LISTED;
-use crate::upstream::header_plan::Outcome;
 use crate::upstream::Upstream;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -87,14 +86,13 @@ pub fn for_each_upstream_header(
     let plan = &upstream.header_plan;
     // Which planned names the request has had so far (only allocated when there is a plan).
     let mut present = vec![false; plan.len()];
+    // A planned name takes its planned value, once, where it first appears.
     let mut apply = |name: &[u8], value: &[u8], emit: &mut dyn FnMut(&[u8], &[u8])| {
         let Some(i) = plan.iter().position(|p| name_is(name, &p.name)) else { return emit(name, value) };
-        let first = !present[i];
-        present[i] = true;
-        match &plan[i].if_present {
-            Outcome::Keep => emit(name, value),
-            Outcome::Set(v) if first => emit(name, v.as_bytes()),
-            Outcome::Set(_) | Outcome::Drop => {}
+        if !std::mem::replace(&mut present[i], true) {
+            if let Some(v) = &plan[i].value {
+                emit(name, v.as_bytes());
+            }
         }
     };
     // The headers `Connection` names beyond the hop-by-hop ones (rare: clients send
@@ -143,7 +141,7 @@ pub fn for_each_upstream_header(
         apply(b"authorization", auth.as_bytes(), emit);
     }
     for (p, seen) in plan.iter().zip(&present) {
-        if let (false, Outcome::Set(v)) = (seen, &p.if_absent) {
+        if let (false, Some(v)) = (seen, &p.value) {
             emit(p.name.as_str().as_bytes(), v.as_bytes());
         }
     }
@@ -175,16 +173,10 @@ pub fn apply_upstream_headers(headers: &mut HeaderMap, upstream: &Upstream) {
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
     for p in &upstream.header_plan {
-        let outcome = if headers.contains_key(&p.name) { &p.if_present } else { &p.if_absent };
-        match outcome {
-            Outcome::Keep => {}
-            Outcome::Drop => {
-                headers.remove(&p.name);
-            }
-            Outcome::Set(v) => {
-                headers.insert(p.name.clone(), v.clone());
-            }
-        }
+        match &p.value {
+            None => headers.remove(&p.name),
+            Some(v) => headers.insert(p.name.clone(), v.clone()),
+        };
     }
 }
 

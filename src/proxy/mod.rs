@@ -734,7 +734,7 @@ async fn attempt(
                     Some(Ok(resp)) if other_transfer_coding(resp.headers()) => Err((
                         Failure::Reset,
                         ApiError::bad_gateway(format!(
-                            "upstream {} failed before answering: a transfer coding other than chunked",
+                            "upstream {} sent an answer the proxy cannot relay: a transfer coding other than chunked",
                             upstream.name
                         )),
                     )),
@@ -890,9 +890,15 @@ fn direct_error(upstream: &Upstream, e: &crate::upstream::direct::SendError) -> 
         SendError::Connect(why) => {
             (Failure::Connect, ApiError::bad_gateway(format!("cannot connect to upstream {}: {why}", upstream.name)))
         }
-        SendError::Io(_) | SendError::Protocol(_) => {
+        SendError::Io(_) => {
             (Failure::Reset, ApiError::bad_gateway(format!("upstream {} failed before answering: {e}", upstream.name)))
         }
+        // Retried like a reset: another upstream can answer, where a client given the 502 would
+        // send the same request again anyway.
+        SendError::Protocol(_) => (
+            Failure::Reset,
+            ApiError::bad_gateway(format!("upstream {} sent an answer the proxy cannot relay: {e}", upstream.name)),
+        ),
     }
 }
 

@@ -4,31 +4,21 @@
 //! `insert` sets the value whether or not the client sent the header, exactly as `replace`
 //! does: LLMProxy documented it as "only when absent" but always overwrote, and the configs
 //! that run on it rely on that — `insert x-api-key` in front of a client that sends a dummy key
-//! must send the proxy's key, not the dummy.
-//!
-//! The operations run in order on one name at a time, so what a name ends as depends only on
-//! whether it was there before them: kept as it was, dropped, or set to a configured value.
-//! Computing that once lets a request apply all of them while its headers stream out, in one
-//! pass and without building a header map.
+//! must send the proxy's key, not the dummy. So every operation decides a name whatever came
+//! before it, and the last one on a name is its net effect: a value, or none. Computing that
+//! once lets a request apply all of them while its headers stream out, in one pass and without
+//! building a header map.
 
 use crate::config::HeaderOpKind;
 use hyper::header::{HeaderName, HeaderValue};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Keep,
-    Drop,
-    Set(HeaderValue),
-}
 
 /// The net effect of the operations on one header name.
 #[derive(Debug, Clone)]
 pub struct PlannedHeader {
     pub name: HeaderName,
-    /// When the request has the header (from the client, or set by the proxy).
-    pub if_present: Outcome,
-    /// When it does not.
-    pub if_absent: Outcome,
+    /// What the upstream gets, whatever the client sent: this value, or (after a `remove`)
+    /// no such header at all.
+    pub value: Option<HeaderValue>,
 }
 
 /// One operation, compiled.
@@ -49,18 +39,13 @@ pub fn plan(ops: &[HeaderOp]) -> Vec<PlannedHeader> {
     names
         .into_iter()
         .map(|name| {
-            let run = |present: bool| {
-                let mut state = if present { Outcome::Keep } else { Outcome::Drop };
-                for op in ops.iter().filter(|op| op.name == name) {
-                    state = match (op.kind, &op.value) {
-                        (HeaderOpKind::Insert | HeaderOpKind::Replace, Some(v)) => Outcome::Set(v.clone()),
-                        (HeaderOpKind::Remove, _) => Outcome::Drop,
-                        _ => state,
-                    };
-                }
-                state
-            };
-            PlannedHeader { name: name.clone(), if_present: run(true), if_absent: run(false) }
+            let value = ops.iter().filter(|op| op.name == name).fold(None, |value, op| match (op.kind, &op.value) {
+                (HeaderOpKind::Remove, _) => None,
+                (HeaderOpKind::Insert | HeaderOpKind::Replace, Some(v)) => Some(v.clone()),
+                // The configuration requires a value for these; without one, nothing changes.
+                (HeaderOpKind::Insert | HeaderOpKind::Replace, None) => value,
+            });
+            PlannedHeader { name: name.clone(), value }
         })
         .collect()
 }
@@ -78,9 +63,8 @@ mod tests {
     }
 
     #[test]
-    fn operations_in_order_reduce_to_their_net_effect() {
+    fn the_last_operation_on_a_name_decides_it() {
         use HeaderOpKind::*;
-        let set = |v: &'static str| Outcome::Set(HeaderValue::from_static(v));
         let ops = [
             op(Insert, "x-a", Some("1")),
             op(Replace, "x-b", Some("2")),
@@ -90,18 +74,21 @@ mod tests {
             op(Replace, "x-e", Some("5")),
             op(Remove, "x-e", None),
             op(Insert, "x-e", Some("6")),
+            op(Insert, "x-f", Some("7")),
+            op(Remove, "x-f", None),
         ];
         let p = plan(&ops);
-        let got: Vec<(&str, &Outcome, &Outcome)> =
-            p.iter().map(|h| (h.name.as_str(), &h.if_present, &h.if_absent)).collect();
+        let got: Vec<(&str, Option<&str>)> =
+            p.iter().map(|h| (h.name.as_str(), h.value.as_ref().map(|v| v.to_str().unwrap()))).collect();
         assert_eq!(
             got,
             [
-                ("x-a", &set("1"), &set("1")),
-                ("x-b", &set("2"), &set("2")),
-                ("x-c", &Outcome::Drop, &Outcome::Drop),
-                ("x-d", &set("4"), &set("4")),
-                ("x-e", &set("6"), &set("6")),
+                ("x-a", Some("1")),
+                ("x-b", Some("2")),
+                ("x-c", None),
+                ("x-d", Some("4")),
+                ("x-e", Some("6")),
+                ("x-f", None)
             ]
         );
     }

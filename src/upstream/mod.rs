@@ -14,7 +14,7 @@ use crate::metrics::families::MemberMetrics;
 use crate::metrics::Counter;
 use crate::ratelimit::Gcra;
 use breaker::Breaker;
-use header_plan::{HeaderOp, Outcome, PlannedHeader};
+use header_plan::{HeaderOp, PlannedHeader};
 use hyper::header::{HeaderName, HeaderValue};
 use load::Load;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -130,9 +130,7 @@ impl Upstream {
             |counter: fn(&Upstream) -> &Arc<Counter>| previous.map_or_else(Arc::default, |p| counter(p).clone());
         let header_plan = header_plan::plan(&header_ops);
         let supplies_credentials = authorization.is_some()
-            || header_plan
-                .iter()
-                .any(|p| is_credential(p.name.as_str().as_bytes()) && matches!(p.if_present, Outcome::Set(_)));
+            || header_plan.iter().any(|p| is_credential(p.name.as_str().as_bytes()) && p.value.is_some());
         Ok(Upstream {
             name: cfg.name.clone(),
             target,
@@ -170,4 +168,32 @@ fn sensitive(s: &str) -> Result<HeaderValue, String> {
         HeaderValue::from_str(s).map_err(|_| "credentials contain characters not allowed in a header".to_string())?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_counts_are_shared_with_the_upstream_a_reload_replaces() {
+        let cfg = config::Upstream {
+            name: "u".into(),
+            url: "http://127.0.0.1:1/v1".into(),
+            auth: Auth::None,
+            headers: Vec::new(),
+            breaker: None,
+            ratelimit: None,
+            weight: 1,
+            max_concurrency: None,
+            health_check: None,
+            mock: None,
+        };
+        let old = Upstream::compile(&cfg).unwrap();
+        old.health_passes.inc();
+        let new = Upstream::compile_after(&cfg, Some(&old)).unwrap();
+        // A check that was running on the old one finishes after the swap: not lost.
+        old.health_passes.inc();
+        old.health_failures.inc();
+        assert_eq!((new.health_passes.get(), new.health_failures.get()), (2, 1));
+    }
 }

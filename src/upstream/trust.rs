@@ -17,22 +17,27 @@ pub const BUNDLE_VAR: &str = "SSL_CERT_FILE";
 
 static EXTRA_ROOTS: RwLock<Vec<CertificateDer<'static>>> = RwLock::new(Vec::new());
 
-/// The certificates of the PEM bundle at `path`, each checked to be usable as a root: a bundle
-/// that cannot be read, holds no certificate, or holds a malformed one is an error naming it.
-pub fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// A bundle as read: the certificates usable as roots, and how many others it held.
+pub struct Bundle {
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Certificates that cannot serve as a root (a system bundle may hold a few): left out.
+    pub skipped: usize,
+}
+
+/// The PEM bundle at `path`. One that cannot be read, or holds no certificate usable as a root,
+/// is an error naming it: trust that was asked for and is missing must not go unnoticed.
+pub fn read_bundle(path: &Path) -> Result<Bundle, String> {
     let at = path.display();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{BUNDLE_VAR} {at}: {e}"))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{BUNDLE_VAR} {at}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{BUNDLE_VAR} {at}: no certificate found"));
-    }
     let mut check = RootCertStore::empty();
-    for (i, cert) in certs.iter().enumerate() {
-        check.add(cert.clone()).map_err(|e| format!("{BUNDLE_VAR} {at}: certificate {}: {e}", i + 1))?;
+    let (roots, skipped): (Vec<_>, Vec<_>) = certs.into_iter().partition(|cert| check.add(cert.clone()).is_ok());
+    if roots.is_empty() {
+        return Err(format!("{BUNDLE_VAR} {at}: no certificate usable as a root found"));
     }
-    Ok(certs)
+    Ok(Bundle { roots, skipped: skipped.len() })
 }
 
 /// Trusts `certs` besides the public roots, in every upstream client built from now on.
@@ -40,14 +45,14 @@ pub fn trust_also(certs: Vec<CertificateDer<'static>>) {
     *EXTRA_ROOTS.write().unwrap_or_else(|p| p.into_inner()) = certs;
 }
 
-/// Reads the bundle `SSL_CERT_FILE` names, if it is set, and trusts it; returns how many
-/// certificates it added.
-pub fn trust_bundle_from_environment() -> Result<usize, String> {
-    let Some(path) = std::env::var_os(BUNDLE_VAR).filter(|p| !p.is_empty()) else { return Ok(0) };
-    let certs = read_bundle(Path::new(&path))?;
-    let added = certs.len();
-    trust_also(certs);
-    Ok(added)
+/// Reads the bundle `SSL_CERT_FILE` names, if it is set, and trusts it; returns what it added
+/// and skipped.
+pub fn trust_bundle_from_environment() -> Result<Option<(usize, usize)>, String> {
+    let Some(path) = std::env::var_os(BUNDLE_VAR).filter(|p| !p.is_empty()) else { return Ok(None) };
+    let bundle = read_bundle(Path::new(&path))?;
+    let counts = (bundle.roots.len(), bundle.skipped);
+    trust_also(bundle.roots);
+    Ok(Some(counts))
 }
 
 /// The public roots and the extra ones.
@@ -68,11 +73,11 @@ mod tests {
     #[test]
     fn a_bundle_is_read_whole_or_refused_with_its_path() {
         let ca = read_bundle(Path::new(&format!("{FIXTURES}/ca.pem"))).unwrap();
-        assert_eq!(ca.len(), 1);
-        let missing = read_bundle(Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert_eq!((ca.roots.len(), ca.skipped), (1, 0));
+        let missing = read_bundle(Path::new("/nonexistent/ca.pem")).err().unwrap();
         assert!(missing.starts_with("SSL_CERT_FILE /nonexistent/ca.pem: "), "{missing}");
         // A key file holds no certificate.
-        let key = read_bundle(Path::new(&format!("{FIXTURES}/key.pem"))).unwrap_err();
-        assert!(key.ends_with("no certificate found"), "{key}");
+        let key = read_bundle(Path::new(&format!("{FIXTURES}/key.pem"))).err().unwrap();
+        assert!(key.ends_with("no certificate usable as a root found"), "{key}");
     }
 }

@@ -58,16 +58,12 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let spans = Spans::measure(buf, req.headers);
     let mut facts = HeadFacts::default();
     let mut expect_continue = false;
-    let (mut hosts, mut other_coding) = (0, false);
+    let mut hosts = 0;
     for (name, raw) in spans.fields(buf) {
         // The fields the request's own checks read, told apart by length first.
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
             6 if name.eq_ignore_ascii_case(b"expect") => expect_continue = raw.eq_ignore_ascii_case(b"100-continue"),
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                // Only `chunked` itself: a body in another coding would go upstream undeclared.
-                other_coding |= facts.chunked.is_some() || !raw.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            }
             _ => {}
         }
         facts.note(name, raw).map_err(ApiError::bad_request)?;
@@ -81,7 +77,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         // RFC 9112 §3.2: exactly one `Host` (nginx refuses the same).
         return Err(ApiError::bad_request("an HTTP/1.1 request needs exactly one host header"));
     }
-    if other_coding && facts.content_length.is_none() {
+    // Only `chunked` itself: a body in another coding would go upstream undeclared.
+    if facts.other_coding && facts.content_length.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "invalid_request_error",
