@@ -385,7 +385,11 @@ fn members(e: &mut Encoder, rt: &Runtime) {
             }
         }
     });
-    e.family("llmproxy_upstream_inflight", "gauge", "Requests in flight to an upstream (from pick to end of body).");
+    e.family(
+        "llmproxy_upstream_inflight",
+        "gauge",
+        "Requests in flight to an upstream through any of its groups (from pick to end of body).",
+    );
     each_member(rt, e, |e, l, m| e.int("llmproxy_upstream_inflight", l, u64::from(m.upstream.load.inflight())));
     e.family("llmproxy_circuitbreaker_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
     each_member(rt, e, |e, l, m| {
