@@ -81,7 +81,24 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut resp = Response::new(full(self.to_json()));
+        let body = self.to_json();
+        self.respond_with(body)
+    }
+
+    /// The admin API's form: the error inside LLMProxy's envelope (`code`, `status: "error"`),
+    /// so scripts written against either read it.
+    pub fn into_admin_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "code": self.status.as_u16(),
+            "status": "error",
+            "error": {"message": self.message, "type": self.kind, "code": self.code},
+        })
+        .to_string();
+        self.respond_with(body)
+    }
+
+    fn respond_with(self, body: String) -> Response<ProxyBody> {
+        let mut resp = Response::new(full(body));
         *resp.status_mut() = self.status;
         resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(secs) = self.retry_after {

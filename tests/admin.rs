@@ -95,8 +95,9 @@ async fn upstream_crud_follows_live_traffic() {
     let (status, e) = api(admin, Method::DELETE, "/upstreams/b", None).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(e["error"]["message"].as_str().unwrap().contains("used by group(s) g"));
+    assert_eq!((&e["code"], &e["status"]), (&json!(409), &json!("error")), "LLMProxy's envelope: {e}");
     api(admin, Method::PATCH, "/upstream-groups/g", Some(json!({"upstreams": [{"name": "a"}]}))).await;
-    assert_eq!(api(admin, Method::DELETE, "/upstreams/b", None).await.0, 200);
+    assert_eq!(api(admin, Method::DELETE, "/upstreams/b", None).await, (StatusCode::NO_CONTENT, Value::Null));
     assert_eq!(api(admin, Method::GET, "/upstreams/b", None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(served_model(addr, "/v1/models").await, "model-a");
 }
@@ -109,8 +110,15 @@ async fn routes_crud_follows_live_traffic() {
     let (status, r) =
         api(admin, Method::POST, "/forwards/main/routes", Some(json!({"path": "/v2/*", "target_group": "g2"}))).await;
     assert_eq!(status, StatusCode::CREATED, "{r}");
+    assert_eq!((&r["code"], &r["status"]), (&json!(200), &json!("success")), "LLMProxy's envelope: {r}");
     let id = r["data"]["id"].as_str().unwrap().to_string();
     assert_eq!(id, llmproxy::base64::encode_url(b"/v2/*"));
+    // LLMProxy's route update names only the target: the path stays.
+    let (status, moved) =
+        api(admin, Method::PUT, &format!("/forwards/main/routes/{id}"), Some(json!({"target_group": "g"}))).await;
+    assert_eq!((status, &moved["data"]["path"]), (StatusCode::OK, &json!("/v2/*")), "{moved}");
+    assert_eq!(served_model(addr, "/v2/models").await, "model-a");
+    api(admin, Method::PUT, &format!("/forwards/main/routes/{id}"), Some(json!({"target_group": "g2"}))).await;
     assert_eq!(served_model(addr, "/v2/models").await, "model-other");
     let (status, got) = api(admin, Method::GET, &format!("/forwards/main/routes/{id}"), None).await;
     assert_eq!((status, got["data"]["target_group"].as_str()), (StatusCode::OK, Some("g2")));
@@ -141,7 +149,7 @@ async fn routes_crud_follows_live_traffic() {
     assert_eq!(served_model(addr, "/v2/models").await, "model-other");
     assert_eq!(served_model(addr, "/v2/other/models").await, "model-a", "the wildcard route is gone");
     let new_id = llmproxy::base64::encode_url(b"/v2/models");
-    assert_eq!(api(admin, Method::DELETE, &format!("/forwards/main/routes/{new_id}"), None).await.0, 200);
+    assert_eq!(api(admin, Method::DELETE, &format!("/forwards/main/routes/{new_id}"), None).await.0, 204);
     assert_eq!(served_model(addr, "/v2/models").await, "model-a");
     assert_eq!(
         api(admin, Method::GET, &format!("/forwards/main/routes/{new_id}"), None).await.0,

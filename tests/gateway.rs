@@ -225,7 +225,7 @@ async fn client_keys_are_listed_masked_added_and_removed_through_the_api() {
     assert_eq!(send(addr, with_c).await.0, 200);
     let del =
         Request::delete(format!("http://{admin}/api/v1/forwards/main/keys/team-c")).body(Full::default()).unwrap();
-    assert_eq!(send(admin, del).await.0, 200);
+    assert_eq!(send(admin, del).await.0, StatusCode::NO_CONTENT);
     let with_c = Request::get(format!("http://{addr}/v1/echo"))
         .header("x-api-key", "sk-team-c-secret")
         .body(Full::default())
@@ -235,7 +235,7 @@ async fn client_keys_are_listed_masked_added_and_removed_through_the_api() {
     let delete = |name: &str| {
         Request::delete(format!("http://{admin}/api/v1/forwards/main/keys/{name}")).body(Full::default()).unwrap()
     };
-    assert_eq!(send(admin, delete("team-a")).await.0, 200);
+    assert_eq!(send(admin, delete("team-a")).await.0, StatusCode::NO_CONTENT);
     let (status, _, body) = send(admin, delete("team-b")).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(error_message(&body).contains("last key"), "{}", error_message(&body));

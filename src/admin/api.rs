@@ -34,20 +34,33 @@ where
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return ApiError::body_too_large(MAX_BODY as u64).into_response(),
+        Err(_) => return ApiError::body_too_large(MAX_BODY as u64).into_admin_response(),
     };
     let path = parts.uri.path().strip_prefix("/api/v1").unwrap_or("");
     let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(crate::percent::decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match route(shared, &parts.method, &segments, &body) {
+        // A deletion answers as LLMProxy's did: no content.
+        Ok((StatusCode::NO_CONTENT, _)) => {
+            let mut resp = Response::new(full(String::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        }
         Ok((status, data)) => {
-            let mut resp = Response::new(full(json!({ "data": data }).to_string()));
+            // LLMProxy's envelope, whose `code` is 200 on every success (a creation included).
+            let envelope = json!({ "code": 200, "status": "success", "data": data });
+            let mut resp = Response::new(full(envelope.to_string()));
             *resp.status_mut() = status;
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
-        Err(e) => e.into_response(),
+        Err(e) => e.into_admin_response(),
     }
+}
+
+/// A deletion done: 204 and no body.
+fn deleted() -> Reply {
+    Ok((StatusCode::NO_CONTENT, Value::Null))
 }
 
 fn route(shared: &Shared, method: &Method, segments: &[&str], body: &[u8]) -> Reply {
@@ -268,7 +281,7 @@ fn delete_upstream(shared: &Shared, name: &str) -> Reply {
         list.remove(i);
         Ok(())
     })?;
-    ok(json!({ "deleted": name }))
+    deleted()
 }
 
 /// Replaces the keys the body has (typically `upstreams`); the rest of the group stays.
@@ -321,6 +334,18 @@ fn route_body(body: &[u8], current: Option<&config::Route>) -> Result<(String, Y
         map.remove("id");
     }
     let current = current.and_then(|r| serde_json::to_value(r).ok()).unwrap_or(Value::Null);
+    // LLMProxy's route update sends only `{"target_group": …}`: a body that names no
+    // condition keeps those of the rule it replaces.
+    const CONDITIONS: [&str; 3] = ["path", "model", "headers"];
+    if let (Some(map), Some(kept)) = (item.as_object_mut(), current.as_object()) {
+        if !CONDITIONS.iter().any(|c| map.contains_key(*c)) {
+            for c in CONDITIONS {
+                if let Some(v) = kept.get(c) {
+                    map.insert(c.to_string(), v.clone());
+                }
+            }
+        }
+    }
     restore(&mut item, &current).map_err(ApiError::invalid_config)?;
     let yaml = to_yaml(&item)?;
     let key = config::route_key_of(&yaml).map_err(|e| ApiError::invalid_config(format!("invalid route: {e}")))?;
@@ -378,7 +403,7 @@ fn delete_route(shared: &Shared, name: &str, id: &str) -> Reply {
         routes.remove(i);
         Ok(())
     })?;
-    ok(json!({ "deleted": path }))
+    deleted()
 }
 
 fn keys_mut<'a>(tree: &'a mut Yaml, forward: &str) -> Result<&'a mut Vec<Yaml>, ApiError> {
@@ -429,5 +454,5 @@ fn delete_key(shared: &Shared, forward_name: &str, name: &str) -> Reply {
         keys.remove(i);
         Ok(())
     })?;
-    ok(json!({ "deleted": name }))
+    deleted()
 }

@@ -32,13 +32,13 @@ where
                     "without LLMPROXY_ADMIN_AUTH_TOKEN the admin API answers only clients on this host; \
                      set the token to use it from elsewhere",
                 )
-                .into_response()
+                .into_admin_response()
             } else if authorized(shared, &req) {
                 api::handle(shared, req).await
             } else {
                 let mut resp =
                     ApiError::unauthorized("the admin API requires Authorization: Bearer <LLMPROXY_ADMIN_AUTH_TOKEN>")
-                        .into_response();
+                        .into_admin_response();
                 resp.headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"llmproxy admin\""));
                 resp
