@@ -9,7 +9,9 @@ use llmproxy::{error, info, warn};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = match cli::parse(std::env::args().skip(1)) {
+    // An argument that is not UTF-8 is passed on as it reads (lossily): it can only be a file
+    // name, whose error then says what was read, or an unknown flag.
+    let args = match cli::parse(std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned())) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
@@ -169,7 +171,7 @@ enum Signal {
 /// Signal streams, created once so that a signal arriving while a reload runs is not lost.
 struct Signals {
     #[cfg(unix)]
-    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
 }
 
 impl Signals {
@@ -177,10 +179,11 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-                (Ok(term), Ok(hup)) => Some((term, hup)),
+            let kinds = [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup()];
+            let streams = match kinds.map(signal) {
+                [Ok(term), Ok(int), Ok(hup)] => Some([term, int, hup]),
                 _ => {
-                    warn!("cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the proxy");
+                    warn!("cannot listen for SIGTERM/SIGINT/SIGHUP; only Ctrl-C stops the proxy");
                     None
                 }
             };
@@ -192,11 +195,11 @@ impl Signals {
 
     async fn next(&mut self) -> Signal {
         #[cfg(unix)]
-        if let Some((term, hup)) = &mut self.streams {
+        if let Some([term, int, hup]) = &mut self.streams {
             return tokio::select! {
                 _ = term.recv() => Signal::Stop("SIGTERM"),
+                _ = int.recv() => Signal::Stop("SIGINT"),
                 _ = hup.recv() => Signal::Reload,
-                _ = tokio::signal::ctrl_c() => Signal::Stop("SIGINT"),
             };
         }
         let _ = tokio::signal::ctrl_c().await;

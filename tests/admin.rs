@@ -97,7 +97,10 @@ async fn upstream_crud_follows_live_traffic() {
     assert!(e["error"]["message"].as_str().unwrap().contains("used by group(s) g"));
     assert_eq!((&e["code"], &e["status"]), (&json!(409), &json!("error")), "LLMProxy's envelope: {e}");
     api(admin, Method::PATCH, "/upstream-groups/g", Some(json!({"upstreams": [{"name": "a"}]}))).await;
-    assert_eq!(api(admin, Method::DELETE, "/upstreams/b", None).await, (StatusCode::NO_CONTENT, Value::Null));
+    let delete = Request::delete(format!("http://{admin}/api/v1/upstreams/b")).body(Full::default()).unwrap();
+    let (status, headers, body) = send(admin, delete).await;
+    assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
+    assert!(!headers.contains_key("content-type"), "no content, no type");
     assert_eq!(api(admin, Method::GET, "/upstreams/b", None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(served_model(addr, "/v1/models").await, "model-a");
 }
@@ -118,7 +121,9 @@ async fn routes_crud_follows_live_traffic() {
         api(admin, Method::PUT, &format!("/forwards/main/routes/{id}"), Some(json!({"target_group": "g"}))).await;
     assert_eq!((status, &moved["data"]["path"]), (StatusCode::OK, &json!("/v2/*")), "{moved}");
     assert_eq!(served_model(addr, "/v2/models").await, "model-a");
-    api(admin, Method::PUT, &format!("/forwards/main/routes/{id}"), Some(json!({"target_group": "g2"}))).await;
+    // Empty conditions name nothing, as in the file.
+    let back = json!({"target_group": "g2", "model": null, "headers": {}});
+    assert_eq!(api(admin, Method::PUT, &format!("/forwards/main/routes/{id}"), Some(back)).await.0, StatusCode::OK);
     assert_eq!(served_model(addr, "/v2/models").await, "model-other");
     let (status, got) = api(admin, Method::GET, &format!("/forwards/main/routes/{id}"), None).await;
     assert_eq!((status, got["data"]["target_group"].as_str()), (StatusCode::OK, Some("g2")));
@@ -222,6 +227,11 @@ async fn errors_have_real_statuses() {
     assert_eq!(api(admin, Method::PATCH, "/upstream-groups/ghost", Some(json!({}))).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api(admin, Method::GET, "/forwards/ghost/routes", None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api(admin, Method::GET, "/nothing", None).await.0, StatusCode::NOT_FOUND);
+    // Every error comes in LLMProxy's envelope, its code the HTTP status.
+    for (method, path, status) in [(Method::GET, "/nothing", 404), (Method::DELETE, "/upstreams", 405)] {
+        let (got, e) = api(admin, method, path, None).await;
+        assert_eq!((got.as_u16(), &e["code"], &e["status"]), (status, &json!(status), &json!("error")), "{e}");
+    }
     assert_eq!(api(admin, Method::DELETE, "/upstreams", None).await.0, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(api(admin, Method::GET, "/forwards/main/routes/%%%", None).await.0, StatusCode::BAD_REQUEST);
     // Nothing above changed the running configuration.

@@ -306,6 +306,21 @@ fn value_errors_name_the_path() {
             "upstreams[0].headers[0].value: is required",
         ),
         (
+            "upstreams.0.headers",
+            serde_yaml::from_str("[{op: remove, key: x-b}, {op: replace, key: Content-Length, value: '5'}]").unwrap(),
+            "upstreams[0].headers[1].key: \"Content-Length\" cannot be set: the proxy frames each request itself",
+        ),
+        (
+            "upstreams.0.headers",
+            serde_yaml::from_str("[{op: insert, key: transfer-encoding, value: chunked}]").unwrap(),
+            "upstreams[0].headers[0].key: \"transfer-encoding\" cannot be set",
+        ),
+        (
+            "upstreams.0.headers",
+            serde_yaml::from_str("[{op: remove, key: Host}]").unwrap(),
+            "upstreams[0].headers[0].key: \"host\" cannot be removed",
+        ),
+        (
             "upstreams.0.http_client",
             serde_yaml::from_str("{timeout: {request: 30}}").unwrap(),
             "upstreams[0].http_client: belongs to the upstream group here",
@@ -450,6 +465,23 @@ upstream_groups:
     let err = parse(&text.replace("stream_mode: true", "stream_mode: true\n      stream: false")).unwrap_err();
     assert!(err.contains("set only one of stream / stream_mode, or both alike"), "{err}");
     assert!(parse(&text.replace("stream_mode: true", "stream_mode: true\n      stream: \"true\"")).is_ok());
+}
+
+#[test]
+fn header_conditions_and_removals_that_cannot_mean_two_things() {
+    let text = r#"
+http_server:
+  forwards:
+    - {name: f, default_group: g, routing: [{path: /v1/*, headers: {X-Team: a, x-team: b}, target_group: g}]}
+upstreams:
+  - {name: a, url: "http://127.0.0.1:1", headers: [{op: remove, key: Connection}, {op: replace, key: Host, value: h.internal}]}
+upstream_groups:
+  - {name: g, upstreams: [{name: a}]}
+"#;
+    let err = parse(text).unwrap_err();
+    assert!(err.contains("http_server.forwards[0].routing[0].headers.x-team: names a header already named"), "{err}");
+    // Removing a framing header is harmless, and Host may be set: both load.
+    assert!(parse(&text.replace("X-Team: a, ", "")).is_ok());
 }
 
 /// What LLMProxy accepted because it never looked: an upstream's internal `id`, the ranges of

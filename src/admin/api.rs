@@ -338,7 +338,9 @@ fn route_body(body: &[u8], current: Option<&config::Route>) -> Result<(String, Y
     // condition keeps those of the rule it replaces.
     const CONDITIONS: [&str; 3] = ["path", "model", "headers"];
     if let (Some(map), Some(kept)) = (item.as_object_mut(), current.as_object()) {
-        if !CONDITIONS.iter().any(|c| map.contains_key(*c)) {
+        // `null` and `{}` name nothing, as in the file.
+        let names = |v: &Value| !(v.is_null() || v.as_object().is_some_and(|o| o.is_empty()));
+        if !CONDITIONS.iter().any(|c| map.get(*c).is_some_and(names)) {
             for c in CONDITIONS {
                 if let Some(v) = kept.get(c) {
                     map.insert(c.to_string(), v.clone());

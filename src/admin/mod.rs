@@ -125,7 +125,11 @@ mod tests {
         for peer in [here, mapped_here] {
             assert_eq!(handle(&open, get("/api/v1/upstreams", None), peer).await.status(), StatusCode::OK, "{peer}");
         }
-        assert_eq!(handle(&open, get("/api/v1/upstreams", None), remote).await.status(), StatusCode::FORBIDDEN);
+        let refused = handle(&open, get("/api/v1/upstreams", None), remote).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let body = http_body_util::BodyExt::collect(refused.into_body()).await.unwrap().to_bytes();
+        let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((&envelope["code"], &envelope["status"]), (&serde_json::json!(403), &serde_json::json!("error")));
         for path in ["/health", "/metrics"] {
             assert_eq!(handle(&open, get(path, None), remote).await.status(), StatusCode::OK, "{path}");
             // Probes that ask with HEAD (LLMProxy answered them).

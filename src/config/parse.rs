@@ -153,7 +153,11 @@ pub(super) fn route(node: &Node) -> Result<Route, ConfigError> {
             if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(child.error(format!("{name:?} is not a valid header name")));
             }
-            headers.push((name.to_ascii_lowercase(), child.string()?));
+            let name = name.to_ascii_lowercase();
+            if headers.iter().any(|(seen, _)| *seen == name) {
+                return Err(child.error("names a header already named here (names are case-insensitive)"));
+            }
+            headers.push((name, child.string()?));
         }
     }
     Ok(Route { path, model, headers, target_group: f.required_string("target_group")? })
@@ -391,6 +395,20 @@ fn header_op(node: &Node) -> Result<HeaderOp, ConfigError> {
     let key = key_node.string()?;
     if hyper::header::HeaderName::from_bytes(key.as_bytes()).is_err() {
         return Err(key_node.error(format!("{key:?} is not a valid header name")));
+    }
+    // The proxy frames each request itself: a value of its own for these would contradict the
+    // framing it writes (two lengths, a length and chunking), and no `Host` leaves an HTTP/1.1
+    // request invalid. Removing a framing header is harmless (the proxy never forwards the
+    // client's), and `Host` may still be set, for an upstream reached by address.
+    let framing = crate::proxy::headers::is_hop_by_hop(key.as_bytes()) || key.eq_ignore_ascii_case("content-length");
+    match op {
+        HeaderOpKind::Insert | HeaderOpKind::Replace if framing => {
+            return Err(key_node.error(format!("{key:?} cannot be set: the proxy frames each request itself")))
+        }
+        HeaderOpKind::Remove if key.eq_ignore_ascii_case("host") => {
+            return Err(key_node.error("\"host\" cannot be removed: an HTTP/1.1 request needs one (it may be set)"))
+        }
+        _ => {}
     }
     let value = match (op, f.get("value")) {
         // Ignored, as LLMProxy does.
