@@ -227,6 +227,15 @@ async fn errors_have_real_statuses() {
     assert_eq!(api(admin, Method::PATCH, "/upstream-groups/ghost", Some(json!({}))).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api(admin, Method::GET, "/forwards/ghost/routes", None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api(admin, Method::GET, "/nothing", None).await.0, StatusCode::NOT_FOUND);
+    // A refused method names those the path answers; a HEAD is answered as its GET.
+    let delete = Request::delete(format!("http://{admin}/api/v1/upstreams")).body(Full::default()).unwrap();
+    assert_eq!(send(admin, delete).await.1["allow"], "GET, HEAD, POST");
+    let head = Request::head(format!("http://{admin}/api/v1/upstreams")).body(Full::default()).unwrap();
+    let (status, headers, body) = send(admin, head).await;
+    assert_eq!(
+        (status, headers["content-type"].to_str().unwrap(), body.len()),
+        (StatusCode::OK, "application/json", 0)
+    );
     // Every error comes in LLMProxy's envelope, its code the HTTP status.
     for (method, path, status) in [(Method::GET, "/nothing", 404), (Method::DELETE, "/upstreams", 405)] {
         let (got, e) = api(admin, method, path, None).await;

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::runtime::{Runtime, Shared};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
@@ -54,7 +54,14 @@ where
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
-        Err(e) => e.into_admin_response(),
+        Err(e) => {
+            let refused_method = e.status == StatusCode::METHOD_NOT_ALLOWED;
+            let mut resp = e.into_admin_response();
+            if let Some(methods) = allowed(&segments).filter(|_| refused_method) {
+                resp.headers_mut().insert(ALLOW, HeaderValue::from_static(methods));
+            }
+            resp
+        }
     }
 }
 
@@ -63,8 +70,22 @@ fn deleted() -> Reply {
     Ok((StatusCode::NO_CONTENT, Value::Null))
 }
 
+/// The methods an API path answers (for 405's `Allow`), or `None` for a path it does not have.
+fn allowed(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["forwards"] | ["forwards", _] | ["upstream-groups"] => "GET, HEAD",
+        ["forwards", _, "routes" | "keys"] | ["upstreams"] => "GET, HEAD, POST",
+        ["forwards", _, "routes", _] | ["upstreams", _] => "GET, HEAD, PUT, DELETE",
+        ["forwards", _, "keys", _] => "DELETE",
+        ["upstream-groups", _] => "GET, HEAD, PATCH",
+        _ => return None,
+    })
+}
+
 fn route(shared: &Shared, method: &Method, segments: &[&str], body: &[u8]) -> Reply {
     let rt = shared.runtime();
+    // A HEAD is answered as its GET, without the body (the server leaves it out).
+    let method = if method == Method::HEAD { &Method::GET } else { method };
     match (segments, method) {
         (["forwards"], &Method::GET) => ok(rt.config.http_server.forwards.iter().map(masked).collect()),
         (["forwards", name], &Method::GET) => ok(masked(forward(&rt, name)?)),
@@ -92,11 +113,7 @@ fn route(shared: &Shared, method: &Method, segments: &[&str], body: &[u8]) -> Re
         (["upstreams", name], &Method::GET) => ok(upstream_json(&rt, upstream(&rt, name)?)),
         (["upstreams", name], &Method::PUT) => replace_upstream(shared, name, body),
         (["upstreams", name], &Method::DELETE) => delete_upstream(shared, name),
-        (
-            ["forwards"] | ["forwards", _] | ["forwards", _, "routes" | "keys"] | ["forwards", _, "routes" | "keys", _],
-            _,
-        )
-        | (["upstream-groups"] | ["upstream-groups", _] | ["upstreams"] | ["upstreams", _], _) => {
+        _ if allowed(segments).is_some() => {
             Err(ApiError::method_not_allowed(format!("{method} is not supported on /api/v1/{}", segments.join("/"))))
         }
         _ => Err(ApiError::not_found(format!("no API endpoint /api/v1/{}", segments.join("/")))),
