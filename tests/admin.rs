@@ -227,6 +227,9 @@ async fn errors_have_real_statuses() {
     assert_eq!(api(admin, Method::PATCH, "/upstream-groups/ghost", Some(json!({}))).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api(admin, Method::GET, "/forwards/ghost/routes", None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api(admin, Method::GET, "/nothing", None).await.0, StatusCode::NOT_FOUND);
+    // Over 1 MiB is refused as too large, in the envelope.
+    let (status, e) = api_with(admin, Method::POST, "/upstreams", Some("x".repeat(1024 * 1024 + 1)), None).await;
+    assert_eq!((status, &e["code"]), (StatusCode::PAYLOAD_TOO_LARGE, &json!(413)), "{e}");
     // A refused method names those the path answers; a HEAD is answered as its GET.
     let delete = Request::delete(format!("http://{admin}/api/v1/upstreams")).body(Full::default()).unwrap();
     assert_eq!(send(admin, delete).await.1["allow"], "GET, HEAD, POST");

@@ -34,7 +34,11 @@ where
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return ApiError::body_too_large(MAX_BODY as u64).into_admin_response(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::body_too_large(MAX_BODY as u64).into_admin_response()
+        }
+        // The client broke off: it will not read an answer, but one that says so is still true.
+        Err(_) => return ApiError::bad_request("the request body could not be read").into_admin_response(),
     };
     let path = parts.uri.path().strip_prefix("/api/v1").unwrap_or("");
     let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(crate::percent::decode).collect();
