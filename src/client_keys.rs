@@ -1,10 +1,11 @@
 //! Client API keys of a forward (`auth.keys`): who may use the gateway, and how fast.
 //!
 //! A request presents its key as `Authorization: Bearer <key>` or `x-api-key: <key>` (what the
-//! OpenAI and Anthropic SDKs send). The key is found by hash lookup — no scan over all keys —
-//! then compared in constant time; the hash is keyed per process, so lookup timing tells an
-//! attacker nothing about a guess. The credential header is removed before the request goes
-//! upstream, and only the key's *name* appears in metrics and logs.
+//! OpenAI and Anthropic SDKs send). The key is found by its keyed fingerprint — no scan over all
+//! keys, and no comparison of the secret's own bytes but the final constant-time one — so lookup
+//! timing tells an attacker nothing about a guess. Every credential header that carries the key
+//! is removed before the request goes upstream, and only the key's *name* appears in metrics
+//! and logs.
 
 use crate::admin::constant_time_eq;
 use crate::config::ForwardAuth;
@@ -27,7 +28,9 @@ pub struct ClientKey {
 }
 
 pub struct ClientKeys {
-    by_secret: HashMap<Box<[u8]>, usize>,
+    /// Keys by the fingerprint of their secret ([`crate::sensitive::fingerprint`]): two keys of
+    /// one forward sharing one (odds about 2^-64 per pair) would leave the second unreachable.
+    by_fingerprint: HashMap<u64, usize>,
     pub keys: Vec<ClientKey>,
 }
 
@@ -58,32 +61,31 @@ impl ClientKeys {
                 }
             })
             .collect();
-        let by_secret = keys.iter().enumerate().map(|(i, k)| (k.secret.clone(), i)).collect();
-        ClientKeys { by_secret, keys }
+        let by_fingerprint =
+            cfg.keys.iter().enumerate().map(|(i, k)| (crate::sensitive::fingerprint(&k.key), i)).collect();
+        ClientKeys { by_fingerprint, keys }
     }
 
-    /// Authenticates the request at `now` and removes the credential header it used.
+    /// Authenticates the request at `now` and removes every credential header carrying its key.
     pub fn admit(&self, headers: &mut Fields, now: u64) -> Result<&ClientKey, Refusal> {
-        let (key, in_bearer, in_api_key) = {
+        let key = {
             let bearer = headers.get(&AUTHORIZATION).and_then(text).and_then(bearer_token);
             let api_key = headers.get(&X_API_KEY).and_then(text).map(str::trim);
             if bearer.is_none() && api_key.is_none() {
                 return Err(Refusal::Missing);
             }
             let found = [bearer, api_key].into_iter().flatten().find_map(|presented| {
-                let i = *self.by_secret.get(presented.as_bytes())?;
+                let i = *self.by_fingerprint.get(&crate::sensitive::fingerprint(presented))?;
                 constant_time_eq(presented.as_bytes(), &self.keys[i].secret).then_some(&self.keys[i])
             });
-            let key = found.ok_or(Refusal::Unknown)?;
-            let carries = |h: Option<&str>| h.is_some_and(|v| v.as_bytes() == &*key.secret);
-            (key, carries(bearer), carries(api_key))
+            found.ok_or(Refusal::Unknown)?
         };
-        // Never forwarded: the upstream's own credentials (and header ops) apply next.
-        if in_bearer {
-            headers.remove(&AUTHORIZATION);
-        }
-        if in_api_key {
-            headers.remove(&X_API_KEY);
+        // Never forwarded, in whichever credential header it also came (`api-key`, a second
+        // scheme): the upstream's own credentials (and header ops) apply next.
+        for name in &crate::upstream::CREDENTIAL_HEADERS {
+            if headers.get_all(name).any(|v| contains(v, &key.secret)) {
+                headers.remove(name);
+            }
         }
         if let Some((gcra, tat)) = &key.limiter {
             gcra.check(tat, now).map_err(Refusal::RateLimited)?;
@@ -91,6 +93,10 @@ impl ClientKeys {
         key.requests.inc();
         Ok(key)
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The credential of an `Authorization: Bearer …` value; the scheme name is case-insensitive
@@ -150,6 +156,13 @@ mod tests {
             assert!(!h.contains(&X_API_KEY));
         }
         assert_eq!(k.keys[1].requests.get(), 4);
+        // Sent in another credential header as well, it goes no further either; another key
+        // beside it is not the gateway's to remove.
+        for mut h in both(&[("authorization", "Bearer sk-team-b"), ("api-key", "sk-team-b"), ("x-api-key", "sk-up")]) {
+            assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
+            assert!(!h.contains(&AUTHORIZATION) && !h.contains(&HeaderName::from_static("api-key")));
+            assert_eq!(h.iter().collect::<Vec<_>>(), [(&b"x-api-key"[..], &b"sk-up"[..])]);
+        }
         // The scheme name is case-insensitive.
         for value in ["bearer sk-team-b", "BEARER sk-team-b"] {
             let mut h = headers(&[("authorization", value)]);

@@ -642,6 +642,11 @@ fn llm_gateway_keys_are_validated_with_paths() {
     assert!(err.contains("auth.keys[0].key: is empty: environment variable UNSET_CLIENT_KEY"), "{err}");
     let err = keys("{keys: []}").unwrap_err();
     assert!(err.contains("auth.keys: needs at least one key"), "{err}");
+    // As YAML double-quoted strings: a line break, a leading space, a space inside.
+    for unmatchable in ["sk-a\\n", " sk-a", "sk a"] {
+        let err = keys(&format!("{{keys: [{{name: a, key: \"{unmatchable}\"}}]}}")).unwrap_err();
+        assert!(err.contains("auth.keys[0].key: must be printable ASCII") && !err.contains("sk"), "{err}");
+    }
 
     for (v, ok) in [(0, false), (1, true), (299, true), (300, false), (3601, false)] {
         assert_eq!(

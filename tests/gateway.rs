@@ -345,6 +345,18 @@ async fn track_usage_adds_and_strips_exactly_one_chunk() {
     assert_eq!(v["stream_options"]["include_usage"], true, "usage was asked for upstream");
     assert!(tokens(&server).await.contains("model=\"gpt-test\",type=\"completion\"} 3"));
 
+    // An upstream asked for compressed answers (a header op) is not asked for usage: a
+    // compressed stream is relayed untouched, and the chunk could not be taken back out.
+    let compressing = single_upstream_config(
+        &up.url("/openai-stream/v1"),
+        "    headers: [{op: replace, key: Accept-Encoding, value: gzip}]",
+        "      track_usage: true",
+    );
+    let gzip_server = start(&compressing).await;
+    let gzip_addr = gzip_server.forward_addr("main").unwrap();
+    assert_eq!(post(gzip_addr, "/v1/chat/completions?gap_ms=5", request).await.0, 200);
+    assert_eq!(&*up.log.last_body.lock().unwrap(), request.as_bytes(), "the client's body, as it was");
+
     // A client that asks for usage itself gets the chunk untouched.
     let asking = r#"{"model":"gpt-test","stream":true,"stream_options":{"include_usage":true}}"#;
     let (_, _, body) = post(addr, "/v1/chat/completions?gap_ms=5", asking).await;

@@ -189,7 +189,13 @@ fn forward_auth(node: &Node) -> Result<ForwardAuth, ConfigError> {
     for k in list.items()? {
         let kf = k.fields(&["name", "key", "ratelimit"])?;
         let name = kf.required_string("name")?;
-        let key = kf.require("key")?.secret()?;
+        let key_node = kf.require("key")?;
+        let key = key_node.secret()?;
+        // What clients present is read trimmed and printable: a key with a space, a line break
+        // (a `${KEY}` read from a file ending in one) or other bytes could never match.
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(key_node.error("must be printable ASCII without spaces or line breaks, as clients send it"));
+        }
         if keys.iter().any(|other| other.name == name) {
             return Err(ConfigError::at(&kf.child_path("name"), format!("duplicate key name \"{name}\"")));
         }

@@ -168,10 +168,10 @@ struct Outgoing<'a> {
 
 impl Outgoing<'_> {
     /// What an attempt on `upstream` sends: the body with the usage option, unless that upstream
-    /// refused it before.
+    /// refused it before, or may answer compressed (the chunk could not be taken back out).
     fn body_for(&self, upstream: &Upstream) -> AttemptBody<'_> {
         match &self.with_usage {
-            Some(edited) if !upstream.refuses_usage_option.load(Ordering::Relaxed) => {
+            Some(edited) if !upstream.may_compress && !upstream.refuses_usage_option.load(Ordering::Relaxed) => {
                 AttemptBody { bytes: edited, asks_usage: true }
             }
             _ => AttemptBody { bytes: &self.body, asks_usage: false },

@@ -38,6 +38,9 @@ pub struct Upstream {
     /// that replaces a credential header), so no credential the client sent is forwarded: a
     /// client's key for one provider must never reach another.
     pub supplies_credentials: bool,
+    /// A header op sets (or removes) `Accept-Encoding`, inviting compressed answers: those are
+    /// relayed untouched, so `track_usage` could not take back a usage chunk it asked for.
+    pub may_compress: bool,
     /// Shared with the upstream this one replaces on a reload when the breaker settings and the
     /// target are the same (an open breaker stays open).
     pub breaker: Option<Arc<Breaker>>,
@@ -62,10 +65,17 @@ pub struct Upstream {
 
 /// Request headers that carry an API credential: OpenAI's and most providers' `Authorization`,
 /// Anthropic's `x-api-key`, Azure OpenAI's `api-key`, Google's `x-goog-api-key`.
+pub const CREDENTIAL_HEADERS: [HeaderName; 4] = [
+    hyper::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+];
+
 pub fn is_credential(name: &[u8]) -> bool {
-    [&b"authorization"[..], b"x-api-key", b"api-key", b"x-goog-api-key"]
+    CREDENTIAL_HEADERS
         .iter()
-        .any(|c| c.len() == name.len() && c.eq_ignore_ascii_case(name))
+        .any(|c| c.as_str().len() == name.len() && c.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 impl Upstream {
@@ -129,6 +139,9 @@ impl Upstream {
         let carried =
             |counter: fn(&Upstream) -> &Arc<Counter>| previous.map_or_else(Arc::default, |p| counter(p).clone());
         let header_plan = header_plan::plan(&header_ops);
+        let may_compress = header_plan
+            .iter()
+            .any(|p| p.name == hyper::header::ACCEPT_ENCODING && p.value.as_ref().is_none_or(|v| v != "identity"));
         let supplies_credentials = authorization.is_some()
             || header_plan.iter().any(|p| is_credential(p.name.as_str().as_bytes()) && p.value.is_some());
         Ok(Upstream {
@@ -137,6 +150,7 @@ impl Upstream {
             authorization,
             header_plan,
             supplies_credentials,
+            may_compress,
             breaker,
             load: same.map_or_else(|| Arc::new(Load::default()), |p| p.load.clone()),
             rate,
