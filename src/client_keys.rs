@@ -83,7 +83,7 @@ impl ClientKeys {
         // Never forwarded, in whichever credential header it also came (`api-key`, a second
         // scheme): the upstream's own credentials (and header ops) apply next.
         for name in &crate::upstream::CREDENTIAL_HEADERS {
-            if headers.get_all(name).any(|v| contains(v, &key.secret)) {
+            if headers.get_all(name).any(|v| carries(v, &key.secret)) {
                 headers.remove(name);
             }
         }
@@ -95,8 +95,14 @@ impl ClientKeys {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether a credential header's value is `key`, alone or after a scheme (`Bearer key`, `Token
+/// key`): not merely somewhere inside, which would take a short key for part of another one.
+fn carries(value: &[u8], key: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    match value.strip_suffix(key) {
+        Some(before) => before.is_empty() || before.ends_with(b" "),
+        None => false,
+    }
 }
 
 /// The credential of an `Authorization: Bearer …` value; the scheme name is case-insensitive
@@ -158,10 +164,12 @@ mod tests {
         assert_eq!(k.keys[1].requests.get(), 4);
         // Sent in another credential header as well, it goes no further either; another key
         // beside it is not the gateway's to remove.
-        for mut h in both(&[("authorization", "Bearer sk-team-b"), ("api-key", "sk-team-b"), ("x-api-key", "sk-up")]) {
+        let others =
+            [("authorization", "Bearer sk-team-b"), ("api-key", "sk-team-b"), ("x-api-key", "sk-up-sk-team-b")];
+        for mut h in both(&others) {
             assert_eq!(&*k.admit(&mut h, 0).unwrap().name, "team-b");
             assert!(!h.contains(&AUTHORIZATION) && !h.contains(&HeaderName::from_static("api-key")));
-            assert_eq!(h.iter().collect::<Vec<_>>(), [(&b"x-api-key"[..], &b"sk-up"[..])]);
+            assert_eq!(h.iter().collect::<Vec<_>>(), [(&b"x-api-key"[..], &b"sk-up-sk-team-b"[..])]);
         }
         // The scheme name is case-insensitive.
         for value in ["bearer sk-team-b", "BEARER sk-team-b"] {
