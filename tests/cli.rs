@@ -484,14 +484,21 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     let addr = proxy.forward_addr();
     std::thread::spawn(move || http(addr, r#"{"stream":true}"#));
     std::thread::sleep(Duration::from_millis(300));
+    let first = Instant::now();
     proxy.signal("-TERM");
     proxy.wait_for("SIGTERM: draining");
-    // The same stop delivered twice at once (a wrapper passing on Ctrl-C) is one stop.
+    // The same stop delivered twice at once (a wrapper passing on Ctrl-C) is one stop. (On a
+    // machine so loaded that the repeat goes out a second late, it is a second stop.)
     proxy.signal("-TERM");
+    let repeated_at_once = first.elapsed() < Duration::from_millis(800);
     std::thread::sleep(Duration::from_millis(1200));
-    assert!(proxy.child.try_wait().unwrap().is_none(), "still draining");
+    if repeated_at_once {
+        assert!(proxy.child.try_wait().unwrap().is_none(), "still draining");
+    }
     // The stream has half a minute to go, and the drain a minute.
-    proxy.signal("-TERM");
+    if repeated_at_once {
+        proxy.signal("-TERM");
+    }
     proxy.wait_for("SIGTERM while draining: exiting now");
     assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));
 }
