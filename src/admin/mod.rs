@@ -25,7 +25,7 @@ where
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(shared),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(shared),
-        (&Method::GET, "/api/v1/openapi.json") => json(StatusCode::OK, OPENAPI),
+        (&Method::GET | &Method::HEAD, "/api/v1/openapi.json") => json(StatusCode::OK, OPENAPI),
         _ if path == "/api/v1" || path.starts_with("/api/v1/") => {
             if shared.admin_token.is_none() && !is_loopback(peer) {
                 ApiError::forbidden(
@@ -130,7 +130,7 @@ mod tests {
         let body = http_body_util::BodyExt::collect(refused.into_body()).await.unwrap().to_bytes();
         let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!((&envelope["code"], &envelope["status"]), (&serde_json::json!(403), &serde_json::json!("error")));
-        for path in ["/health", "/metrics"] {
+        for path in ["/health", "/metrics", "/api/v1/openapi.json"] {
             assert_eq!(handle(&open, get(path, None), remote).await.status(), StatusCode::OK, "{path}");
             // Probes that ask with HEAD (LLMProxy answered them).
             let head = Request::head(path).body(http_body_util::Empty::<Bytes>::new()).unwrap();
