@@ -207,11 +207,7 @@ async fn over_tls_a_request_sent_just_after_the_drain_began_is_answered() {
 #[tokio::test]
 async fn an_upstream_signed_by_a_private_ca_is_served_once_its_ca_is_trusted() {
     let up = TestUpstream::start().await;
-    let tls_front = single_upstream_config(&up.url("/v1"), "", "").replace(
-        "timeout: {connect: 1}",
-        &format!("timeout: {{connect: 5}}\n      tls: {{cert: {FIXTURES}/cert.pem, key: {FIXTURES}/key.pem}}"),
-    );
-    let front = start(&tls_front).await;
+    let front = start(&tls_config(&up)).await;
     let https = format!("https://localhost:{}/v1", front.forward_addr("main").unwrap().port());
     let untrusting = start(&single_upstream_config(&https, "", "")).await;
     let (status, _, body) = get(untrusting.forward_addr("main").unwrap(), "/v1/echo").await;

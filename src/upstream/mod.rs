@@ -190,18 +190,11 @@ mod tests {
 
     #[test]
     fn health_counts_are_shared_with_the_upstream_a_reload_replaces() {
-        let cfg = config::Upstream {
-            name: "u".into(),
-            url: "http://127.0.0.1:1/v1".into(),
-            auth: Auth::None,
-            headers: Vec::new(),
-            breaker: None,
-            ratelimit: None,
-            weight: 1,
-            max_concurrency: None,
-            health_check: None,
-            mock: None,
-        };
+        let yaml = "http_server:\n  forwards: [{name: f, default_group: g}]\n\
+                    upstreams: [{name: u, url: \"http://127.0.0.1:1/v1\"}]\n\
+                    upstream_groups: [{name: g, upstreams: [{name: u}]}]\n";
+        let env = std::collections::HashMap::<String, String>::new();
+        let cfg = config::from_str(yaml, &env).unwrap().upstreams.remove(0);
         let old = Upstream::compile(&cfg).unwrap();
         old.health_passes.inc();
         let new = Upstream::compile_after(&cfg, Some(&old)).unwrap();
