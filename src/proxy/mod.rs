@@ -904,7 +904,12 @@ fn direct_error(upstream: &Upstream, e: &crate::upstream::direct::SendError) -> 
 
 /// Whether an answer's `Transfer-Encoding` names a coding other than chunked.
 fn other_transfer_coding(headers: &hyper::HeaderMap) -> bool {
-    headers.get_all(hyper::header::TRANSFER_ENCODING).iter().any(|v| crate::http1::names_other_coding(v.as_bytes()))
+    let mut facts = crate::http1::HeadFacts::default();
+    for value in headers.get_all(hyper::header::TRANSFER_ENCODING) {
+        // Only `Content-Length` can make `note` fail.
+        let _ = facts.note(b"transfer-encoding", value.as_bytes());
+    }
+    facts.other_coding
 }
 
 fn upstream_error(upstream: &Upstream, e: &hyper_util::client::legacy::Error) -> (Failure, ApiError) {
