@@ -34,8 +34,8 @@ pub struct Upstream {
     pub authorization: Option<HeaderValue>,
     /// The `headers` operations, reduced to their net effect per header name.
     pub header_plan: Vec<PlannedHeader>,
-    /// The proxy sets this upstream's credentials (`auth`, URL credentials, or an operation
-    /// that replaces a credential header), so no credential the client sent is forwarded: a
+    /// The proxy sets this upstream's credentials (`auth`, URL credentials, or an `insert` or
+    /// `replace` of a credential header), so no credential the client sent is forwarded: a
     /// client's key for one provider must never reach another.
     pub supplies_credentials: bool,
     /// A header op sets (or removes) `Accept-Encoding`, inviting compressed answers: those are
