@@ -24,6 +24,10 @@
 //! does an idempotent request whose pooled connection closes before any byte of an answer (the
 //! upstream's keep-alive ran out as it went out), as RFC 9110 §9.2.2 allows. A `POST` is not
 //! sent twice behind the retry policy's back: the upstream may have started on it.
+//!
+//! An upstream may answer before it has read the whole body (RFC 9112 §9.5) and close: a 413
+//! for a prompt too large, a 401. The close resets the connection under the proxy's write, but
+//! the answer sent before it is still in the socket, and it is what the client gets.
 
 use crate::fields::{name_is, Fields, Spans, WireFields};
 use crate::http1::chunked::{Chunked, Step};
@@ -177,13 +181,18 @@ impl DirectPool {
                 None => (Box::pin(self.dial()).await?, false),
             };
             conn.encode_head(&out);
-            match conn.write_request(out.body).await {
-                Ok(()) => {}
-                // The upstream closed it between our check and the write: nothing was received.
+            let head = match conn.write_request(out.body).await {
+                Ok(()) => conn.read_head(head_request).await,
+                Err(e) if closed(&e) => match conn.answer_before_the_end(head_request).await {
+                    Some(head) => Ok(head),
+                    // The upstream closed it between our check and the write: nothing was received.
+                    None if pooled => continue,
+                    None => return Err(SendError::Io(e)),
+                },
                 Err(_) if pooled => continue,
                 Err(e) => return Err(SendError::Io(e)),
-            }
-            let Head { status, fields, framing } = match conn.read_head(head_request).await {
+            };
+            let Head { status, fields, framing } = match head {
                 Ok(head) => head,
                 Err(SendError::Io(e)) if pooled && idempotent && conn.read.is_empty() && closed(&e) => continue,
                 Err(e) => return Err(e),
@@ -258,6 +267,15 @@ impl Conn {
             body_sent += n - from_head;
         }
         Ok(())
+    }
+
+    /// The answer an upstream sent before the connection closed under the request's write (see
+    /// the module's doc). Reading cannot wait: the connection is closed.
+    async fn answer_before_the_end(&mut self, head_request: bool) -> Option<Head> {
+        let mut head = self.read_head(head_request).await.ok()?;
+        // The request was not all sent: nothing more can follow on this connection.
+        head.framing.keep_alive = false;
+        Some(head)
     }
 
     async fn read_head(&mut self, head_request: bool) -> Result<Head, SendError> {
