@@ -238,10 +238,13 @@ async fn open_breakers_answer_503_without_touching_the_upstream() {
         assert_eq!(status, 500);
     }
     let before = up.log.requests();
-    let (status, _, body) = get(addr, "/v1/status?code=500").await;
+    let (status, headers, body) = get(addr, "/v1/status?code=500").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(error_message(&body).contains("circuit breakers open"));
+    assert_eq!(headers["retry-after"], "60", "when the breaker lets its probe through");
     assert_eq!(up.log.requests(), before, "an open circuit sends nothing");
+    let metrics = server.shared.runtime().groups[0].members[0].metrics.clone();
+    assert_eq!(metrics.breaker_calls[llmproxy::metrics::families::CALL_REJECTED].get(), 1, "the refusal is counted");
 }
 
 #[tokio::test]
@@ -337,8 +340,16 @@ async fn a_failed_health_check_says_why() {
     assert_eq!(probe(0).await, Err("status 503".to_string()));
     let why = probe(1).await.unwrap_err();
     assert!(why.to_lowercase().contains("refused"), "{why}");
+    up.log.health_status.store(429, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(probe(0).await, Err("status 429".to_string()));
     up.log.health_status.store(200, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(probe(0).await, Ok(()));
+    // What a full endpoint URL (the check path behind it) or clients' own keys (none on the
+    // check) answer: the upstream is up.
+    for up_but_refusing in [404, 401] {
+        up.log.health_status.store(up_but_refusing, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(probe(0).await, Ok(()), "{up_but_refusing}");
+    }
 }
 
 #[tokio::test]

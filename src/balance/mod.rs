@@ -72,8 +72,9 @@ pub enum Unavailable {
     RateLimited { wait: u64 },
     /// Every candidate is at `max_concurrency`.
     Full,
-    /// Breakers open or health checks failing.
-    Down,
+    /// Breakers open or health checks failing; the soonest open breaker lets a request through
+    /// after this many ns (none is open: health checks keep them all out).
+    Down { reopens_in: Option<u64> },
 }
 
 /// Whether an attempt may go back to an upstream the request already tried.
@@ -92,9 +93,16 @@ pub fn pick(group: &Group, tried: u64, reuse: Reuse, now: u64) -> Result<Picked,
     let mut available = 0u64;
     let (mut rate_limited, mut full) = (0u32, 0u32);
     let mut min_wait = u64::MAX;
+    let mut reopens_in = u64::MAX;
     for (i, m) in members.iter().enumerate() {
         let u = &m.upstream;
-        if !u.healthy.load(Ordering::Acquire) || u.breaker.as_ref().is_some_and(|b| !b.available(now)) {
+        if !u.healthy.load(Ordering::Acquire) {
+            continue;
+        }
+        if let Some(b) = u.breaker.as_ref().filter(|b| !b.available(now)) {
+            // A request its breaker kept from the upstream: LLMProxy counted the call it refused.
+            m.metrics.breaker_calls[crate::metrics::families::CALL_REJECTED].inc();
+            reopens_in = reopens_in.min(b.reopens_in(now).unwrap_or(0));
             continue;
         }
         if u.max_concurrency.is_some_and(|max| u.load.inflight() >= max) {
@@ -131,7 +139,7 @@ pub fn pick(group: &Group, tried: u64, reuse: Reuse, now: u64) -> Result<Picked,
             }
         }
         let admission = match &u.breaker {
-            None => Admission::Allowed,
+            None => Admission::Allowed { period: 0 },
             Some(b) => {
                 let (admission, transition) = b.admit(now);
                 let metrics = &members[i].metrics;
@@ -154,7 +162,7 @@ pub fn pick(group: &Group, tried: u64, reuse: Reuse, now: u64) -> Result<Picked,
     } else if full > 0 {
         Unavailable::Full
     } else {
-        Unavailable::Down
+        Unavailable::Down { reopens_in: (reopens_in != u64::MAX).then_some(reopens_in) }
     })
 }
 

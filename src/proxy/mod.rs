@@ -482,7 +482,7 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
             }
         }
     }
-    finish(last, group, Unavailable::Down)
+    finish(last, group, Unavailable::Down { reopens_in: None })
 }
 
 /// Whether a 400 answer to a body with the usage option refuses that option — as Azure OpenAI
@@ -614,10 +614,18 @@ fn finish(last: Option<Failed>, group: &Group, why: Unavailable) -> Result<Answe
                 format!("every upstream of group {} is at max_concurrency", group.name),
             )
             .with_retry_after(1),
-            Unavailable::Down => ApiError::no_upstream(format!(
-                "no upstream of group {} is available (circuit breakers open or health checks failing)",
-                group.name
-            )),
+            Unavailable::Down { reopens_in } => {
+                let e = ApiError::no_upstream(format!(
+                    "no upstream of group {} is available (circuit breakers open or health checks failing)",
+                    group.name
+                ));
+                // When the first breaker lets a probe through (the next health check's time is
+                // not known here).
+                match reopens_in {
+                    Some(wait) => e.with_retry_after(balance::retry_after(wait)),
+                    None => e,
+                }
+            }
         }),
     }
 }
@@ -657,7 +665,7 @@ impl Drop for Verdict<'_> {
     fn drop(&mut self) {
         if !self.done && self.admission == Admission::Probe {
             if let Some(b) = &self.member.upstream.breaker {
-                note_transition(&self.member.upstream.name, &self.member.metrics, b.abandon_probe(clock::now()));
+                note_transition(&self.member.upstream.name, &self.member.metrics, b.abandon_probe());
             }
         }
     }

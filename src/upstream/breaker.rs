@@ -11,6 +11,12 @@
 //!   abandoned without an outcome (the client left) reopens it with the cooldown already spent,
 //!   so the next pick probes again.
 //!
+//! Only the probe decides whether a recovered upstream is back. Requests admitted before the
+//! breaker opened may still be failing when the probe closes it — those waiting on a hung
+//! upstream take up to `timeout.request` — and counted in the fresh window they would open it
+//! again, over and over, long after the upstream recovered. So an admission carries the number
+//! of the closed period it was made in, and outcomes from an earlier one are not counted.
+//!
 //! Failures are connect errors, timeouts, 5xx and 429.
 
 use crate::clock::NANOS_PER_SEC;
@@ -51,8 +57,10 @@ impl State {
 /// What a pick may do with this upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Closed: send.
-    Allowed,
+    /// Closed: send. The number of the closed period, counted from 0 at the breaker's creation.
+    Allowed {
+        period: u32,
+    },
     /// This request is the single half-open probe; its outcome decides the state.
     Probe,
     Rejected,
@@ -76,9 +84,18 @@ pub struct Breaker {
     threshold: f64,
     cooldown: u64,
     state: AtomicU8,
+    /// When it last opened; [`PROBE_DUE`] when the next pick may probe whatever the time.
     opened_at: AtomicU64,
+    /// The closed periods begun since the breaker was created: each probe that closes it starts
+    /// one (see the module's doc).
+    period: AtomicU32,
     buckets: [Bucket; BUCKETS],
 }
+
+/// `opened_at` of a breaker whose cooldown is over however recently it opened: a probe was
+/// abandoned, or settings changed during one. A time `cooldown` in the past would do only once
+/// the process has run for longer than the cooldown.
+const PROBE_DUE: u64 = u64::MAX;
 
 impl Breaker {
     pub fn new(threshold: f64, cooldown_secs: u64) -> Self {
@@ -87,6 +104,7 @@ impl Breaker {
             cooldown: cooldown_secs * NANOS_PER_SEC,
             state: AtomicU8::new(State::Closed as u8),
             opened_at: AtomicU64::new(0),
+            period: AtomicU32::new(0),
             buckets: std::array::from_fn(|_| Bucket {
                 second: AtomicU64::new(u64::MAX),
                 total: AtomicU32::new(0),
@@ -99,12 +117,13 @@ impl Breaker {
     /// (an API change to its cooldown must not send traffic back to a failing upstream), and
     /// the failures counted so far still count. A half-open one becomes open with its cooldown
     /// over: its probe's outcome goes to `previous`, and waiting for it here would never end.
-    pub fn continuing(threshold: f64, cooldown_secs: u64, previous: &Breaker, now: u64) -> Self {
+    pub fn continuing(threshold: f64, cooldown_secs: u64, previous: &Breaker) -> Self {
         let next = Breaker::new(threshold, cooldown_secs);
+        next.period.store(previous.period.load(Ordering::Acquire), Ordering::Release);
         match previous.state() {
             State::HalfOpen => {
                 next.state.store(State::Open as u8, Ordering::Release);
-                next.opened_at.store(now.saturating_sub(next.cooldown), Ordering::Release);
+                next.opened_at.store(PROBE_DUE, Ordering::Release);
             }
             state => {
                 next.state.store(state as u8, Ordering::Release);
@@ -128,18 +147,39 @@ impl Breaker {
     pub fn available(&self, now: u64) -> bool {
         match self.state() {
             State::Closed => true,
-            State::Open => now.saturating_sub(self.opened_at.load(Ordering::Acquire)) >= self.cooldown,
+            State::Open => self.cooled_down(now),
             State::HalfOpen => false,
+        }
+    }
+
+    /// How long, in ns from `now`, until a pick may get through an open or half-open breaker;
+    /// the time left of the cooldown, or 0 when a probe is due or under way (its outcome comes
+    /// within the request's timeout). `None` while closed.
+    pub fn reopens_in(&self, now: u64) -> Option<u64> {
+        match self.state() {
+            State::Closed => None,
+            State::HalfOpen => Some(0),
+            State::Open => match self.opened_at.load(Ordering::Acquire) {
+                PROBE_DUE => Some(0),
+                at => Some(self.cooldown.saturating_sub(now.saturating_sub(at))),
+            },
+        }
+    }
+
+    fn cooled_down(&self, now: u64) -> bool {
+        match self.opened_at.load(Ordering::Acquire) {
+            PROBE_DUE => true,
+            at => now.saturating_sub(at) >= self.cooldown,
         }
     }
 
     /// Asks to send one request at `now`.
     pub fn admit(&self, now: u64) -> (Admission, Option<Transition>) {
         match self.state() {
-            State::Closed => (Admission::Allowed, None),
+            State::Closed => (Admission::Allowed { period: self.period.load(Ordering::Acquire) }, None),
             State::HalfOpen => (Admission::Rejected, None),
             State::Open => {
-                if now.saturating_sub(self.opened_at.load(Ordering::Acquire)) < self.cooldown {
+                if !self.cooled_down(now) {
                     return (Admission::Rejected, None);
                 }
                 match self.cas(State::Open, State::HalfOpen) {
@@ -156,13 +196,16 @@ impl Breaker {
             Admission::Probe => {
                 if success {
                     self.reset_window();
+                    self.period.fetch_add(1, Ordering::AcqRel);
                     self.cas(State::HalfOpen, State::Closed)
                 } else {
                     self.opened_at.store(now, Ordering::Release);
                     self.cas(State::HalfOpen, State::Open)
                 }
             }
-            Admission::Allowed => {
+            // Sent before the probe that closed the breaker last: not the upstream as it is now.
+            Admission::Allowed { period } if period != self.period.load(Ordering::Acquire) => None,
+            Admission::Allowed { .. } => {
                 self.count(success, now);
                 if !success && self.state() == State::Closed && self.tripped(now) {
                     self.opened_at.store(now, Ordering::Release);
@@ -176,8 +219,8 @@ impl Breaker {
 
     /// The probe ended without an outcome: reopen with the cooldown already over, so the next
     /// pick probes again instead of waiting another cooldown.
-    pub fn abandon_probe(&self, now: u64) -> Option<Transition> {
-        self.opened_at.store(now.saturating_sub(self.cooldown), Ordering::Release);
+    pub fn abandon_probe(&self) -> Option<Transition> {
+        self.opened_at.store(PROBE_DUE, Ordering::Release);
         self.cas(State::HalfOpen, State::Open)
     }
 
@@ -248,13 +291,17 @@ mod tests {
             old.record(a, false, t);
         }
         assert_eq!(old.state(), State::Open);
-        let next = Breaker::continuing(0.9, 60, &old, t);
+        let next = Breaker::continuing(0.9, 60, &old);
         assert_eq!(next.state(), State::Open, "still open under the new cooldown");
         assert!(!next.available(t + 31 * NANOS_PER_SEC) && next.available(t + 60 * NANOS_PER_SEC));
         // The old one sent its probe; the new one probes at once rather than wait for it.
         let (probe, _) = old.admit(t + 31 * NANOS_PER_SEC);
         assert_eq!(probe, Admission::Probe);
-        let next = Breaker::continuing(0.9, 60, &old, t + 31 * NANOS_PER_SEC);
+        let next = Breaker::continuing(0.9, 60, &old);
+        assert_eq!(next.admit(t + 31 * NANOS_PER_SEC).0, Admission::Probe);
+        // Even under a cooldown longer than the process has run.
+        let next = Breaker::continuing(0.9, 3600, &old);
+        assert_eq!(next.reopens_in(t + 31 * NANOS_PER_SEC), Some(0));
         assert_eq!(next.admit(t + 31 * NANOS_PER_SEC).0, Admission::Probe);
         // A closed one keeps the failures it counted.
         let closed = Breaker::new(0.5, 30);
@@ -262,7 +309,7 @@ mod tests {
             let (a, _) = closed.admit(t);
             closed.record(a, false, t);
         }
-        let next = Breaker::continuing(0.5, 10, &closed, t);
+        let next = Breaker::continuing(0.5, 10, &closed);
         let (a, _) = next.admit(t);
         next.record(a, false, t);
         assert_eq!(next.state(), State::Open, "the fifth failure trips it");
@@ -315,7 +362,7 @@ mod tests {
         // Probe succeeds: closed with a fresh window (one failure does not re-trip).
         assert_eq!(b.record(probe, true, t + 31 * S), Some(Transition { from: State::HalfOpen, to: State::Closed }));
         assert_eq!(fail(&b, t + 31 * S), None);
-        assert_eq!(b.admit(t + 31 * S).0, Admission::Allowed);
+        assert_eq!(b.admit(t + 31 * S).0, Admission::Allowed { period: 1 });
     }
 
     #[test]
@@ -337,8 +384,54 @@ mod tests {
             fail(&b, 0);
         }
         assert_eq!(b.admit(10 * S).0, Admission::Probe);
-        b.abandon_probe(11 * S);
+        b.abandon_probe();
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.admit(11 * S).0, Admission::Probe);
+    }
+
+    #[test]
+    fn outcomes_of_requests_sent_before_the_last_close_do_not_reopen_it() {
+        let b = Breaker::new(0.5, 30);
+        let t = 100 * S;
+        // Ten requests to an upstream that hangs: five fail first and open the breaker.
+        let hung: Vec<Admission> = (0..10).map(|_| b.admit(t).0).collect();
+        for a in &hung[..5] {
+            b.record(*a, false, t + 5 * S);
+        }
+        assert_eq!(b.state(), State::Open);
+        // It recovers; the probe closes the breaker.
+        let (probe, _) = b.admit(t + 35 * S);
+        b.record(probe, true, t + 36 * S);
+        // The other five time out only now, among the first requests of the new period.
+        for a in &hung[5..] {
+            assert_eq!(b.record(*a, false, t + 37 * S), None, "sent before the probe: not counted");
+        }
+        for _ in 0..4 {
+            let (a, _) = b.admit(t + 37 * S);
+            b.record(a, true, t + 37 * S);
+        }
+        assert_eq!(b.state(), State::Closed);
+        // New failures still count.
+        for _ in 0..4 {
+            fail(&b, t + 38 * S);
+        }
+        assert_eq!(b.state(), State::Open, "4 failures of 8 in the new period");
+    }
+
+    #[test]
+    fn reopens_in_tells_the_rest_of_the_cooldown() {
+        let b = Breaker::new(0.5, 30);
+        assert_eq!(b.reopens_in(0), None, "closed");
+        for _ in 0..5 {
+            fail(&b, 10 * S);
+        }
+        assert_eq!(b.reopens_in(10 * S), Some(30 * S));
+        assert_eq!(b.reopens_in(25 * S), Some(15 * S));
+        assert_eq!(b.reopens_in(50 * S), Some(0), "a probe is due");
+        let (probe, _) = b.admit(50 * S);
+        assert_eq!(b.reopens_in(50 * S), Some(0), "a probe is under way");
+        b.abandon_probe();
+        assert_eq!(b.reopens_in(50 * S), Some(0));
+        assert_eq!(probe, Admission::Probe);
     }
 }

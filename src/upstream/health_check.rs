@@ -53,6 +53,11 @@ async fn run(weak: Weak<Upstream>, cfg: config::HealthCheck, client: HttpClient,
             return;
         }
         let outcome = check(&upstream, &cfg, &client).await;
+        // Replaced while checking (through an outbound proxy since changed): the newer loop's
+        // verdict stands.
+        if upstream.health_loop.load(Ordering::Acquire) != generation {
+            return;
+        }
         let ok = outcome.is_ok();
         if ok {
             upstream.health_passes.inc();
@@ -73,12 +78,15 @@ async fn run(weak: Weak<Upstream>, cfg: config::HealthCheck, client: HttpClient,
     }
 }
 
-/// One probe: a 2xx within the timeout, or why not (logged when the upstream leaves rotation).
+/// One probe: an answer within the timeout that the breaker would not count as a failure (not
+/// a 5xx or 429), or why not (logged when the upstream leaves rotation). Any other answer shows
+/// the upstream up: a 404 from an upstream configured by a full endpoint URL (whose check path
+/// is put behind it), a 401 from one whose clients bring their own keys (the check has none).
 pub async fn check(upstream: &Upstream, cfg: &config::HealthCheck, client: &HttpClient) -> Result<(), String> {
     let timeout = Duration::from_secs(cfg.timeout);
-    let success = |status: hyper::StatusCode| match status.is_success() {
-        true => Ok(()),
-        false => Err(format!("status {}", status.as_u16())),
+    let success = |status: hyper::StatusCode| match crate::proxy::retry::is_failure_status(status.as_u16()) {
+        false => Ok(()),
+        true => Err(format!("status {}", status.as_u16())),
     };
     let probe = async {
         match &upstream.target {

@@ -124,9 +124,7 @@ impl Upstream {
         let same = previous.filter(|p| p.config.url == cfg.url && p.config.mock == cfg.mock);
         let breaker = match (&cfg.breaker, same.and_then(|p| p.breaker.as_ref().map(|old| (p, old)))) {
             (Some(b), Some((p, old))) if p.config.breaker.as_ref() == Some(b) => Some(old.clone()),
-            (Some(b), Some((_, old))) => {
-                Some(Arc::new(Breaker::continuing(b.threshold, b.cooldown, old, crate::clock::now())))
-            }
+            (Some(b), Some((_, old))) => Some(Arc::new(Breaker::continuing(b.threshold, b.cooldown, old))),
             (Some(b), None) => Some(Arc::new(Breaker::new(b.threshold, b.cooldown))),
             (None, _) => None,
         };
