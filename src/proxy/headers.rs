@@ -33,13 +33,18 @@ fn set_by_proxy(name: &[u8]) -> bool {
     SET.iter().any(|set| name.eq_ignore_ascii_case(set))
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Removes an answer's hop-by-hop headers, including those the `Connection` header names, and
+/// a `Content-Length` beside a `Transfer-Encoding`: the coding framed the body, and the length
+/// must not reach the client (RFC 9112 §6.3), where it would cut or stall the relayed body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let hop_by_hop = |name: &HeaderName| is_hop_by_hop(name.as_str().as_bytes());
     // Most messages carry none: one pass over the few names present is cheaper than a hash
     // lookup for each of the nine that might be.
     if !headers.keys().any(hop_by_hop) {
         return;
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     let named = headers
         .get_all(header::CONNECTION)
@@ -387,10 +392,15 @@ mod tests {
         h.insert("x-conn-only", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         h.insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Basic"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["content-type"]);
+        assert_eq!(left, ["content-type"], "a length beside chunked goes too");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::CONTENT_LENGTH], "12", "a length alone stays");
     }
 }
