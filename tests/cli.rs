@@ -427,6 +427,7 @@ upstream_groups:
         "group=m",
         "upstream=mocked",
         "status=200",
+        "end=complete",
         "prompt_tokens=9",
         "completion_tokens=5",
     ] {

@@ -172,6 +172,8 @@ struct Relay {
     first_byte_seen: bool,
     /// The upstream body has ended (what follows is only what the scanner held back).
     inner_ended: bool,
+    /// Why the body broke off, when it did: how the access log says the answer ended.
+    broke_off: Option<Ending>,
     scanner: Option<UsageScanner>,
     keepalive: Option<KeepAlive>,
     delivery: Option<Delivery>,
@@ -235,6 +237,7 @@ impl RelayBody {
             waited: false,
             first_byte_seen: false,
             inner_ended: false,
+            broke_off: None,
             scanner: options.scanner,
             keepalive,
             delivery: None,
@@ -284,7 +287,7 @@ impl Drop for Relay {
         if let Some(a) = &d.access {
             let dash = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
             crate::info!(
-                "access forward={} client={} key={} method={} path={} model={} group={} upstream={} status={} ttft_ms={} duration_ms={} prompt_tokens={} completion_tokens={}",
+                "access forward={} client={} key={} method={} path={} model={} group={} upstream={} status={} end={} ttft_ms={} duration_ms={} prompt_tokens={} completion_tokens={}",
                 d.forward_name,
                 a.client,
                 d.key.as_deref().unwrap_or("-"),
@@ -294,11 +297,36 @@ impl Drop for Relay {
                 d.group,
                 self.upstream.name,
                 self.status,
+                self.ending().as_str(),
                 dash(self.telemetry.first_byte_ms),
                 elapsed.as_millis(),
                 dash(usage.prompt),
                 dash(usage.completion),
             );
+        }
+    }
+}
+
+/// How the body the client was given ended; the status alone says 200 for a stream cut halfway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Relayed to its end.
+    Complete,
+    /// The upstream broke it off: a reset, or a body shorter than declared.
+    UpstreamError,
+    /// `timeout.request` ended it: the upstream went silent, or never finished.
+    Timeout,
+    /// Dropped before its end: the client left, or a shutdown's deadline ended it.
+    Cut,
+}
+
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::Complete => "complete",
+            Ending::UpstreamError => "upstream_error",
+            Ending::Timeout => "timeout",
+            Ending::Cut => "cut",
         }
     }
 }
@@ -334,9 +362,7 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let relay = &self.0;
-        relay.inner_ended
-            || (relay.inner.is_end_stream() && !relay.scanner.as_ref().is_some_and(UsageScanner::holds_back))
+        self.0.at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -362,6 +388,20 @@ impl RelayOptions {
 impl Relay {
     fn rewrites_body(&self) -> bool {
         rewrites(self.keepalive.is_some(), self.scanner.as_ref())
+    }
+
+    /// Nothing is left to relay. A server that knows the length may stop asking once it has
+    /// it all, so the end is not always seen as a last `None`.
+    fn at_end(&self) -> bool {
+        self.inner_ended || (self.inner.is_end_stream() && !self.scanner.as_ref().is_some_and(UsageScanner::holds_back))
+    }
+
+    fn ending(&self) -> Ending {
+        match self.broke_off {
+            Some(why) => why,
+            None if self.at_end() => Ending::Complete,
+            None => Ending::Cut,
+        }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -418,6 +458,7 @@ impl Relay {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
+                this.broke_off = Some(Ending::UpstreamError);
                 this.telemetry.member.stream_errors[STREAM_RESET].inc();
                 crate::warn!("upstream {} broke off its response: {e}", this.upstream.name);
                 Poll::Ready(Some(Err(e)))
@@ -455,6 +496,7 @@ impl Relay {
                             continue;
                         }
                     }
+                    this.broke_off = Some(Ending::Timeout);
                     this.telemetry.member.stream_errors[STREAM_TIMEOUT].inc();
                     let err = RelayTimeout {
                         upstream: this.upstream.name.clone(),
@@ -544,6 +586,42 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("silent"), "{err}");
         assert_eq!(member.stream_errors[STREAM_TIMEOUT].get(), 1);
+    }
+
+    /// A body that breaks off at once, as an upstream resetting mid-answer.
+    struct Broken;
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(Some(Err("connection reset".into())))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_access_log_says_how_the_body_ended() {
+        let idle = Timer::Idle(Duration::from_secs(1));
+        let (mut body, _) = relay(frames(2), Duration::from_millis(10), idle);
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+        assert_eq!(body.0.ending(), Ending::Complete);
+
+        let (mut body, _) = relay(frames(2), Duration::from_millis(10), idle);
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(body.0.ending(), Ending::Cut, "the client left after the first event");
+
+        let (mut body, _) = relay(frames(2), Duration::from_secs(10), idle);
+        body.frame().await.unwrap().unwrap();
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(body.0.ending(), Ending::Timeout);
+
+        let broken = UpstreamBody::Mock(ProxyBody::boxed(Broken));
+        let (mut body, _) = relay_over(broken, idle, Instant::now(), Instant::now(), None);
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(body.0.ending(), Ending::UpstreamError);
     }
 
     #[tokio::test(start_paused = true)]
