@@ -250,10 +250,53 @@ mod tests {
     }
 
     #[test]
+    fn text_mixed_with_parameters_in_a_segment() {
+        let r = router(&[
+            "/v1beta/models/{model}:generateContent",
+            "/v1beta/models/{m:gemini-[a-z0-9.-]+}:streamGenerateContent",
+            "/v1beta/models/:model",
+            "/files/*.json",
+            "/v{n:\\d+}/{a}-{b}",
+            "/ids/{id:\\d{3}}",
+        ]);
+        for (path, want) in [
+            ("/v1beta/models/gemini-2.0-flash:generateContent", Some("/v1beta/models/{model}:generateContent")),
+            (
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+                Some("/v1beta/models/{m:gemini-[a-z0-9.-]+}:streamGenerateContent"),
+            ),
+            // The regex does not match: the plain parameter takes it.
+            ("/v1beta/models/gpt-4o:streamGenerateContent", Some("/v1beta/models/:model")),
+            ("/v1beta/models/:generateContent", Some("/v1beta/models/:model")),
+            ("/files/a.json", Some("/files/*.json")),
+            ("/files/.json", Some("/files/*.json")),
+            ("/files/a.jsonl", None),
+            ("/v2/x-y", Some("/v{n:\\d+}/{a}-{b}")),
+            ("/vx/x-y", None),
+            ("/ids/123", Some("/ids/{id:\\d{3}}")),
+            ("/ids/1234", None),
+        ] {
+            assert_eq!(r.lookup(path).map(String::as_str), want, "{path}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_patterns() {
         let mut r: Router<()> = Router::new();
-        for bad in ["v1", "/v1/{x:[}", "/v1/{x", "/v1/a*b", "/v1/:na-me", "/v1/{x:}", "/v1/{[}"] {
-            assert!(r.insert(bad, ()).is_err(), "{bad} should be rejected");
+        for bad in [
+            "v1",
+            "/v1/{x:[}",
+            "/v1/{x",
+            "/v1/:na-me",
+            "/v1/{x:}",
+            "/v1/{[}",
+            "/v1/a}b",
+            "/v1/{m}:x{",
+            "/v1/{m:}:x",
+            "/v1/{m:[}:x",
+        ] {
+            let why = r.insert(bad, ()).expect_err(bad);
+            assert!(why.0.contains(bad), "names the route: {why}");
         }
         r.insert("/v1/:a", ()).unwrap();
         assert!(r.insert("/v1/:b", ()).unwrap_err().0.contains("duplicates"));

@@ -1,5 +1,7 @@
 //! Route patterns: `/v1/chat/completions`, `/v1/:resource`, `/v1/{model:gpt-.*}/x`, `/api/*`
-//! (parameter names are optional: `/v1/:`, `/v1/{\d+}`).
+//! (parameter names are optional: `/v1/:`, `/v1/{\d+}`), and text mixed with parameters in one
+//! segment — Gemini's `/v1beta/models/{model}:generateContent`, `/files/*.json` — which becomes
+//! a regex segment.
 
 use regex_lite::Regex;
 use std::fmt;
@@ -8,7 +10,7 @@ use std::fmt;
 #[derive(Debug, Clone)]
 pub enum Segment {
     Static(String),
-    /// `{name:regex}`: the regex must match the whole segment.
+    /// `{name:regex}`, or text mixed with parameters: the regex must match the whole segment.
     Regex {
         source: String,
         regex: Regex,
@@ -54,8 +56,10 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
         check_name(name).map_err(&bad)?;
         return Ok(Segment::Param);
     }
-    if let Some(inner) = s.strip_prefix('{') {
-        let inner = inner.strip_suffix('}').ok_or_else(|| bad("opens \"{\" without closing \"}\""))?;
+    if !s.contains(['{', '}', '*']) {
+        return Ok(Segment::Static(s.to_string()));
+    }
+    if let Some(inner) = whole_parameter(s) {
         let (name, re) = match inner.find(':') {
             Some(i) => (&inner[..i], Some(&inner[i + 1..])),
             None if check_name(inner).is_ok() => (inner, None),
@@ -65,17 +69,82 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
         return match re {
             None => Ok(Segment::Param),
             Some("") => Err(bad("has an empty regex")),
-            Some(re) => {
-                let regex =
-                    Regex::new(&format!("^(?:{re})$")).map_err(|e| bad(&format!("has an invalid regex: {e}")))?;
-                Ok(Segment::Regex { source: re.to_string(), regex })
-            }
+            Some(re) => regex_segment(re.to_string()).map_err(|e| bad(&e)),
         };
     }
-    if s.contains(['{', '}', '*']) {
-        return Err(bad("mixes text with \"{\", \"}\" or \"*\" (a parameter must be a whole segment)"));
+    regex_segment(mixed_to_regex(s).map_err(&bad)?).map_err(|e| bad(&e))
+}
+
+fn regex_segment(source: String) -> Result<Segment, String> {
+    let regex = Regex::new(&format!("^(?:{source})$")).map_err(|e| format!("has an invalid regex: {e}"))?;
+    Ok(Segment::Regex { source, regex })
+}
+
+/// The inside of a segment that is one parameter, `{…}` with its braces balanced between the
+/// first and the last (so `{id:\d{3}}` is one, `{a}-{b}` is not).
+fn whole_parameter(s: &str) -> Option<&str> {
+    let inner = s.strip_prefix('{')?.strip_suffix('}')?;
+    let mut depth = 0usize;
+    for c in inner.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return None,
+            '}' => depth -= 1,
+            _ => {}
+        }
     }
-    Ok(Segment::Static(s.to_string()))
+    (depth == 0).then_some(inner)
+}
+
+/// The regex of a segment mixing text with parameters: the text literal, `{name}` (or `{}`) one
+/// or more characters, `{name:regex}` (or `{regex}`) that regex, `*` any text.
+fn mixed_to_regex(s: &str) -> Result<String, &'static str> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(['{', '}', '*']) {
+        out.push_str(&regex_lite::escape(&rest[..i]));
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix('*') {
+            out.push_str(".*");
+            rest = after;
+            continue;
+        }
+        if rest.starts_with('}') {
+            return Err("closes \"}\" without opening \"{\"");
+        }
+        // The parameter runs to the `}` that balances its `{`.
+        let mut depth = 0usize;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map(|(j, _)| j)
+            .ok_or("opens \"{\" without closing \"}\"")?;
+        let inner = &rest[1..end];
+        let re = match inner.find(':') {
+            Some(j) => {
+                check_name(&inner[..j])?;
+                &inner[j + 1..]
+            }
+            None if check_name(inner).is_ok() => ".+",
+            None => inner,
+        };
+        if re.is_empty() {
+            return Err("has an empty regex");
+        }
+        out.push_str("(?:");
+        out.push_str(re);
+        out.push(')');
+        rest = &rest[end + 1..];
+    }
+    out.push_str(&regex_lite::escape(rest));
+    Ok(out)
 }
 
 /// A parameter name: `[A-Za-z0-9_]*`, possibly empty.
