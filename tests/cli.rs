@@ -227,7 +227,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_running_one_on_error() {
     let body = r#"{"name":"api-made","url":"mock://"}"#;
     write!(
         s,
-        "POST /api/v1/upstreams HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /api/v1/upstreams HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

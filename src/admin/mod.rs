@@ -8,7 +8,7 @@ use crate::client_keys::bearer_token;
 use crate::error::ApiError;
 use crate::runtime::Shared;
 use bytes::Bytes;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 
@@ -33,6 +33,13 @@ where
                      set the token to use it from elsewhere",
                 )
                 .into_admin_response()
+            } else if shared.admin_token.is_none() && from_a_browser_page(&req) {
+                ApiError::forbidden(
+                    "without LLMPROXY_ADMIN_AUTH_TOKEN the admin API answers no web page (a request with \
+                     an Origin header, or for a Host other than localhost or an IP address); set the \
+                     token to use it from a browser",
+                )
+                .into_admin_response()
             } else if authorized(shared, &req) {
                 api::handle(shared, req).await
             } else {
@@ -54,6 +61,30 @@ where
 /// to the network.
 fn is_loopback(peer: IpAddr) -> bool {
     peer.to_canonical().is_loopback()
+}
+
+/// Whether a request may come from a web page in a browser on this host, which the loopback
+/// check alone would let through: any site can make the browser send a cross-site form `POST`
+/// (it carries `Origin`), and a site whose name it re-points at 127.0.0.1 (DNS rebinding) can
+/// read and write as if it were this host (its `Host` is its own name). Local tools send
+/// neither; with a token, no page knows it.
+fn from_a_browser_page<B>(req: &Request<B>) -> bool {
+    if req.headers().contains_key(ORIGIN) {
+        return true;
+    }
+    let host = req.headers().get(HOST).map(HeaderValue::as_bytes).or(req.uri().host().map(str::as_bytes));
+    host.is_some_and(|h| !local_host_name(h))
+}
+
+/// `localhost` (and its subdomains), or an IP address, with or without a port.
+fn local_host_name(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
 }
 
 /// With `LLMPROXY_ADMIN_AUTH_TOKEN` set, the configuration API requires
@@ -135,6 +166,25 @@ mod tests {
             // Probes that ask with HEAD (LLMProxy answered them).
             let head = Request::head(path).body(http_body_util::Empty::<Bytes>::new()).unwrap();
             assert_eq!(handle(&open, head, remote).await.status(), StatusCode::OK, "HEAD {path}");
+        }
+        // Nor a web page in a browser on this host: a cross-site form, or a site re-pointed at
+        // 127.0.0.1.
+        let from_page = |origin: Option<&str>, host: &str| {
+            let mut req = Request::post("/api/v1/upstreams").header(HOST, host);
+            if let Some(o) = origin {
+                req = req.header(ORIGIN, o);
+            }
+            req.body(http_body_util::Empty::<Bytes>::new()).unwrap()
+        };
+        for (origin, host) in [(Some("https://evil.example"), "127.0.0.1:9000"), (None, "rebound.evil.example:9000")] {
+            let status = handle(&open, from_page(origin, host), here).await.status();
+            assert_eq!(status, StatusCode::FORBIDDEN, "{origin:?} {host}");
+        }
+        for host in ["127.0.0.1:9000", "localhost:9000", "LOCALHOST", "[::1]:9000", "[::1]", "10.0.0.5", "localhost."] {
+            assert!(local_host_name(host.as_bytes()), "{host}");
+        }
+        for host in ["evil.example", "localhost.evil.example:9000", "[evil]:9000", "127.0.0.1.evil.example"] {
+            assert!(!local_host_name(host.as_bytes()), "{host}");
         }
         // With a token, the token decides, wherever the client is.
         let guarded = Shared::new(crate::runtime::Runtime::build(config()).unwrap(), Some("s3cret".into()));
