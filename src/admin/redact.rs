@@ -73,7 +73,9 @@ pub fn redact(v: &mut Value) {
 }
 
 /// Puts back current secrets wherever `new` carries the masked form of the value `old` has at
-/// the same place. List items are matched by what names them — a header operation by its
+/// the same place — unless the object holding them now has another `url`: a secret is kept for
+/// where it was sent, never carried to a new destination (an API caller who could read only the
+/// masked form would otherwise have the proxy send the real key to a host of their choosing). List items are matched by what names them — a header operation by its
 /// header, anything else by its `name` — so removing or reordering items cannot put one item's
 /// secret into another; items that name nothing are matched by position. A masked value with no
 /// counterpart is an error: it would otherwise be sent upstream as the literal `***`.
@@ -84,6 +86,19 @@ pub fn restore(new: &mut Value, old: &Value) -> Result<(), String> {
 fn restore_at(new: &mut Value, old: Option<&Value>, path: &str) -> Result<(), String> {
     match new {
         Value::Object(n) => {
+            let url = |o: &serde_json::Map<String, Value>| o.get("url").and_then(Value::as_str).map(str::to_string);
+            if let (Some(to), Some(from)) = (url(n), old.and_then(Value::as_object).and_then(url)) {
+                if to != from && to != mask_url(&from) {
+                    if let Some(at) = masked_in(new, path) {
+                        return Err(format!(
+                            "{at}: \"{MASK}\" keeps a secret only while the url stays the same; send the value \
+                             with the new url"
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
+            let Value::Object(n) = new else { return Ok(()) };
             for (k, child) in n.iter_mut() {
                 let prev = old.and_then(|o| o.get(k));
                 restore_at(child, prev, &format!("{path}.{k}"))?;
@@ -121,6 +136,20 @@ fn restore_at(new: &mut Value, old: Option<&Value>, path: &str) -> Result<(), St
     Ok(())
 }
 
+/// The path of the first masked value in `v`, if any.
+fn masked_in(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::Object(o) => o.iter().find_map(|(k, child)| masked_in(child, &format!("{path}.{k}"))),
+        Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, child)| masked_in(child, &format!("{path}[{i}]")))
+        }
+        Value::String(s) if s == MASK || (s.contains(MASK) && s.contains("://")) => {
+            Some(path.trim_start_matches('.').to_string())
+        }
+        _ => None,
+    }
+}
+
 /// What names a list item: a header operation's header (case-insensitive), else its `name`.
 fn identity(item: &Value) -> Option<String> {
     if item.get("op").is_some() {
@@ -154,6 +183,33 @@ mod tests {
         let mut back = shown.clone();
         restore(&mut back, &original).unwrap();
         assert_eq!(back, original);
+    }
+
+    #[test]
+    fn secrets_are_kept_only_for_the_url_they_were_sent_to() {
+        let current = json!({
+            "name": "u", "url": "https://bob:pw@api.example.com/v1",
+            "auth": {"type": "bearer", "token": "sk-1"},
+            "headers": [{"op": "replace", "key": "x-api-key", "value": "k-2"}]
+        });
+        let mut shown = current.clone();
+        redact(&mut shown);
+        // Another path on the same host is another destination too.
+        for url in ["https://evil.example/v1", "https://bob:***@evil.example/v1", "https://api.example.com/v2"] {
+            let mut moved = shown.clone();
+            moved["url"] = json!(url);
+            let why = restore(&mut moved, &current).unwrap_err();
+            assert!(why.contains("only while the url stays the same"), "{url}: {why}");
+        }
+        // Secrets sent anew go with the new url.
+        let mut moved =
+            json!({"name": "u", "url": "https://evil.example/v1", "auth": {"type": "bearer", "token": "sk-new"}});
+        restore(&mut moved, &current).unwrap();
+        assert_eq!(moved["auth"]["token"], "sk-new");
+        // The url as shown (its password masked) is the same url.
+        let mut same = shown.clone();
+        restore(&mut same, &current).unwrap();
+        assert_eq!(same, current);
     }
 
     #[test]
