@@ -139,27 +139,52 @@ impl<T> Node<T> {
     }
 }
 
-/// Whether `path` has a `.` or `..` segment, plain or percent-encoded (`%2e`), between `/` or
-/// `\\` separators. Such a path is refused rather than resolved: joined onto an upstream's base
-/// path and resolved there (most servers do), `/v1/../../admin` reaches outside the base path
-/// with the proxy's credentials, and the routes would have judged a path the upstream never
-/// serves.
+/// Whether `path` has a `.` or `..` segment, plain or percent-encoded (`%2e`), between
+/// separators an upstream may see: `/`, `\\`, and their encoded forms `%2f` and `%5c` (nginx,
+/// and ingress controllers built on it, decode them before resolving dot segments; IIS takes
+/// `\\` for `/`). Text after a `;` in a segment is left out (Tomcat and Spring read `..;x` as
+/// `..`). Such a path is refused rather than resolved: joined onto an upstream's base path and
+/// resolved there, `/v1/../../admin` or `/..%2fteam-b/v1` reaches outside the base path with
+/// the proxy's credentials, and the routes would have judged a path the upstream never serves.
 pub fn has_dot_segment(path: &str) -> bool {
     if !path.bytes().any(|b| b == b'.' || b == b'%') {
         return false;
     }
-    path.split(['/', '\\']).any(|segment| {
-        let (mut rest, mut dots) = (segment.as_bytes(), 0);
-        while !rest.is_empty() {
-            rest = match rest {
-                [b'.', tail @ ..] => tail,
-                [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
-                _ => return false,
-            };
-            dots += 1;
+    // The segment read so far: its dots, whether anything else came before a `;`, and whether
+    // a `;` came.
+    let (mut dots, mut other, mut params) = (0u32, false, false);
+    let mut rest = path.as_bytes();
+    loop {
+        let (separator, len, dot) = match rest {
+            [] => (true, 0, false),
+            [b'/' | b'\\', ..] => (true, 1, false),
+            [b'%', b'2', x, ..] if x.eq_ignore_ascii_case(&b'f') => (true, 3, false),
+            [b'%', b'5', x, ..] if x.eq_ignore_ascii_case(&b'c') => (true, 3, false),
+            [b'%', b'2', x, ..] if x.eq_ignore_ascii_case(&b'e') => (false, 3, true),
+            [b'.', ..] => (false, 1, true),
+            [b';', ..] => {
+                params = true;
+                (false, 1, false)
+            }
+            _ => (false, 1, false),
+        };
+        if separator {
+            if !other && (dots == 1 || dots == 2) {
+                return true;
+            }
+            if rest.is_empty() {
+                return false;
+            }
+            (dots, other, params) = (0, false, false);
+        } else if !params {
+            if dot {
+                dots += 1;
+            } else {
+                other = true;
+            }
         }
-        dots == 1 || dots == 2
-    })
+        rest = &rest[len..];
+    }
 }
 
 #[cfg(test)]
@@ -231,10 +256,37 @@ mod tests {
 
     #[test]
     fn dot_segments_plain_or_encoded_are_found() {
-        for path in ["/v1/../admin", "/v1/./x", "/..", "/v1/%2e%2E/x", "/v1/.%2e", "/v1\\..\\x", "/v1/.."] {
+        for path in [
+            "/v1/../admin",
+            "/v1/./x",
+            "/..",
+            "/v1/%2e%2E/x",
+            "/v1/.%2e",
+            "/v1\\..\\x",
+            "/v1/..",
+            "/..%2fteam-b/v1/models",
+            "/v1/..%2Fx",
+            "/v1/..%5cx",
+            "/v1/%2e%2e%5C",
+            "/v1/..;jsessionid=1/x",
+            "/v1/.;x",
+            "/v1/x%2f..%2fy",
+        ] {
             assert!(has_dot_segment(path), "{path}");
         }
-        for path in ["/v1/chat/completions", "/v1/file.json", "/v1/...", "/v1/.well-known", "/v1/%2f", "/"] {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/file.json",
+            "/v1/...",
+            "/v1/.well-known",
+            "/v1/%2f",
+            "/",
+            "/v1/models/meta-llama%2FLlama-3.1-8B",
+            "/v1/a;..",
+            "/v1/a.b;c",
+            "/v1/%2",
+            "/v1/x%",
+        ] {
             assert!(!has_dot_segment(path), "{path}");
         }
     }
