@@ -291,12 +291,15 @@ async fn slow_model_is_not_cut_by_the_header_timeout() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_json() {
-    let server = start(&single_upstream_config(&format!("{}/v1", closed_port_url()), "", "")).await;
+    let closed = closed_port_url();
+    let server = start(&single_upstream_config(&format!("{closed}/v1"), "", "")).await;
     let (status, headers, body) = get(server.forward_addr("main").unwrap(), "/v1/models").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(headers["content-type"], "application/json");
     let msg = error_message(&body);
     assert!(msg.contains("cannot connect to upstream up"), "names the upstream: {msg}");
+    let port = closed.rsplit(':').next().unwrap();
+    assert!(!msg.contains("127.0.0.1") && !msg.contains(port), "not its address: {msg}");
 }
 
 #[tokio::test]

@@ -159,8 +159,10 @@ impl DirectPool {
     async fn dial(&self) -> Result<Box<Conn>, SendError> {
         let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
             .await
-            .map_err(|_| SendError::Connect(format!("connect to {} timed out", self.address)))?
-            .map_err(|e| SendError::Connect(format!("connect to {}: {e}", self.address)))?;
+            // The upstream's address stays out: the message reaches the client, which has no
+            // business knowing the network behind the proxy (the upstream's name says enough).
+            .map_err(|_| SendError::Connect(format!("connect timed out after {}s", self.connect_timeout.as_secs())))?
+            .map_err(|e| SendError::Connect(e.to_string()))?;
         let _ = io.set_nodelay(true);
         if let Some(idle) = self.keepalive {
             let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
