@@ -53,6 +53,9 @@ pub struct Forward {
     pub access_log: bool,
     /// Whether any rule looks at the body's `model` (only then is the body scanned for it).
     pub needs_model: bool,
+    /// Whether a rule reads a credential header that the key check takes out (only then are
+    /// they kept for the rules).
+    pub rules_read_credentials: bool,
     pub metrics: Arc<ForwardMetrics>,
 }
 
@@ -175,6 +178,7 @@ impl Runtime {
                 name: f.name.as_str().into(),
                 router,
                 needs_model: f.routing.iter().any(|r| r.model.is_some()),
+                rules_read_credentials: f.auth.is_some() && rules.iter().any(ConditionalRule::reads_credentials),
                 rules,
                 default_group: group_index(&f.default_group)?,
                 max_body_size: f.max_body_size,

@@ -180,6 +180,35 @@ async fn client_keys_via_either_header_never_reach_the_upstream() {
     assert!(text.contains("llmproxy_ratelimit_total{forward=\"main\"} 1"), "key refusals are rate-limit refusals");
 }
 
+/// A rule on the credential header routes by the client's key, although the key check takes the
+/// key out of the request before the rules are tried.
+#[tokio::test]
+async fn rules_on_the_key_header_route_keyed_requests() {
+    let a = TestUpstream::start().await;
+    let b = TestUpstream::start().await;
+    let yaml = keyed_config(&b.url("/v1"))
+        .replace(
+            "      auth:\n",
+            "      routing:\n        - {path: /v1/*, headers: {authorization: \"Bearer sk-team-a*\"}, target_group: team_a}\n      auth:\n",
+        )
+        .replace(
+            "upstream_groups:\n",
+            &format!("  - {{name: a, url: \"{}\"}}\nupstream_groups:\n  - {{name: team_a, upstreams: [{{name: a}}]}}\n", a.url("/v1")),
+        );
+    let server = start(&yaml).await;
+    let addr = server.forward_addr("main").unwrap();
+    let call = |key: &'static str| async move {
+        let req = Request::get(format!("http://{addr}/v1/echo")).header("authorization", key);
+        send(addr, req.body(Full::default()).unwrap()).await
+    };
+    let (status, _, body) = call("Bearer sk-team-a-secret").await;
+    assert_eq!(status, 200);
+    assert!(!body.windows(16).any(|w| w == b"sk-team-a-secret"), "the key still does not reach the upstream");
+    assert_eq!((a.log.requests(), b.log.requests()), (1, 0), "team a's key goes to team a's group");
+    assert_eq!(call("Bearer sk-team-b-secret").await.0, 200);
+    assert_eq!((a.log.requests(), b.log.requests()), (1, 1));
+}
+
 #[tokio::test]
 async fn the_address_limit_applies_before_keys_are_checked() {
     let up = TestUpstream::start().await;

@@ -22,7 +22,7 @@ use crate::usage::UsageScanner;
 use body_budget::Reservation;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, StatusCode, Uri, Version};
 use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, UpstreamBody};
@@ -226,6 +226,14 @@ where
             return Err(rate_limited(&who, wait));
         }
     }
+    // What the key check takes out, kept for rules on credential headers (rare: no copy else).
+    let taken: Vec<(HeaderName, Vec<u8>)> = match fwd.rules_read_credentials {
+        false => Vec::new(),
+        true => crate::upstream::CREDENTIAL_HEADERS
+            .iter()
+            .flat_map(|name| head.fields.get_all(name).map(|v| (name.clone(), v.to_vec())))
+            .collect(),
+    };
     let key = match &fwd.keys {
         None => None,
         Some(keys) => match keys.admit(&mut head.fields, now) {
@@ -259,7 +267,7 @@ where
     let group_index = fwd
         .rules
         .iter()
-        .find(|r| r.matches(path, model.as_deref(), &head.fields, head.uri.authority().map(|a| a.as_str())))
+        .find(|r| r.matches(path, model.as_deref(), &head.fields, head.uri.authority().map(|a| a.as_str()), &taken))
         .map(|r| r.target)
         .or_else(|| fwd.router.lookup(path).copied())
         .unwrap_or(fwd.default_group);

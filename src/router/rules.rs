@@ -33,13 +33,29 @@ impl ConditionalRule {
         Ok(ConditionalRule { path, model: rule.model.as_deref().map(Glob::new), headers, target })
     }
 
+    /// Whether a condition reads a credential header, which a forward's key check takes out of
+    /// the request before the rules are tried (see `matches`).
+    pub fn reads_credentials(&self) -> bool {
+        self.headers.iter().any(|(name, _)| crate::upstream::is_credential(name.as_str().as_bytes()))
+    }
+
     /// `authority` is the request target's host (HTTP/2's `:authority`), which a `host`
     /// condition reads when the request has no `Host` field — HTTP/2 requests carry none.
-    pub fn matches(&self, path: &str, model: Option<&str>, headers: &Fields, authority: Option<&str>) -> bool {
+    /// `taken` are the credential fields the forward's key check took out, as the client sent
+    /// them: a rule on `authorization` routes by the client's key.
+    pub fn matches(
+        &self,
+        path: &str,
+        model: Option<&str>,
+        headers: &Fields,
+        authority: Option<&str>,
+        taken: &[(HeaderName, Vec<u8>)],
+    ) -> bool {
         self.path.as_ref().is_none_or(|r| r.lookup(path).is_some())
             && self.model.as_ref().is_none_or(|g| model.is_some_and(|m| g.matches(m)))
             && self.headers.iter().all(|(name, g)| {
-                let mut values = headers.get_all(name).filter_map(text).peekable();
+                let taken = taken.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+                let mut values = headers.get_all(name).chain(taken).filter_map(text).peekable();
                 match (values.peek(), authority) {
                     (None, Some(authority)) if *name == hyper::header::HOST => g.matches(authority),
                     _ => values.any(|v| g.matches(v)),
