@@ -568,7 +568,11 @@ fn ollama_counts_at_end(tail: &[u8]) -> Option<Usage> {
 
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
 /// behalf — an OpenAI-style streaming chat or text completion that does not ask for it — or
-/// `None`.
+/// `None`. Only a client that plainly did not ask is asked for: `stream_options` absent or
+/// `null`, or `include_usage: false`. Any other `stream_options` is left as it is — vLLM sends
+/// usage when `include_usage` is left out of one (`{}`, `{"continuous_usage_stats":true}`),
+/// and takes `1` or `"true"` for true — since the usage event the proxy asks for is taken out
+/// of the client's stream again, and such a client may be counting on it.
 /// The field is inserted (or edited) textually, so every other byte of the request stays as
 /// the client wrote it. The body is read with the scanner, never built into a tree: a prompt of
 /// megabytes — or a body crafted as millions of tiny values — costs one pass and no memory.
@@ -577,38 +581,25 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
     if !path.trim_end_matches('/').ends_with("/completions") || member(body, b"stream")? != b"true" {
         return None;
     }
-    match member(body, b"stream_options") {
-        Some(options) if member(options, b"include_usage") == Some(b"true") => None,
+    // The span of `body` to replace, and what with.
+    let (cut, with): (std::ops::Range<usize>, &[u8]) = match member(body, b"stream_options") {
         None => {
-            let open = body.iter().position(|&b| b == b'{')?;
-            let mut out = Vec::with_capacity(body.len() + 40);
-            out.extend_from_slice(&body[..=open]);
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-            out.extend_from_slice(&body[open + 1..]);
-            Some(out.into())
+            let open = body.iter().position(|&b| b == b'{')? + 1;
+            (open..open, br#""stream_options":{"include_usage":true},"#)
         }
-        Some(value) => {
-            // An `include_usage` present gets `true`, else the option is added at the end of
-            // the object; a value that is not an object is replaced.
-            let start = crate::http1::offset_in(body, value) as usize;
-            let end = start + value.len();
-            // The span of `body` to replace, and what with.
-            let (cut, with): (std::ops::Range<usize>, &[u8]) = match value {
-                // An `include_usage` that is not `true` gets `true` (a duplicate key would be
-                // refused by strict decoders).
-                _ if let Some(v) = member(value, b"include_usage") => {
-                    let at = crate::http1::offset_in(body, v) as usize;
-                    (at..at + v.len(), b"true")
-                }
-                [b'{', inner @ .., b'}'] if inner.iter().all(u8::is_ascii_whitespace) => {
-                    (end - 1..end - 1, br#""include_usage":true"#)
-                }
-                [b'{', .., b'}'] => (end - 1..end - 1, br#","include_usage":true"#),
-                _ => (start..end, br#"{"include_usage":true}"#),
-            };
-            Some([&body[..cut.start], with, &body[cut.end..]].concat().into())
+        Some(null @ b"null") => {
+            let at = crate::http1::offset_in(body, null) as usize;
+            (at..at + null.len(), br#"{"include_usage":true}"#)
         }
-    }
+        Some(options) => match member(options, b"include_usage") {
+            Some(no @ b"false") => {
+                let at = crate::http1::offset_in(body, no) as usize;
+                (at..at + no.len(), b"true")
+            }
+            _ => return None,
+        },
+    };
+    Some([&body[..cut.start], with, &body[cut.end..]].concat().into())
 }
 
 /// Where a line went when usage chunks are stripped.
@@ -965,13 +956,19 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
             r#"{"stream":true,"stream_options":{"include_usage":true},"seed":123456789012345678901234}"#
         );
         assert_eq!(
-            edited(r#"{"stream_options": { },"stream":true}"#),
-            r#"{"stream_options": { "include_usage":true},"stream":true}"#
-        );
-        assert_eq!(
             edited(r#"{"stream":true,"stream_options":null}"#),
             r#"{"stream":true,"stream_options":{"include_usage":true}}"#
         );
+        // Options that leave it out (vLLM then sends usage) or say yes loosely are the client's.
+        for asked_or_may_have in [
+            r#"{"stream_options": { },"stream":true}"#,
+            r#"{"stream":true,"stream_options":{"continuous_usage_stats":true}}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":1}}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":"true"}}"#,
+            r#"{"stream":true,"stream_options":"weird"}"#,
+        ] {
+            assert!(ask_for_usage(p, asked_or_may_have.as_bytes()).is_none(), "{asked_or_may_have}");
+        }
         assert!(ask_for_usage(p, br#"{"stream":false}"#).is_none());
         assert!(ask_for_usage("/v1/embeddings", br#"{"stream":true}"#).is_none());
         assert!(ask_for_usage(p, b"not json").is_none());

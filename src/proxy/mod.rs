@@ -799,8 +799,10 @@ async fn attempt(
         timer,
         sleep,
         head_at,
-        // Usage is read from successful answers only; error bodies carry none.
-        scanner: if failure.is_none() && status < 300 && plain {
+        // Usage is read from successful answers to generation calls only: error bodies carry
+        // none, and a `GET` fetches what was already generated (a stored response, a run) —
+        // counted again, it would be billed twice.
+        scanner: if failure.is_none() && status < 300 && plain && out.head.method == hyper::Method::POST {
             UsageScanner::for_content_type(content_type, body.asks_usage)
         } else {
             None
