@@ -31,10 +31,57 @@ impl Usage {
     pub fn is_empty(&self) -> bool {
         self.prompt.is_none() && self.completion.is_none()
     }
+}
+
+/// The counts a report states, each kept apart until the answer ends: a later report restates
+/// some and may leave others out (Anthropic's `message_delta` repeats `input_tokens` without the
+/// cache counts of `message_start`, or with them `null`), and each takes the place of its own
+/// earlier value only.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reported {
+    /// `prompt_tokens`, Anthropic's `input_tokens`, or Ollama's `prompt_eval_count`.
+    input: Option<u64>,
+    completion: Option<u64>,
+    /// Anthropic's prompt-cache reads and writes, apart from `input_tokens` (OpenAI's
+    /// `prompt_tokens` includes its cached input).
+    cache_read: Option<u64>,
+    cache_write: Option<u64>,
+    /// OpenAI's `total_tokens`.
+    total: Option<u64>,
+}
+
+impl Reported {
+    fn is_empty(&self) -> bool {
+        self.input.is_none() && self.completion.is_none() && self.total.is_none()
+    }
 
     /// `Some` when anything was counted.
-    fn counted(self) -> Option<Usage> {
+    fn counted(self) -> Option<Reported> {
         (!self.is_empty()).then_some(self)
+    }
+
+    fn merge(&mut self, later: Reported) {
+        self.input = later.input.or(self.input);
+        self.completion = later.completion.or(self.completion);
+        self.cache_read = later.cache_read.or(self.cache_read);
+        self.cache_write = later.cache_write.or(self.cache_write);
+        self.total = later.total.or(self.total);
+    }
+
+    /// Prompt tokens are all input, cached or not, as OpenAI counts them. A total above prompt
+    /// and completion together holds tokens billed as output that `completion_tokens` leaves
+    /// out (Gemini's OpenAI-compatible API, thinking tokens); a total alone (embeddings of some
+    /// providers) is the prompt.
+    fn usage(self) -> Usage {
+        let cache = self.cache_read.unwrap_or(0).saturating_add(self.cache_write.unwrap_or(0)).min(MAX_TOKENS);
+        let prompt = self.input.map(|n| n.saturating_add(cache));
+        match (prompt, self.total) {
+            (None, Some(total)) if self.completion.is_none() => Usage { prompt: Some(total), completion: None },
+            (Some(p), Some(total)) if total > p.saturating_add(self.completion.unwrap_or(0)) => {
+                Usage { prompt, completion: Some(total - p) }
+            }
+            _ => Usage { prompt, completion: self.completion },
+        }
     }
 }
 
@@ -103,7 +150,7 @@ pub struct UsageScanner {
     /// The lines are JSON documents (`application/x-ndjson`), not SSE fields: read as the lines
     /// of an SSE stream are, and never rewritten.
     ndjson: bool,
-    usage: Usage,
+    usage: Reported,
     model: Option<ModelName>,
     /// Remove the usage-only chunk (`"choices": []` with `usage`) from the client stream.
     strip: bool,
@@ -128,7 +175,7 @@ impl UsageScanner {
         } else {
             return None;
         };
-        Some(UsageScanner { mode, ndjson, usage: Usage::default(), model: None, strip: strip && !ndjson })
+        Some(UsageScanner { mode, ndjson, usage: Reported::default(), model: None, strip: strip && !ndjson })
     }
 
     /// Whether what the client receives may differ from what the upstream sent.
@@ -386,11 +433,11 @@ impl UsageScanner {
         self.report(payload.trim_ascii())
     }
 
-    /// Takes the counts `u` reports. Later values replace earlier ones: Anthropic's counts are
-    /// cumulative.
-    fn note(&mut self, u: Usage) {
-        self.usage.prompt = u.prompt.or(self.usage.prompt);
-        self.usage.completion = u.completion.or(self.usage.completion);
+    /// Takes the counts `u` reports. Later values replace earlier ones (Anthropic's counts are
+    /// cumulative, and vLLM's `continuous_usage_stats` repeats them in every chunk): nothing is
+    /// summed.
+    fn note(&mut self, u: Reported) {
+        self.usage.merge(u);
     }
 
     /// Reads one JSON event or body; returns true for a usage-only chunk (`"choices": []`).
@@ -444,7 +491,7 @@ impl UsageScanner {
                 None => {}
             }
         }
-        (self.usage, self.model.take())
+        (self.usage.usage(), self.model.take())
     }
 
     /// A JSON answer too large to keep: `usage` from its last bytes, `model` from its first.
@@ -471,15 +518,15 @@ struct Report<'a> {
     model: Option<Cow<'a, str>>,
     /// `type`, when it is a plain string (Anthropic events).
     kind: Option<&'a [u8]>,
-    usage: Option<Usage>,
+    usage: Option<Reported>,
     /// `message.model` and `message.usage` (Anthropic `message_start`), or `response.…`
     /// (OpenAI Responses API events).
     message_model: Option<Cow<'a, str>>,
-    message_usage: Option<Usage>,
+    message_usage: Option<Reported>,
     /// Whether `choices` is an empty array, when it is an array.
     choices_empty: Option<bool>,
     /// Ollama's top-level `prompt_eval_count` and `eval_count`.
-    ollama: Usage,
+    ollama: Reported,
 }
 
 impl<'a> Report<'a> {
@@ -497,7 +544,7 @@ impl<'a> Report<'a> {
                 }
                 b"usage" => r.usage = counts(s)?,
                 b"choices" => r.choices_empty = s.array_is_empty()?,
-                b"prompt_eval_count" => r.ollama.prompt = s.u64_or_other()?.filter(sane),
+                b"prompt_eval_count" => r.ollama.input = s.u64_or_other()?.filter(sane),
                 b"eval_count" => r.ollama.completion = s.u64_or_other()?.filter(sane),
                 // Anthropic's `message_start` carries them in `message`, OpenAI's Responses API
                 // events (`response.completed`, …) in `response`.
@@ -515,38 +562,39 @@ impl<'a> Report<'a> {
     }
 }
 
-/// OpenAI (`prompt_tokens`/`completion_tokens`) or Anthropic (`input_tokens`/`output_tokens`)
-/// counts; `Some(None)` for `null` or any value that is not an object.
-fn counts(s: &mut Scanner<'_>) -> Option<Option<Usage>> {
+/// OpenAI (`prompt_tokens`/`completion_tokens`/`total_tokens`) or Anthropic
+/// (`input_tokens`/`output_tokens` and the cache counts) counts; `Some(None)` for `null` or any
+/// value that is not an object.
+fn counts(s: &mut Scanner<'_>) -> Option<Option<Reported>> {
     if s.peek_value()? != b'{' {
         s.skip_value()?;
         return Some(None);
     }
-    let mut u = Usage::default();
-    // Anthropic counts input read from and written to its prompt cache apart from
-    // `input_tokens`; OpenAI's `prompt_tokens` includes cached input. Prompt tokens here are
-    // all input, as OpenAI counts them.
-    let (mut cached, mut anthropic) = (0u64, false);
+    let mut u = Reported::default();
+    let mut anthropic = false;
     s.object(|s, key, _| {
         match key {
-            b"prompt_tokens" => u.prompt = u.prompt.or(s.u64_or_other()?),
+            b"prompt_tokens" => u.input = u.input.or(s.u64_or_other()?),
             b"input_tokens" => {
                 anthropic = true;
-                u.prompt = u.prompt.or(s.u64_or_other()?);
+                u.input = u.input.or(s.u64_or_other()?);
             }
             b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(s.u64_or_other()?),
-            b"cache_read_input_tokens" | b"cache_creation_input_tokens" => {
-                cached = cached.saturating_add(s.u64_or_other()?.unwrap_or(0));
-            }
+            b"total_tokens" => u.total = s.u64_or_other()?,
+            b"cache_read_input_tokens" => u.cache_read = s.u64_or_other()?,
+            b"cache_creation_input_tokens" => u.cache_write = s.u64_or_other()?,
             _ => s.skip_value()?,
         }
         Some(())
     })?;
     // Only in Anthropic's layout are the cache counts apart from the input count (gateways that
     // report `prompt_tokens` with them include them already).
-    let cached = if anthropic { cached.min(MAX_TOKENS) } else { 0 };
-    u.prompt = u.prompt.filter(sane).map(|n| n.saturating_add(cached));
-    u.completion = u.completion.filter(sane);
+    if !anthropic {
+        (u.cache_read, u.cache_write) = (None, None);
+    }
+    for count in [&mut u.input, &mut u.completion, &mut u.cache_read, &mut u.cache_write, &mut u.total] {
+        *count = count.filter(sane);
+    }
     Some(Some(u))
 }
 
@@ -560,10 +608,10 @@ fn sane(n: &u64) -> bool {
 
 /// Ollama's counts, which close its answers (and the last line of its streams), read from the
 /// last bytes of one.
-fn ollama_counts_at_end(tail: &[u8]) -> Option<Usage> {
+fn ollama_counts_at_end(tail: &[u8]) -> Option<Reported> {
     let count =
         |key: &[u8]| crate::json_scan::read_last_member(tail, key, 6, Scanner::u64_or_other).flatten().filter(sane);
-    Usage { prompt: count(b"prompt_eval_count"), completion: count(b"eval_count") }.counted()
+    Reported { input: count(b"prompt_eval_count"), completion: count(b"eval_count"), ..Reported::default() }.counted()
 }
 
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
@@ -819,6 +867,32 @@ data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"model\":\"gpt-4o\"}\n\n"
         // A gateway's OpenAI layout whose prompt_tokens already include the cache: not added twice.
         let gateway = r#"{"usage":{"prompt_tokens":13559,"cache_read_input_tokens":13000,"completion_tokens":5}}"#;
         assert_eq!(scan_in_pieces("application/json", gateway, 64, false).0.prompt, Some(13_559));
+        // A later event restating the input without the cache counts (or with them null) keeps
+        // the cache counts of the first.
+        for delta_usage in [
+            r#"{"input_tokens":5,"output_tokens":300}"#,
+            r#"{"input_tokens":5,"cache_read_input_tokens":null,"output_tokens":300}"#,
+        ] {
+            let stream = format!(
+                "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"claude-x\",\"usage\":{{\"input_tokens\":5,\"cache_read_input_tokens\":90000,\"output_tokens\":1}}}}}}\n\n\
+                 event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{delta_usage}}}\n\n"
+            );
+            let (u, _, _) = scan_in_pieces("text/event-stream", &stream, 11, false);
+            assert_eq!(u, Usage { prompt: Some(90_005), completion: Some(300) }, "{delta_usage}");
+        }
+    }
+
+    #[test]
+    fn a_total_beyond_prompt_and_completion_is_output_and_a_total_alone_is_the_prompt() {
+        let read = |usage: &str| scan_in_pieces("application/json", &format!(r#"{{"usage":{usage}}}"#), 64, false).0;
+        // Gemini's OpenAI-compatible API leaves thinking tokens out of completion_tokens.
+        let thinking = read(r#"{"prompt_tokens":20,"completion_tokens":151,"total_tokens":553}"#);
+        assert_eq!(thinking, Usage { prompt: Some(20), completion: Some(533) });
+        let exact = read(r#"{"prompt_tokens":20,"completion_tokens":151,"total_tokens":171}"#);
+        assert_eq!(exact, Usage { prompt: Some(20), completion: Some(151) });
+        assert_eq!(read(r#"{"total_tokens":10}"#), Usage { prompt: Some(10), completion: None }, "embeddings");
+        let embeddings = read(r#"{"prompt_tokens":8,"total_tokens":8}"#);
+        assert_eq!(embeddings, Usage { prompt: Some(8), completion: None });
     }
 
     #[test]
