@@ -29,7 +29,6 @@ use relay::{AccessLine, Delivery, RelayBody, RelayOptions, Telemetry, Timer, Ups
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -167,11 +166,12 @@ struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    /// What an attempt on `upstream` sends: the body with the usage option, unless that upstream
-    /// refused it before, or may answer compressed (the chunk could not be taken back out).
-    fn body_for(&self, upstream: &Upstream) -> AttemptBody<'_> {
+    /// What an attempt on `upstream` at `now` sends: the body with the usage option, unless that
+    /// upstream refused it lately, or may answer compressed (the chunk could not be taken back
+    /// out).
+    fn body_for(&self, upstream: &Upstream, now: u64) -> AttemptBody<'_> {
         match &self.with_usage {
-            Some(edited) if !upstream.may_compress && !upstream.refuses_usage_option.load(Ordering::Relaxed) => {
+            Some(edited) if !upstream.may_compress && !upstream.refuses_usage_option.holds(now) => {
                 AttemptBody { bytes: edited, asks_usage: true }
             }
             _ => AttemptBody { bytes: &self.body, asks_usage: false },
@@ -441,7 +441,7 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
         }
         tried |= 1 << picked.index;
         let member = &group.members[picked.index];
-        let body = out.body_for(&member.upstream);
+        let body = out.body_for(&member.upstream, clock::at(at.into_std()));
         match attempt(group, member, out, body, at, picked.admission, picked.guard).await {
             Outcome::Final(mut resp)
                 if body.asks_usage
@@ -466,7 +466,7 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
                 if marked_here & (1 << picked.index) != 0 && resp.status == StatusCode::BAD_REQUEST {
                     // The client's own body is refused too: the 400 that marked the upstream was
                     // about something else.
-                    member.upstream.refuses_usage_option.store(false, Ordering::Relaxed);
+                    member.upstream.refuses_usage_option.lift();
                 }
                 return Ok(resp);
             }
@@ -514,11 +514,12 @@ async fn refuses_usage_option(
     if !body.windows(14).any(|w| w == b"stream_options") {
         return Ok(None);
     }
-    let marked = !upstream.refuses_usage_option.swap(true, Ordering::Relaxed);
+    let marked = upstream.refuses_usage_option.mark(clock::now());
     if marked {
         crate::warn!(
-            "upstream {} refuses stream_options (track_usage): its streams go on without it, and their tokens are not counted",
-            upstream.name
+            "upstream {} refuses stream_options (track_usage): for {} minutes its streams go on without it, and their tokens are not counted",
+            upstream.name,
+            crate::upstream::USAGE_OPTION_RETRY / clock::NANOS_PER_SEC / 60
         );
     }
     Ok(Some(marked))

@@ -51,8 +51,8 @@ pub struct Upstream {
     /// Cleared by a failing active health check, set again by a passing one.
     pub healthy: AtomicBool,
     /// Answered a body with `stream_options` (added for `track_usage`) with a 400 naming it:
-    /// it gets the client's bodies as they are.
-    pub refuses_usage_option: AtomicBool,
+    /// it gets the client's bodies as they are, for a while.
+    pub refuses_usage_option: UsageOptionRefusal,
     pub health_check: Option<config::HealthCheck>,
     pub health_passes: Arc<Counter>,
     pub health_failures: Arc<Counter>,
@@ -157,7 +157,9 @@ impl Upstream {
             healthy: AtomicBool::new(
                 cfg.health_check.is_none() || same.is_none_or(|p| p.healthy.load(Ordering::Acquire)),
             ),
-            refuses_usage_option: AtomicBool::new(same.is_some_and(|p| p.refuses_usage_option.load(Ordering::Relaxed))),
+            refuses_usage_option: UsageOptionRefusal(AtomicU64::new(
+                same.map_or(0, |p| p.refuses_usage_option.0.load(Ordering::Relaxed)),
+            )),
             health_check: cfg.health_check.clone(),
             health_passes: carried(|u| &u.health_passes),
             health_failures: carried(|u| &u.health_failures),
@@ -182,9 +184,52 @@ fn sensitive(s: &str) -> Result<HeaderValue, String> {
     Ok(v)
 }
 
+/// How long an upstream that refused `stream_options` gets client bodies as they are before it
+/// is asked again: the refusal may have been about one request (an Azure `api-version` that
+/// client chose), and an upstream upgraded meanwhile would otherwise go uncounted until a
+/// restart. Asking again costs one request a second round trip.
+pub const USAGE_OPTION_RETRY: u64 = 600 * crate::clock::NANOS_PER_SEC;
+
+/// When an upstream last refused `stream_options` (on the clock; 0: it has not).
+pub struct UsageOptionRefusal(AtomicU64);
+
+impl UsageOptionRefusal {
+    /// Whether the upstream is still taken to refuse the option at `now`.
+    pub fn holds(&self, now: u64) -> bool {
+        let at = self.0.load(Ordering::Relaxed);
+        at != 0 && now.saturating_sub(at) < USAGE_OPTION_RETRY
+    }
+
+    /// Records a refusal at `now`; whether the upstream was not already taken to refuse.
+    pub fn mark(&self, now: u64) -> bool {
+        let held = self.holds(now);
+        self.0.store(now.max(1), Ordering::Relaxed);
+        !held
+    }
+
+    /// The refusal was about something else.
+    pub fn lift(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_of_the_usage_option_is_held_for_a_while_then_asked_again() {
+        let refusal = UsageOptionRefusal(AtomicU64::new(0));
+        let t = 5 * crate::clock::NANOS_PER_SEC;
+        assert!(!refusal.holds(t));
+        assert!(refusal.mark(t), "newly marked");
+        assert!(!refusal.mark(t + 1), "already marked");
+        assert!(refusal.holds(t + USAGE_OPTION_RETRY - 2));
+        assert!(!refusal.holds(t + 1 + USAGE_OPTION_RETRY), "asked again");
+        assert!(refusal.mark(t + 1 + USAGE_OPTION_RETRY), "a refusal then is news again");
+        refusal.lift();
+        assert!(!refusal.holds(t + 2 + USAGE_OPTION_RETRY));
+    }
 
     #[test]
     fn health_counts_are_shared_with_the_upstream_a_reload_replaces() {
