@@ -383,6 +383,43 @@ async fn only_generation_calls_are_counted() {
     assert!(tokens(&server).await.contains("type=\"prompt\"} 9000"), "{}", tokens(&server).await);
 }
 
+/// Answers that report no usage are counted as such, so a gap between token counts and the
+/// bill can be seen: ended without it, or cut before it.
+#[tokio::test]
+async fn answers_without_usage_are_counted_by_why() {
+    let up = TestUpstream::start().await;
+    let server = start(&single_upstream_config(&up.url("/v1"), "", "")).await;
+    let addr = server.forward_addr("main").unwrap();
+    let uncounted = || async {
+        let (_, _, body) = get(server.admin_addr(), "/metrics").await;
+        let text = String::from_utf8_lossy(&body).to_string();
+        let value = |reason: &str| {
+            let series = format!("llmproxy_responses_uncounted_total{{forward=\"main\",reason=\"{reason}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&series)).map(|v| v.parse::<u64>().unwrap())
+        };
+        (value("no_usage"), value("cut"))
+    };
+    assert_eq!(post(addr, "/v1/echo", "{}").await.0, StatusCode::OK);
+    assert_eq!(uncounted().await, (Some(1), Some(0)));
+    // A stream the client leaves after its head.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"POST /v1/stream?n=50&gap_ms=20 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(client.read(&mut buf).await.unwrap() > 0);
+    drop(client);
+    let server_ref = &server;
+    let cut = eventually(std::time::Duration::from_secs(5), || {
+        let rt = server_ref.shared.runtime();
+        rt.forwards[0].metrics.uncounted[llmproxy::metrics::families::UNCOUNTED_CUT].get() == 1
+    })
+    .await;
+    assert!(cut, "{:?}", uncounted().await);
+}
+
 /// A proxy in front of `up` at `path`, asking for stream usage on its clients' behalf.
 fn track_usage_config(up: &TestUpstream, path: &str) -> String {
     single_upstream_config(&up.url(path), "", "      track_usage: true")

@@ -58,7 +58,14 @@ pub struct ForwardMetrics {
     upstream_statuses: [Counter; STATUS_SLOTS],
     pub ratelimited: Counter,
     pub tokens: TokenCounters,
+    /// Answers read for usage that reported none, by [`UNCOUNTED_REASONS`].
+    pub uncounted: [Counter; UNCOUNTED_REASONS.len()],
 }
+
+/// Why an answer read for usage reported none: it ended without any, or ended early.
+pub const UNCOUNTED_REASONS: [&str; 2] = ["no_usage", "cut"];
+pub const UNCOUNTED_NO_USAGE: usize = 0;
+pub const UNCOUNTED_CUT: usize = 1;
 
 impl Default for ForwardMetrics {
     fn default() -> Self {
@@ -69,6 +76,7 @@ impl Default for ForwardMetrics {
             upstream_statuses: std::array::from_fn(|_| Counter::default()),
             ratelimited: Counter::default(),
             tokens: TokenCounters::default(),
+            uncounted: Default::default(),
         }
     }
 }
@@ -322,6 +330,17 @@ fn forwards(e: &mut Encoder, rt: &Runtime) {
     e.family("llmproxy_ratelimit_total", "counter", "Requests refused by the forward's per-client rate limit.");
     for f in &rt.forwards {
         e.int("llmproxy_ratelimit_total", &[("forward", &f.name)], f.metrics.ratelimited.get());
+    }
+    e.family(
+        "llmproxy_responses_uncounted_total",
+        "counter",
+        "Successful answers to POSTs, read for token usage, that reported none: no_usage (ended without it), \
+         cut (ended early: the client left, a timeout or a reset came before it).",
+    );
+    for f in &rt.forwards {
+        for (reason, c) in UNCOUNTED_REASONS.iter().zip(&f.metrics.uncounted) {
+            e.int("llmproxy_responses_uncounted_total", &[("forward", &f.name), ("reason", reason)], c.get());
+        }
     }
     e.family(
         "llmproxy_client_requests_total",

@@ -20,7 +20,7 @@
 //! connection while a reasoning model thinks.
 
 use crate::body::{BoxError, ProxyBody};
-use crate::metrics::families::{ForwardMetrics, MemberMetrics};
+use crate::metrics::families::{ForwardMetrics, MemberMetrics, UNCOUNTED_CUT, UNCOUNTED_NO_USAGE};
 use crate::upstream::direct::DirectBody;
 use crate::upstream::load::InflightGuard;
 use crate::upstream::Upstream;
@@ -279,10 +279,15 @@ impl Drop for Relay {
         let Some(d) = &self.delivery else { return };
         let elapsed = d.started.elapsed();
         d.forward.duration[d.method].observe_duration(elapsed);
+        let read_for_usage = self.scanner.is_some();
         let (usage, reported_model) = self.scanner.as_mut().map(UsageScanner::finish).unwrap_or_default();
         let model = reported_model.as_ref().map(ModelName::as_str).or(d.model.as_deref()).unwrap_or("unknown");
         if !usage.is_empty() {
             d.forward.tokens.add(&d.group, &self.upstream.name, model, d.key.as_deref(), usage);
+        } else if read_for_usage {
+            // Where token counts fall short of the bill: a stream cut before its usage event.
+            let reason = if self.ending() == Ending::Complete { UNCOUNTED_NO_USAGE } else { UNCOUNTED_CUT };
+            d.forward.uncounted[reason].inc();
         }
         if let Some(a) = &d.access {
             let dash = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
