@@ -573,16 +573,17 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Reported>> {
     let mut u = Reported::default();
     let mut anthropic = false;
     s.object(|s, key, _| {
+        let count = |s: &mut Scanner<'_>| s.u64_or_other().map(|n| n.filter(sane));
         match key {
-            b"prompt_tokens" => u.input = u.input.or(s.u64_or_other()?),
+            b"prompt_tokens" => u.input = u.input.or(count(s)?),
             b"input_tokens" => {
                 anthropic = true;
-                u.input = u.input.or(s.u64_or_other()?);
+                u.input = u.input.or(count(s)?);
             }
-            b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(s.u64_or_other()?),
-            b"total_tokens" => u.total = s.u64_or_other()?,
-            b"cache_read_input_tokens" => u.cache_read = s.u64_or_other()?,
-            b"cache_creation_input_tokens" => u.cache_write = s.u64_or_other()?,
+            b"completion_tokens" | b"output_tokens" => u.completion = u.completion.or(count(s)?),
+            b"total_tokens" => u.total = count(s)?,
+            b"cache_read_input_tokens" => u.cache_read = count(s)?,
+            b"cache_creation_input_tokens" => u.cache_write = count(s)?,
             _ => s.skip_value()?,
         }
         Some(())
@@ -591,9 +592,6 @@ fn counts(s: &mut Scanner<'_>) -> Option<Option<Reported>> {
     // report `prompt_tokens` with them include them already).
     if !anthropic {
         (u.cache_read, u.cache_write) = (None, None);
-    }
-    for count in [&mut u.input, &mut u.completion, &mut u.cache_read, &mut u.cache_write, &mut u.total] {
-        *count = count.filter(sane);
     }
     Some(Some(u))
 }
@@ -617,7 +615,7 @@ fn ollama_counts_at_end(tail: &[u8]) -> Option<Reported> {
 /// For `track_usage`: the body to send upstream when the proxy asks for usage on the client's
 /// behalf — an OpenAI-style streaming chat or text completion that does not ask for it — or
 /// `None`. Only a client that plainly did not ask is asked for: `stream_options` absent or
-/// `null`, or `include_usage: false`. Any other `stream_options` is left as it is — vLLM sends
+/// `null`, or `include_usage` `false` or `null` (which OpenAI and vLLM read as false). Any other `stream_options` is left as it is — vLLM sends
 /// usage when `include_usage` is left out of one (`{}`, `{"continuous_usage_stats":true}`),
 /// and takes `1` or `"true"` for true — since the usage event the proxy asks for is taken out
 /// of the client's stream again, and such a client may be counting on it.
@@ -640,7 +638,7 @@ pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Bytes> {
             (at..at + null.len(), br#"{"include_usage":true}"#)
         }
         Some(options) => match member(options, b"include_usage") {
-            Some(no @ b"false") => {
+            Some(no @ (b"false" | b"null")) => {
                 let at = crate::http1::offset_in(body, no) as usize;
                 (at..at + no.len(), b"true")
             }
@@ -1031,6 +1029,10 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason
         );
         assert_eq!(
             edited(r#"{"stream":true,"stream_options":null}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            edited(r#"{"stream":true,"stream_options":{"include_usage":null}}"#),
             r#"{"stream":true,"stream_options":{"include_usage":true}}"#
         );
         // Options that leave it out (vLLM then sends usage) or say yes loosely are the client's.

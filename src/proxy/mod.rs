@@ -166,12 +166,14 @@ struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    /// What an attempt on `upstream` at `now` sends: the body with the usage option, unless that
+    /// What an attempt on `upstream` at `at` sends: the body with the usage option, unless that
     /// upstream refused it lately, or may answer compressed (the chunk could not be taken back
     /// out).
-    fn body_for(&self, upstream: &Upstream, now: u64) -> AttemptBody<'_> {
+    fn body_for(&self, upstream: &Upstream, at: Instant) -> AttemptBody<'_> {
         match &self.with_usage {
-            Some(edited) if !upstream.may_compress && !upstream.refuses_usage_option.holds(now) => {
+            Some(edited)
+                if !upstream.may_compress && !upstream.refuses_usage_option.holds(clock::at(at.into_std())) =>
+            {
                 AttemptBody { bytes: edited, asks_usage: true }
             }
             _ => AttemptBody { bytes: &self.body, asks_usage: false },
@@ -272,7 +274,12 @@ where
         .or_else(|| fwd.router.lookup(path).copied())
         .unwrap_or(fwd.default_group);
     let group = &rt.groups[group_index];
-    let with_usage = if group.track_usage { crate::usage::ask_for_usage(path, &body) } else { None };
+    // Only a POST is a generation whose answer is read for usage (and the added event stripped).
+    let with_usage = if group.track_usage && head.method == hyper::Method::POST {
+        crate::usage::ask_for_usage(path, &body)
+    } else {
+        None
+    };
     // The edited copy is held as well: within the budget, or not made (the body goes as written).
     let with_usage = with_usage.filter(|copy| fwd.hold_body(&mut reservation, copy.len()));
     // Nothing waited since the request arrived, and the body was not parsed as a whole for
@@ -441,7 +448,7 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
         }
         tried |= 1 << picked.index;
         let member = &group.members[picked.index];
-        let body = out.body_for(&member.upstream, clock::at(at.into_std()));
+        let body = out.body_for(&member.upstream, at);
         match attempt(group, member, out, body, at, picked.admission, picked.guard).await {
             Outcome::Final(mut resp)
                 if body.asks_usage
@@ -496,8 +503,9 @@ async fn forward_with_retries(group: &Group, out: &Outgoing<'_>) -> Result<Answe
 /// Whether a 400 answer to a body with the usage option refuses that option — as Azure OpenAI
 /// does before API version 2024-09-01 (`Unrecognized request argument supplied:
 /// stream_options`). Only an option the proxy added whole counts: a client's own
-/// `stream_options` refused is the client's answer. If so, the upstream is marked: from now on it
-/// gets the client's body as it is (and its streams go uncounted, which the warning says).
+/// `stream_options` refused is the client's answer. If so, the upstream is marked: for
+/// [`crate::upstream::USAGE_OPTION_RETRY`] it gets the client's body as it is (and its streams go
+/// uncounted, which the warning says).
 /// `Some(true)` when this call marked it, `Some(false)` when another request had.
 async fn refuses_usage_option(
     out: &Outgoing<'_>,

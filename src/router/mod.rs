@@ -310,6 +310,9 @@ mod tests {
             "/files/*.json",
             "/v{n:\\d+}/{a}-{b}",
             "/ids/{id:\\d{3}}",
+            "/tags/{t:[^}]+}",
+            "/esc/{e:a\\}b}",
+            "/mix/{m:[^}]+}:x",
         ]);
         for (path, want) in [
             ("/v1beta/models/gemini-2.0-flash:generateContent", Some("/v1beta/models/{model}:generateContent")),
@@ -327,6 +330,9 @@ mod tests {
             ("/vx/x-y", None),
             ("/ids/123", Some("/ids/{id:\\d{3}}")),
             ("/ids/1234", None),
+            ("/tags/a{b", Some("/tags/{t:[^}]+}")),
+            ("/esc/a}b", Some("/esc/{e:a\\}b}")),
+            ("/mix/ab:x", Some("/mix/{m:[^}]+}:x")),
         ] {
             assert_eq!(r.lookup(path).map(String::as_str), want, "{path}");
         }

@@ -59,7 +59,10 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
     if !s.contains(['{', '}', '*']) {
         return Ok(Segment::Static(s.to_string()));
     }
-    if let Some(inner) = whole_parameter(s) {
+    // A braced segment that reads neither as one parameter nor as text mixed with parameters is
+    // read whole, as before mixed segments existed: its regex's error says what is wrong.
+    let braced = || s.starts_with('{') && s.ends_with('}') && mixed_to_regex(s).is_err();
+    if let Some(inner) = whole_parameter(s).or_else(|| braced().then(|| &s[1..s.len() - 1])) {
         let (name, re) = match inner.find(':') {
             Some(i) => (&inner[..i], Some(&inner[i + 1..])),
             None if check_name(inner).is_ok() => (inner, None),
@@ -80,20 +83,30 @@ fn regex_segment(source: String) -> Result<Segment, String> {
     Ok(Segment::Regex { source, regex })
 }
 
-/// The inside of a segment that is one parameter, `{…}` with its braces balanced between the
-/// first and the last (so `{id:\d{3}}` is one, `{a}-{b}` is not).
+/// The inside of a segment that is one parameter, `{…}` from its first to its last byte (so
+/// `{id:\\d{3}}` and `{x:[^}]+}` are one, `{a}-{b}` is not).
 fn whole_parameter(s: &str) -> Option<&str> {
-    let inner = s.strip_prefix('{')?.strip_suffix('}')?;
-    let mut depth = 0usize;
-    for c in inner.chars() {
+    (s.starts_with('{') && parameter_end(s) == Some(s.len() - 1)).then(|| &s[1..s.len() - 1])
+}
+
+/// Where the `}` that closes the parameter `s` opens lies: braces balanced, as a regex inside
+/// may hold its own (`\\d{3}`), except those escaped (`\\}`) or in a class (`[^}]`).
+fn parameter_end(s: &str) -> Option<usize> {
+    let (mut depth, mut class, mut escaped) = (0usize, false, false);
+    for (i, c) in s.char_indices() {
         match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '[' if !class => class = true,
+            ']' if class => class = false,
+            _ if class => {}
             '{' => depth += 1,
-            '}' if depth == 0 => return None,
+            '}' if depth <= 1 => return (depth == 1).then_some(i),
             '}' => depth -= 1,
             _ => {}
         }
     }
-    (depth == 0).then_some(inner)
+    None
 }
 
 /// The regex of a segment mixing text with parameters: the text literal, `{name}` (or `{}`) one
@@ -112,20 +125,7 @@ fn mixed_to_regex(s: &str) -> Result<String, &'static str> {
         if rest.starts_with('}') {
             return Err("closes \"}\" without opening \"{\"");
         }
-        // The parameter runs to the `}` that balances its `{`.
-        let mut depth = 0usize;
-        let end = rest
-            .char_indices()
-            .find(|&(_, c)| {
-                match c {
-                    '{' => depth += 1,
-                    '}' => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })
-            .map(|(j, _)| j)
-            .ok_or("opens \"{\" without closing \"}\"")?;
+        let end = parameter_end(rest).ok_or("opens \"{\" without closing \"}\"")?;
         let inner = &rest[1..end];
         let re = match inner.find(':') {
             Some(j) => {

@@ -195,8 +195,10 @@ impl Breaker {
         match admission {
             Admission::Probe => {
                 if success {
-                    self.reset_window();
+                    // The new period first: an old request recording now is then (nearly
+                    // always) seen as old, instead of counting into the fresh window.
                     self.period.fetch_add(1, Ordering::AcqRel);
+                    self.reset_window();
                     self.cas(State::HalfOpen, State::Closed)
                 } else {
                     self.opened_at.store(now, Ordering::Release);

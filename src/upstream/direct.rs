@@ -183,29 +183,42 @@ impl DirectPool {
                 None => (Box::pin(self.dial()).await?, false),
             };
             conn.encode_head(&out);
-            let head = match conn.write_request(out.body).await {
-                Ok(()) => conn.read_head(head_request).await,
-                Err(e) if closed(&e) => match conn.answer_before_the_end(head_request).await {
-                    Some(head) => Ok(head),
+            match conn.write_request(out.body).await {
+                Ok(()) => {}
+                // What the upstream answered before it closed, if anything, is still there to read
+                // (see the module's doc). Boxed: rare, and its future would otherwise enlarge
+                // every request's.
+                Err(e) if closed(&e) => match Box::pin(conn.read_head(head_request)).await {
+                    Ok(mut head) => {
+                        // The request was not all sent: nothing more can follow on this connection.
+                        head.framing.keep_alive = false;
+                        return Ok(self.answer(conn, head));
+                    }
                     // The upstream closed it between our check and the write: nothing was received.
-                    None if pooled => continue,
-                    None => return Err(SendError::Io(e)),
+                    Err(_) if pooled => continue,
+                    Err(_) => return Err(SendError::Io(e)),
                 },
                 Err(_) if pooled => continue,
                 Err(e) => return Err(SendError::Io(e)),
-            };
-            let Head { status, fields, framing } = match head {
+            }
+            let head = match conn.read_head(head_request).await {
                 Ok(head) => head,
                 Err(SendError::Io(e)) if pooled && idempotent && conn.read.is_empty() && closed(&e) => continue,
                 Err(e) => return Err(e),
             };
-            let head_at = Instant::now();
-            let mut body = DirectBody { conn: Some(conn), pool: self.clone(), framing, head_at, waited: false };
-            if body.framing.is_complete() {
-                body.finish();
-            }
-            return Ok(Answer { status, fields, body });
+            return Ok(self.answer(conn, head));
         }
+    }
+
+    /// The answer whose head was read from `conn`; its body is read from there as it is polled.
+    fn answer(self: &Arc<Self>, conn: Box<Conn>, head: Head) -> Answer<DirectBody> {
+        let Head { status, fields, framing } = head;
+        let head_at = Instant::now();
+        let mut body = DirectBody { conn: Some(conn), pool: self.clone(), framing, head_at, waited: false };
+        if body.framing.is_complete() {
+            body.finish();
+        }
+        Answer { status, fields, body }
     }
 }
 
@@ -269,15 +282,6 @@ impl Conn {
             body_sent += n - from_head;
         }
         Ok(())
-    }
-
-    /// The answer an upstream sent before the connection closed under the request's write (see
-    /// the module's doc). Reading cannot wait: the connection is closed.
-    async fn answer_before_the_end(&mut self, head_request: bool) -> Option<Head> {
-        let mut head = self.read_head(head_request).await.ok()?;
-        // The request was not all sent: nothing more can follow on this connection.
-        head.framing.keep_alive = false;
-        Some(head)
     }
 
     async fn read_head(&mut self, head_request: bool) -> Result<Head, SendError> {

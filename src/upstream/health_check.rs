@@ -1,7 +1,7 @@
 //! Active health checks: a background `GET` per upstream that has `health_check` configured.
 //!
-//! A failing check (connect error, timeout, non-2xx) takes the upstream out of picks; a passing
-//! one brings it back. This works beside the passive breaker: the check notices an upstream that
+//! A failing check (connect error, timeout, or an answer the breaker counts as a failure: 5xx,
+//! 429) takes the upstream out of picks; a passing one brings it back. This works beside the passive breaker: the check notices an upstream that
 //! is down before a client request has to. The task holds only a weak reference, so it ends by
 //! itself when the runtime that owns the upstream is replaced or dropped.
 
