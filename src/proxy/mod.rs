@@ -228,14 +228,13 @@ where
             return Err(rate_limited(&who, wait));
         }
     }
-    // What the key check takes out, kept for rules on credential headers (rare: no copy else).
-    let taken: Vec<(HeaderName, Vec<u8>)> = match fwd.rules_read_credentials {
-        false => Vec::new(),
-        true => crate::upstream::CREDENTIAL_HEADERS
+    // What the key check takes out, kept for rules on credential headers (rare: none else).
+    let taken: Option<Vec<(HeaderName, Vec<u8>)>> = fwd.rules_read_credentials.then(|| {
+        crate::upstream::CREDENTIAL_HEADERS
             .iter()
             .flat_map(|name| head.fields.get_all(name).map(|v| (name.clone(), v.to_vec())))
-            .collect(),
-    };
+            .collect()
+    });
     let key = match &fwd.keys {
         None => None,
         Some(keys) => match keys.admit(&mut head.fields, now) {
@@ -269,7 +268,15 @@ where
     let group_index = fwd
         .rules
         .iter()
-        .find(|r| r.matches(path, model.as_deref(), &head.fields, head.uri.authority().map(|a| a.as_str()), &taken))
+        .find(|r| {
+            r.matches(
+                path,
+                model.as_deref(),
+                &head.fields,
+                head.uri.authority().map(|a| a.as_str()),
+                taken.as_deref().unwrap_or_default(),
+            )
+        })
         .map(|r| r.target)
         .or_else(|| fwd.router.lookup(path).copied())
         .unwrap_or(fwd.default_group);

@@ -397,6 +397,7 @@ impl Relay {
 
     /// Nothing is left to relay. A server that knows the length may stop asking once it has
     /// it all, so the end is not always seen as a last `None`.
+    #[inline]
     fn at_end(&self) -> bool {
         self.inner_ended || (self.inner.is_end_stream() && !self.scanner.as_ref().is_some_and(UsageScanner::holds_back))
     }

@@ -186,17 +186,12 @@ impl DirectPool {
             match conn.write_request(out.body).await {
                 Ok(()) => {}
                 // What the upstream answered before it closed, if anything, is still there to read
-                // (see the module's doc). Boxed: rare, and its future would otherwise enlarge
-                // every request's.
-                Err(e) if closed(&e) => match Box::pin(conn.read_head(head_request)).await {
-                    Ok(mut head) => {
-                        // The request was not all sent: nothing more can follow on this connection.
-                        head.framing.keep_alive = false;
-                        return Ok(self.answer(conn, head));
-                    }
+                // (see the module's doc).
+                Err(e) if closed(&e) => match conn.answer_before_the_close(head_request) {
+                    Some(head) => return Ok(self.answer(conn, head)),
                     // The upstream closed it between our check and the write: nothing was received.
-                    Err(_) if pooled => continue,
-                    Err(_) => return Err(SendError::Io(e)),
+                    None if pooled => continue,
+                    None => return Err(SendError::Io(e)),
                 },
                 Err(_) if pooled => continue,
                 Err(e) => return Err(SendError::Io(e)),
@@ -211,6 +206,7 @@ impl DirectPool {
     }
 
     /// The answer whose head was read from `conn`; its body is read from there as it is polled.
+    #[inline(always)]
     fn answer(self: &Arc<Self>, conn: Box<Conn>, head: Head) -> Answer<DirectBody> {
         let Head { status, fields, framing } = head;
         let head_at = Instant::now();
@@ -282,6 +278,26 @@ impl Conn {
             body_sent += n - from_head;
         }
         Ok(())
+    }
+
+    /// The answer the upstream sent before the connection closed under the request's write,
+    /// when its head is complete. The connection is closed, so all that will ever arrive has: it
+    /// is read without waiting (and without a second await of `read_head`, which would cost
+    /// every request its inlining).
+    #[cold]
+    fn answer_before_the_close(&mut self, head_request: bool) -> Option<Head> {
+        let socket = socket2::SockRef::from(&self.io);
+        let mut piece = [0u8; READ_CHUNK];
+        while self.read.len() < MAX_HEAD {
+            match std::io::Read::read(&mut &*socket, &mut piece) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.read.extend_from_slice(&piece[..n]),
+            }
+        }
+        let mut head = parse_head(&mut self.read, head_request).ok().flatten()?;
+        // The request was not all sent: nothing more can follow on this connection.
+        head.framing.keep_alive = false;
+        Some(head)
     }
 
     async fn read_head(&mut self, head_request: bool) -> Result<Head, SendError> {
