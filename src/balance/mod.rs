@@ -100,7 +100,7 @@ pub fn pick(group: &Group, tried: u64, reuse: Reuse, now: u64) -> Result<Picked,
             continue;
         }
         if let Some(b) = u.breaker.as_ref().filter(|b| !b.available(now)) {
-            // A request its breaker kept from the upstream: LLMProxy counted the call it refused.
+            // A pick its breaker kept from the upstream: LLMProxy counted the call it refused.
             m.metrics.breaker_calls[crate::metrics::families::CALL_REJECTED].inc();
             reopens_in = reopens_in.min(b.reopens_in(now).unwrap_or(0));
             continue;
