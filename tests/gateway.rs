@@ -350,30 +350,7 @@ async fn tokens_are_counted_for_openai_anthropic_and_ollama_answers_and_streams(
 #[tokio::test]
 async fn only_generation_calls_are_counted() {
     const STORED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 83\r\n\r\n{\"object\":\"response\",\"model\":\"m\",\"usage\":{\"input_tokens\":9000,\"output_tokens\":800}}";
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                loop {
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    // Bodies here are at most a few bytes, read with the head.
-                    head.clear();
-                    if stream.write_all(STORED).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let up = canned_upstream(STORED).await;
     let server = start(&single_upstream_config(&format!("http://{up}/v1"), "", "")).await;
     let addr = server.forward_addr("main").unwrap();
     let (status, _, body) = get(addr, "/v1/responses/resp_1").await;

@@ -235,17 +235,11 @@ async fn closes_kept_connections() -> (String, Arc<AtomicUsize>) {
         while let Ok((mut s, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
                 for answer in [Some(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]), None] {
                     // Each request: a head, then (POST) a small body that arrives with it.
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_request_head(&mut s).await {
+                        return;
                     }
-                    seen.clear();
                     let Some(answer) = answer else { return };
                     if s.write_all(answer).await.is_err() {
                         return;
@@ -279,25 +273,9 @@ async fn an_idempotent_request_whose_kept_connection_closes_is_sent_again() {
 /// another coding is refused as the direct client refuses it, not passed on undeclared.
 #[tokio::test]
 async fn an_answer_in_a_transfer_coding_other_than_chunked_is_a_502() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let answer =
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n";
-                let _ = s.write_all(answer).await;
-            });
-        }
-    });
+    let up =
+        canned_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
+            .await;
     let (proxy_url, log) = connect_proxy().await;
     let server =
         start(&single_upstream_config(&format!("http://{up}"), "", &format!("      proxy: {{url: \"{proxy_url}\"}}")))

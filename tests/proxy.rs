@@ -653,17 +653,11 @@ async fn raw_upstream(answers: Vec<(&'static [u8], bool)>) -> (std::net::SocketA
             counter.fetch_add(1, Ordering::SeqCst);
             let answers = answers.clone();
             tokio::spawn(async move {
-                let mut request = Vec::new();
                 loop {
                     // Requests in these tests are GETs: a head and no body.
-                    let mut buf = [0u8; 4096];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_request_head(&mut stream).await {
+                        return;
                     }
-                    request.clear();
                     let Some((answer, close)) = answers.lock().unwrap().next() else { return };
                     for piece in answer.chunks(3) {
                         if stream.write_all(piece).await.is_err() {

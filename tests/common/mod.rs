@@ -461,3 +461,33 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Reads from `stream` until a request head has ended (a small body that arrives with it is
+/// read too, and dropped); false when the connection ends first.
+pub async fn read_request_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    use tokio::io::AsyncReadExt;
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// A raw upstream that answers every request, on every connection, with `answer` as it is
+/// (request bodies must be small enough to arrive with their heads).
+pub async fn canned_upstream(answer: &'static [u8]) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while read_request_head(&mut stream).await && stream.write_all(answer).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
