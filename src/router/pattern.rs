@@ -63,15 +63,8 @@ fn segment(pattern: &str, s: &str, is_last: bool) -> Result<Segment, PatternErro
     // read whole, as before mixed segments existed: its regex's error says what is wrong.
     let braced = || s.starts_with('{') && s.ends_with('}') && mixed_to_regex(s).is_err();
     if let Some(inner) = whole_parameter(s).or_else(|| braced().then(|| &s[1..s.len() - 1])) {
-        let (name, re) = match inner.find(':') {
-            Some(i) => (&inner[..i], Some(&inner[i + 1..])),
-            None if check_name(inner).is_ok() => (inner, None),
-            None => ("", Some(inner)),
-        };
-        check_name(name).map_err(&bad)?;
-        return match re {
+        return match parameter(inner).map_err(&bad)? {
             None => Ok(Segment::Param),
-            Some("") => Err(bad("has an empty regex")),
             Some(re) => regex_segment(re.to_string()).map_err(|e| bad(&e)),
         };
     }
@@ -126,18 +119,7 @@ fn mixed_to_regex(s: &str) -> Result<String, &'static str> {
             return Err("closes \"}\" without opening \"{\"");
         }
         let end = parameter_end(rest).ok_or("opens \"{\" without closing \"}\"")?;
-        let inner = &rest[1..end];
-        let re = match inner.find(':') {
-            Some(j) => {
-                check_name(&inner[..j])?;
-                &inner[j + 1..]
-            }
-            None if check_name(inner).is_ok() => ".+",
-            None => inner,
-        };
-        if re.is_empty() {
-            return Err("has an empty regex");
-        }
+        let re = parameter(&rest[1..end])?.unwrap_or(".+");
         out.push_str("(?:");
         out.push_str(re);
         out.push(')');
@@ -145,6 +127,23 @@ fn mixed_to_regex(s: &str) -> Result<String, &'static str> {
     }
     out.push_str(&regex_lite::escape(rest));
     Ok(out)
+}
+
+/// The regex of the parameter whose inside (between its braces) is `inner`, or `None` for any
+/// value: `name:regex` or `:regex`, a bare `regex` that is not a name, or a bare `name`.
+fn parameter(inner: &str) -> Result<Option<&str>, &'static str> {
+    let re = match inner.find(':') {
+        Some(i) => {
+            check_name(&inner[..i])?;
+            &inner[i + 1..]
+        }
+        None if check_name(inner).is_ok() => return Ok(None),
+        None => inner,
+    };
+    if re.is_empty() {
+        return Err("has an empty regex");
+    }
+    Ok(Some(re))
 }
 
 /// A parameter name: `[A-Za-z0-9_]*`, possibly empty.
